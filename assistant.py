@@ -1,0 +1,207 @@
+"""The composition root and facade: everything the CLI and the Streamlit page can do.
+
+``build_assistant(settings, embeddings=...)`` wires the parts; the ``Assistant`` it returns is
+the Python API of kb-assistant. Nothing here imports Streamlit or prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from errors import DocumentNotFound, KBError
+from ingest import IngestReport, ProgressCallback, ingest
+from models.embeddings import Embedder, build_embedder
+from settings import Settings, load_settings
+from vectorstore import (
+    DocumentRecord,
+    KnowledgeBase,
+    KnowledgeBaseSummary,
+    Library,
+    SearchHit,
+)
+
+logger = logging.getLogger(__name__)
+MAX_K = 100
+
+
+class Assistant:
+    """kb-assistant's public API over one data directory."""
+
+    def __init__(self, settings: Settings, *, embeddings: Embedder | None = None) -> None:
+        self.settings = settings
+        self.library = Library(settings.home)
+        self._embedder = embeddings
+        self._open: dict[str, KnowledgeBase] = {}
+        self._lock = threading.RLock()
+
+    # --- components ---------------------------------------------------------------------
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedding model (built on first use; heavy libraries load on first embed)."""
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = build_embedder(self.settings)
+            return self._embedder
+
+    def _kb_name(self, name: str | None) -> str:
+        return name or self.settings.kb
+
+    def knowledge_base(self, name: str | None = None) -> KnowledgeBase:
+        """An existing knowledge base, opened once and kept.
+
+        Raises:
+            KnowledgeBaseNotFound: no such knowledge base.
+        """
+        name = self._kb_name(name)
+        with self._lock:
+            if name not in self._open:
+                self._open[name] = self.library.open(name)
+            return self._open[name]
+
+    def close(self) -> None:
+        """Close every open knowledge base."""
+        with self._lock:
+            for kb in self._open.values():
+                kb.close()
+            self._open.clear()
+
+    # --- knowledge bases ----------------------------------------------------------------
+
+    def list_kbs(self) -> list[KnowledgeBaseSummary]:
+        """Every knowledge base with its size and embedding model."""
+        return self.library.summaries()
+
+    def create_kb(self, name: str) -> KnowledgeBase:
+        """Create an empty knowledge base for the configured embedding model.
+
+        Raises:
+            KnowledgeBaseExists / InvalidName: the name is taken or unusable.
+        """
+        embedder = self.embedder
+        kb = self.library.create(
+            name,
+            embedding_model=embedder.model_id,
+            dimension=embedder.dimension,
+            chunk_tokens=self.settings.chunk_tokens,
+            overlap=self.settings.chunk_overlap,
+        )
+        with self._lock:
+            self._open[name] = kb
+        return kb
+
+    def delete_kb(self, name: str) -> None:
+        """Delete a knowledge base and all it holds.
+
+        Raises:
+            KnowledgeBaseNotFound: no such knowledge base.
+        """
+        with self._lock:
+            kb = self._open.pop(name, None)
+            if kb is not None:
+                kb.close()
+        self.library.delete(name)
+
+    # --- documents ----------------------------------------------------------------------
+
+    def ingest(
+        self,
+        paths: Iterable[Path | str],
+        *,
+        kb: str | None = None,
+        progress: ProgressCallback | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> IngestReport:
+        """Ingest files and folders, creating the knowledge base if needed.
+
+        Raises:
+            EmbeddingMismatch: the knowledge base was built with another embedding model.
+            KnowledgeBaseLocked: another writer did not finish in time.
+        """
+        name = self._kb_name(kb)
+        base = self.knowledge_base(name) if self.library.exists(name) else self.create_kb(name)
+        embedder = self.embedder
+        base.manifest.check_embedding(embedder.model_id, embedder.dimension)
+        return ingest(
+            base,
+            embedder,
+            [Path(p) for p in paths],
+            chunk_tokens=self.settings.chunk_tokens,
+            chunk_overlap=self.settings.chunk_overlap,
+            max_rows=self.settings.max_rows_per_table,
+            batch_size=self.settings.embedding_batch_size,
+            progress=progress,
+            on_wait=on_wait,
+        )
+
+    def documents(self, kb: str | None = None) -> list[DocumentRecord]:
+        """The documents of a knowledge base, oldest first."""
+        return self.knowledge_base(kb).documents()
+
+    def resolve_documents(self, refs: Sequence[str], kb: str | None = None) -> list[DocumentRecord]:
+        """Documents named by id, full source path, or file name (when unambiguous).
+
+        Raises:
+            DocumentNotFound: for the first reference that matches nothing or several documents.
+        """
+        docs = self.documents(kb)
+        chosen: dict[int, DocumentRecord] = {}
+        for ref in refs:
+            matches = _match(docs, ref)
+            if not matches:
+                raise DocumentNotFound(
+                    f"no document '{ref}' in knowledge base '{self._kb_name(kb)}'; "
+                    "'kb docs' lists ids, sources and names"
+                )
+            if len(matches) > 1:
+                ids = ", ".join(str(d.doc_id) for d in matches)
+                raise DocumentNotFound(f"'{ref}' names several documents (ids {ids}); use an id")
+            chosen[matches[0].doc_id] = matches[0]
+        return list(chosen.values())
+
+    def remove(self, refs: Sequence[str], *, kb: str | None = None) -> list[DocumentRecord]:
+        """Remove documents (their chunks and vectors); all references are checked first.
+
+        Raises:
+            DocumentNotFound: a reference matched nothing; nothing was removed.
+        """
+        base = self.knowledge_base(kb)
+        targets = self.resolve_documents(refs, kb)
+        with base.writer() as writer:
+            for doc in targets:
+                writer.remove_document(doc.doc_id)
+        return targets
+
+    def search(self, query: str, *, k: int = 5, kb: str | None = None) -> list[SearchHit]:
+        """The ``k`` chunks most similar to ``query``.
+
+        Raises:
+            KBError: empty query or ``k`` out of range.
+            EmbeddingMismatch: the knowledge base was built with another embedding model.
+        """
+        if not query.strip():
+            raise KBError("the search query is empty; type a question or some keywords")
+        if not 1 <= k <= MAX_K:
+            raise KBError(f"k must be between 1 and {MAX_K} (got {k})")
+        base = self.knowledge_base(kb)
+        embedder = self.embedder
+        base.manifest.check_embedding(embedder.model_id, embedder.dimension)
+        return base.search(embedder.embed_array([query])[0], k)
+
+
+def _match(docs: list[DocumentRecord], ref: str) -> list[DocumentRecord]:
+    if ref.isdigit():
+        return [d for d in docs if d.doc_id == int(ref)]
+    full = str(Path(ref).expanduser().absolute())
+    by_source = [d for d in docs if d.source in (ref, full)]
+    return by_source or [d for d in docs if d.name == ref]
+
+
+def build_assistant(
+    settings: Settings | None = None, *, embeddings: Embedder | None = None
+) -> Assistant:
+    """Wire an Assistant; ``embeddings`` replaces the configured model (tests, notebooks)."""
+    return Assistant(settings or load_settings(), embeddings=embeddings)

@@ -1,0 +1,96 @@
+"""The error tree of kb-assistant.
+
+Every error the core raises on purpose is a ``KBError``. Messages say what happened, where
+(which file, knowledge base or setting) and what to do about it. The edges (the ``kb`` command,
+the Streamlit page) turn them into an exit code or an on-page message; the core never prints.
+
+::
+
+    KBError
+    ├── ConfigError                  a setting is invalid (names the setting and the source)
+    ├── KnowledgeBaseError           a knowledge base cannot be used as asked
+    │   ├── KnowledgeBaseNotFound
+    │   ├── KnowledgeBaseExists
+    │   ├── InvalidName
+    │   ├── KnowledgeBaseLocked      another process is writing to it
+    │   ├── EmbeddingMismatch        built with another embedding model / dimension
+    │   └── CorruptKnowledgeBase     a file of it is damaged or from a newer version
+    ├── DocumentNotFound             `kb remove` named a document that is not there
+    ├── IngestError                  one file cannot be ingested (reported per file)
+    │   ├── UnsupportedFormat
+    │   ├── EmptyDocument
+    │   ├── EncryptedDocument
+    │   ├── CorruptDocument
+    │   └── FileVanished
+    └── ModelError                   a model cannot be found or loaded
+"""
+
+from __future__ import annotations
+
+
+class KBError(Exception):
+    """Base of every error kb-assistant raises on purpose."""
+
+
+class ConfigError(KBError):
+    """A setting is invalid."""
+
+
+class KnowledgeBaseError(KBError):
+    """A knowledge base cannot be used as asked."""
+
+
+class KnowledgeBaseNotFound(KnowledgeBaseError):
+    """The named knowledge base does not exist."""
+
+
+class KnowledgeBaseExists(KnowledgeBaseError):
+    """A knowledge base with that name already exists."""
+
+
+class InvalidName(KnowledgeBaseError):
+    """A knowledge-base name that cannot be used as a folder name."""
+
+
+class KnowledgeBaseLocked(KnowledgeBaseError):
+    """Another process holds the writer lock of the knowledge base."""
+
+
+class EmbeddingMismatch(KnowledgeBaseError):
+    """The knowledge base was built with a different embedding model."""
+
+
+class CorruptKnowledgeBase(KnowledgeBaseError):
+    """A file of the knowledge base is damaged, missing or from a newer version."""
+
+
+class DocumentNotFound(KBError):
+    """No document matches the given id, path or name."""
+
+
+class IngestError(KBError):
+    """One file cannot be ingested; the batch goes on without it."""
+
+
+class UnsupportedFormat(IngestError):
+    """The file's type is not one kb-assistant can read."""
+
+
+class EmptyDocument(IngestError):
+    """The file holds no text to index."""
+
+
+class EncryptedDocument(IngestError):
+    """The file is encrypted and needs a password."""
+
+
+class CorruptDocument(IngestError):
+    """The file is damaged or not what its extension says."""
+
+
+class FileVanished(IngestError):
+    """The file disappeared or became unreadable while it was being ingested."""
+
+
+class ModelError(KBError):
+    """A model cannot be found or loaded."""

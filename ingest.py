@@ -1,0 +1,453 @@
+"""Ingest files and folders into a knowledge base, incrementally.
+
+A producer thread walks the paths, hashes each file (unchanged files stop there), parses it and
+cuts it into chunks; the calling thread embeds chunks in batches that span files and writes each
+document in its own transaction. Parsing is mostly Python and embedding mostly native code that
+releases the GIL, so the two overlap on two cores. Per-file problems are reported in the
+``IngestReport`` and never stop the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from errors import EmptyDocument, FileVanished, IngestError, KBError, KnowledgeBaseError
+from loaders import LoadContext, format_of, is_supported, load_sections
+from loaders.splitter import Chunk, ChunkSplitter
+from models.embeddings import Embedder
+from vectorstore import KnowledgeBase, KnowledgeBaseWriter, NewChunk
+
+logger = logging.getLogger(__name__)
+HASH_BLOCK = 1 << 20
+CHUNKS_PER_EVENT = 64
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """A file that was not ingested, and why (one line)."""
+
+    path: str
+    error: str
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did. ``to_json`` gives the stable keys of ``kb ingest --json``."""
+
+    kb: str
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[FileProblem] = field(default_factory=list)
+    skipped: list[FileProblem] = field(default_factory=list)
+    chunks_added: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when no file failed."""
+        return not self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        """The machine-readable form."""
+        return {
+            "kb": self.kb,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "failed": [{"path": f.path, "error": f.error} for f in self.failed],
+            "skipped": [{"path": f.path, "reason": f.error} for f in self.skipped],
+            "chunks_added": self.chunks_added,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class IngestProgress:
+    """Where an ingest is, for progress bars."""
+
+    files_done: int
+    files_total: int
+    chunks_done: int
+    current: str | None
+
+
+ProgressCallback = Callable[[IngestProgress], None]
+
+
+# --- finding files ------------------------------------------------------------------------
+
+
+@dataclass
+class Discovery:
+    """Files to ingest, and paths that were refused or passed over while looking."""
+
+    files: list[Path] = field(default_factory=list)
+    failed: list[FileProblem] = field(default_factory=list)
+    skipped: list[FileProblem] = field(default_factory=list)
+
+
+def discover(paths: Iterable[Path]) -> Discovery:
+    """Expand files and folders (recursively, following links, refusing link loops).
+
+    Named files are always taken (an unsupported one then fails with a reason); inside folders,
+    hidden entries are passed over and unsupported files are listed as skipped.
+    """
+    found = Discovery()
+    seen: set[Path] = set()
+    for given in paths:
+        path = Path(given).expanduser().absolute()
+        if not os.path.lexists(path):
+            found.failed.append(FileProblem(str(path), "no such file or directory"))
+        elif not path.exists():
+            found.failed.append(FileProblem(str(path), _link_problem(path)))
+        elif path.is_dir():
+            _walk(path, found, seen, ancestors=(path.resolve(),))
+        elif path.resolve() not in seen:
+            seen.add(path.resolve())
+            found.files.append(path)
+    return found
+
+
+def _link_problem(path: Path) -> str:
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:
+        return "symbolic link loop"
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP
+            return "symbolic link loop"
+    return f"broken symbolic link (points to {os.readlink(path)})"
+
+
+def _walk(folder: Path, found: Discovery, seen: set[Path], ancestors: tuple[Path, ...]) -> None:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        found.failed.append(FileProblem(str(folder), f"cannot list folder: {exc.strerror}"))
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.name.startswith("."):
+            continue
+        if not path.exists():
+            found.failed.append(FileProblem(str(path), _link_problem(path)))
+            continue
+        real = path.resolve()
+        if entry.is_dir(follow_symlinks=True):
+            if real in ancestors:
+                found.failed.append(
+                    FileProblem(str(path), f"symbolic link loop (points back to {real})")
+                )
+            elif real not in seen:
+                seen.add(real)
+                _walk(path, found, seen, (*ancestors, real))
+        elif real in seen:
+            continue
+        elif not is_supported(path):
+            found.skipped.append(FileProblem(str(path), f"unsupported file type '{path.suffix}'"))
+        else:
+            seen.add(real)
+            found.files.append(path)
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+# --- the pipeline -------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    path: Path
+    source: str
+    sha256: str
+    size: int
+    fmt: str
+    replaces: bool
+    pages: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Event:
+    kind: str  # start | chunks | end | failed | unchanged | crashed
+    path: Path
+    job: _Job | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    error: str = ""
+
+
+_DONE = _Event("done", Path())
+
+
+def _problem(path: Path, exc: BaseException) -> str:
+    if isinstance(exc, KBError):
+        message = str(exc)
+        prefix = f"{path}: "
+        return message[len(prefix) :] if message.startswith(prefix) else message
+    if isinstance(exc, FileNotFoundError):
+        return "file disappeared while it was being read"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    return f"cannot read ({type(exc).__name__}: {exc})"
+
+
+class _Producer(threading.Thread):
+    def __init__(
+        self,
+        files: list[Path],
+        known: dict[str, tuple[int, str]],
+        splitter: ChunkSplitter,
+        max_rows: int,
+        events: queue.Queue[_Event],
+    ) -> None:
+        super().__init__(name="kb-ingest-reader", daemon=True)
+        self.files, self.known, self.splitter = files, known, splitter
+        self.max_rows, self.events = max_rows, events
+        self.stop = threading.Event()
+
+    def put(self, event: _Event) -> None:
+        while not self.stop.is_set():
+            try:
+                self.events.put(event, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def run(self) -> None:
+        try:
+            for path in self.files:
+                if self.stop.is_set():
+                    return
+                self._one(path)
+        except BaseException as exc:  # a bug here must reach the caller, not die silently
+            self.put(_Event("crashed", Path(), error=repr(exc)))
+        finally:
+            self.put(_DONE)
+
+    def _one(self, path: Path) -> None:
+        job: _Job | None = None
+        try:
+            fmt = format_of(path)
+            size, sha = hash_file(path)
+            source = str(path.resolve())
+            previous = self.known.get(source)
+            if previous is not None and previous[1] == sha:
+                self.put(_Event("unchanged", path))
+                return
+            job = _Job(path, source, sha, size, fmt, replaces=previous is not None)
+            self.put(_Event("start", path, job))
+            ctx = LoadContext(max_rows=self.max_rows)
+            batch: list[Chunk] = []
+            total = 0
+            for chunk in self.splitter.split_sections(load_sections(path, ctx)):
+                batch.append(chunk)
+                if len(batch) >= CHUNKS_PER_EVENT:
+                    self.put(_Event("chunks", path, job, batch))
+                    total += len(batch)
+                    batch = []
+            total += len(batch)
+            if batch:
+                self.put(_Event("chunks", path, job, batch))
+            if total == 0:
+                raise EmptyDocument(f"{path}: no text found")
+            if not path.exists():
+                raise FileVanished(f"{path}: file disappeared while it was being read")
+            job.pages, job.notes = ctx.pages, ctx.notes
+            self.put(_Event("end", path, job))
+        except (KBError, OSError, ValueError, KeyError, TypeError, RuntimeError, MemoryError,
+                UnicodeError, AttributeError, IndexError, AssertionError, LookupError,
+                EOFError) as exc:  # fmt: skip
+            # Parsers of hostile or damaged files raise anything; the file fails, the batch goes on.
+            logger.debug("failed to read %s", path, exc_info=True)
+            self.put(_Event("failed", path, job, error=_problem(path, exc)))
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class _Consumer:
+    """Embeds pending chunks in batches and replays the events into the writer in order."""
+
+    def __init__(
+        self,
+        writer: KnowledgeBaseWriter,
+        embedder: Embedder,
+        report: IngestReport,
+        flush_chunks: int,
+        notify: Callable[[str | None], None],
+    ) -> None:
+        self.writer, self.embedder, self.report = writer, embedder, report
+        self.flush_chunks, self.notify = flush_chunks, notify
+        self.pending: list[_Event] = []
+        self.pending_chunks = 0
+        self.open_job: _Job | None = None
+        self.dead: _Job | None = None  # a job that failed while being written
+
+    def add(self, event: _Event) -> None:
+        self.pending.append(event)
+        self.pending_chunks += len(event.chunks)
+        if self.pending_chunks >= self.flush_chunks:
+            self.flush()
+
+    def flush(self) -> None:
+        # Offsets are fixed before replaying: a job may die while its events are replayed.
+        slices: list[slice | None] = []
+        texts: list[str] = []
+        for event in self.pending:
+            if event.chunks and event.job is not self.dead:
+                slices.append(slice(len(texts), len(texts) + len(event.chunks)))
+                texts.extend(c.embed_text for c in event.chunks)
+            else:
+                slices.append(None)
+        hashes = [_text_hash(t) for t in texts]
+        vectors = self._vectors(texts, hashes)
+        for event, part in zip(self.pending, slices, strict=True):
+            if part is None:
+                self._apply(event, None, [])
+            else:
+                self._apply(event, vectors[part], hashes[part])
+        self.pending, self.pending_chunks = [], 0
+
+    def _vectors(self, texts: list[str], hashes: list[str]) -> Any:
+        """Vectors for texts: stored ones reused, each distinct new text embedded once."""
+        import numpy as np
+
+        known = self.writer.cached_vectors(hashes)
+        missing = list(dict.fromkeys(h for h in hashes if h not in known))
+        if missing:
+            text_of = dict(zip(hashes, texts, strict=True))
+            fresh = self.embedder.embed_array([text_of[h] for h in missing])
+            known.update(zip(missing, fresh, strict=True))
+        out = np.zeros((len(texts), self.embedder.dimension), dtype=np.float32)
+        for i, h in enumerate(hashes):
+            out[i] = known[h]
+        return out
+
+    def _apply(self, event: _Event, vectors: Any, hashes: list[str]) -> None:
+        if event.kind == "unchanged":
+            self.report.unchanged.append(str(event.path))
+            self.notify(None)
+            return
+        if event.kind == "failed":
+            if event.job is not None and event.job is self.open_job:
+                self.writer.abort_document()
+                self.open_job = None
+            if event.job is not self.dead:
+                self.report.failed.append(FileProblem(str(event.path), event.error))
+            self.notify(None)
+            return
+        if event.kind == "crashed":
+            raise RuntimeError(f"the file reader stopped unexpectedly: {event.error}")
+        job = event.job
+        if job is None or job is self.dead:
+            return
+        try:
+            self._write(event, job, vectors, hashes)
+        except (sqlite3.Error, KnowledgeBaseError) as exc:
+            logger.debug("failed to write %s", event.path, exc_info=True)
+            if self.open_job is not None:
+                self.writer.abort_document()
+                self.open_job = None
+            self.dead = job
+            self.report.failed.append(FileProblem(str(event.path), f"cannot store: {exc}"))
+            self.notify(None)
+
+    def _write(self, event: _Event, job: _Job, vectors: Any, hashes: list[str]) -> None:
+        if event.kind == "start":
+            self.writer.begin_document(job.source, job.path.name, job.sha256, job.size, job.fmt)
+            self.open_job = job
+            self.notify(str(job.path))
+        elif event.kind == "chunks":
+            start = self.writer.next_ordinal
+            rows = [
+                NewChunk(start + i, c.text, c.page, c.heading, c.sheet, c.tokens, h)
+                for i, (c, h) in enumerate(zip(event.chunks, hashes, strict=True))
+            ]
+            self.writer.add_chunks(rows, vectors)
+        elif event.kind == "end":
+            count = self.writer.commit_document(job.pages, job.notes)
+            self.open_job = None
+            (self.report.updated if job.replaces else self.report.added).append(str(job.path))
+            self.report.chunks_added += count
+            self.notify(None)
+
+
+def ingest(
+    kb: KnowledgeBase,
+    embedder: Embedder,
+    paths: Iterable[Path],
+    *,
+    chunk_tokens: int,
+    chunk_overlap: int,
+    max_rows: int,
+    batch_size: int = 32,
+    progress: ProgressCallback | None = None,
+    lock_timeout: float = 600.0,
+    on_wait: Callable[[], None] | None = None,
+) -> IngestReport:
+    """Ingest files and folders into ``kb``; see the module docstring.
+
+    Raises:
+        KnowledgeBaseLocked: another writer held the knowledge base past ``lock_timeout``.
+        ModelError: the embedding model failed (nothing half-written is kept).
+    """
+    started = time.perf_counter()
+    report = IngestReport(kb=kb.name)
+    found = discover(paths)
+    report.failed.extend(found.failed)
+    report.skipped.extend(found.skipped)
+    splitter = ChunkSplitter(embedder.token_counter, chunk_tokens, chunk_overlap)
+    done = [0, 0]  # files finished, chunks committed
+
+    def notify(current: str | None) -> None:
+        if current is None:
+            done[0] += 1
+        if progress is not None:
+            progress(IngestProgress(done[0], len(found.files), report.chunks_added, current))
+
+    with kb.writer(timeout=lock_timeout, on_wait=on_wait) as writer:
+        events: queue.Queue[_Event] = queue.Queue(maxsize=32)
+        producer = _Producer(
+            found.files, writer.catalog.source_hashes(), splitter, max_rows, events
+        )
+        consumer = _Consumer(writer, embedder, report, 4 * batch_size, notify)
+        producer.start()
+        try:
+            for event in _until_done(events):
+                consumer.add(event)
+            consumer.flush()
+        finally:
+            producer.stop.set()
+            producer.join(timeout=5)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _until_done(events: queue.Queue[_Event]) -> Iterator[_Event]:
+    while (event := events.get()) is not _DONE:
+        yield event

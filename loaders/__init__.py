@@ -1,0 +1,87 @@
+"""Turn files into sections of text, and sections into chunks.
+
+The public surface: ``load_sections`` (dispatch by file extension), ``SUPPORTED_EXTENSIONS``,
+``Section``/``LoadContext``, and the splitter (``ChunkSplitter``, ``Chunk``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from errors import UnsupportedFormat
+from loaders.base import LoadContext, Loader, Section
+from loaders.splitter import Chunk, ChunkSplitter, TokenCounter
+
+
+# extension -> (format family, "module:function"); modules are imported on first use so that
+# listing formats (and `kb --help`) does not import every parser.
+_FORMATS: dict[str, tuple[str, str]] = {
+    ".pdf": ("pdf", "loaders.pdf:load_pdf"),
+    ".docx": ("docx", "loaders.docx:load_docx"),
+    ".txt": ("text", "loaders.text:load_text"),
+    ".text": ("text", "loaders.text:load_text"),
+    ".log": ("text", "loaders.text:load_text"),
+    ".md": ("markdown", "loaders.text:load_markdown"),
+    ".markdown": ("markdown", "loaders.text:load_markdown"),
+    ".html": ("html", "loaders.html:load_html"),
+    ".htm": ("html", "loaders.html:load_html"),
+    ".xhtml": ("html", "loaders.html:load_html"),
+    ".csv": ("csv", "loaders.tabular:load_csv"),
+    ".tsv": ("csv", "loaders.tabular:load_csv"),
+    ".xlsx": ("xlsx", "loaders.tabular:load_xlsx"),
+    ".pptx": ("pptx", "loaders.unstructured_formats:load_pptx"),
+    ".epub": ("epub", "loaders.unstructured_formats:load_epub"),
+}
+SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_FORMATS)
+
+
+def is_supported(path: Path) -> bool:
+    """Whether a file's extension names a format we read."""
+    return path.suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def format_of(path: Path) -> str:
+    """The format family of a file, e.g. 'pdf' or 'markdown'.
+
+    Raises:
+        UnsupportedFormat: the extension is not one we read.
+    """
+    return _loader_for(path)[0]
+
+
+def load_sections(path: Path, ctx: LoadContext) -> Iterator[Section]:
+    """Stream the sections of one file.
+
+    Raises:
+        UnsupportedFormat: the extension is not one we read.
+        IngestError: the file is empty, encrypted, damaged or unreadable.
+    """
+    return _loader_for(path)[1](path, ctx)
+
+
+def _loader_for(path: Path) -> tuple[str, Loader]:
+    entry = _FORMATS.get(path.suffix.lower())
+    if entry is None:
+        kind = path.suffix.lower() or "(no extension)"
+        raise UnsupportedFormat(
+            f"{path}: unsupported file type '{kind}'; supported: {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    family, target = entry
+    module, function = target.split(":")
+    loader: Loader = getattr(importlib.import_module(module), function)
+    return family, loader
+
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "Chunk",
+    "ChunkSplitter",
+    "LoadContext",
+    "Section",
+    "TokenCounter",
+    "format_of",
+    "is_supported",
+    "load_sections",
+]

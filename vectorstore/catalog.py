@@ -1,0 +1,340 @@
+"""``catalog.sqlite``: documents and chunks, the source of truth of a knowledge base.
+
+Each chunk row keeps its text, where it came from, and its embedding (float32 bytes), so the
+FAISS index can always be rebuilt from the catalog and unchanged chunks of an edited file are
+never embedded twice (looked up by the hash of the embedded text). Every write transaction
+bumps ``meta.version``; chunks carry the version that added them and ``tombstones`` the version
+that removed them, so a FAISS snapshot taken at version V is brought up to date by replaying
+what changed after V.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from errors import CorruptKnowledgeBase
+
+CATALOG_NAME = "catalog.sqlite"
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    pages INTEGER,
+    chunks INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    notes TEXT NOT NULL DEFAULT '[]',
+    added_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    page INTEGER,
+    heading TEXT,
+    sheet TEXT,
+    tokens INTEGER NOT NULL,
+    text_hash TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id, ordinal);
+CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks(text_hash);
+CREATE INDEX IF NOT EXISTS chunks_by_version ON chunks(version);
+CREATE TABLE IF NOT EXISTS tombstones (chunk_id INTEGER PRIMARY KEY, version INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1'), ('version', '0');
+"""
+_DOC_COLUMNS = "id, source, name, sha256, size, format, pages, chunks, status, notes, added_at"
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A document as the catalog knows it."""
+
+    doc_id: int
+    source: str
+    name: str
+    sha256: str
+    size: int
+    format: str
+    pages: int | None
+    chunks: int
+    status: str
+    notes: list[str]
+    added_at: str
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """A stored chunk with its document's source."""
+
+    chunk_id: int
+    doc_id: int
+    ordinal: int
+    text: str
+    page: int | None
+    heading: str | None
+    sheet: str | None
+    source: str
+    name: str
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    """A chunk to store, with its vector."""
+
+    ordinal: int
+    text: str
+    page: int | None
+    heading: str | None
+    sheet: str | None
+    tokens: int
+    text_hash: str
+
+
+def now() -> str:
+    """Current UTC time as stored in the catalog."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Catalog:
+    """A connection to one knowledge base's catalog; safe to share between threads."""
+
+    def __init__(self, path: Path, *, create: bool = False) -> None:
+        if not create and not path.is_file():
+            raise CorruptKnowledgeBase(f"{path} is missing")
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per document.
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout = 30000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            if create:
+                self._db.executescript(_SCHEMA)
+            schema = int(self._meta("schema_version"))
+        except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
+            raise CorruptKnowledgeBase(
+                f"{path} is damaged or not a catalog ({exc}); restore it from a backup or "
+                "delete the knowledge base and ingest again"
+            ) from exc
+        if schema > SCHEMA_VERSION:
+            raise CorruptKnowledgeBase(f"{path}: written by a newer kb-assistant; upgrade it")
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    def _meta(self, key: str) -> str:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise CorruptKnowledgeBase(f"{self.path}: meta.{key} is missing")
+        return str(row[0])
+
+    # --- reading ------------------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Hold one read transaction so several reads see one consistent state."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self._db.execute("COMMIT")
+
+    def version(self) -> int:
+        """The number of committed write transactions."""
+        with self._lock:
+            return int(self._meta("version"))
+
+    def documents(self) -> list[DocumentRecord]:
+        """All documents, oldest first."""
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM documents ORDER BY id").fetchall()
+        return [_document(r) for r in rows]
+
+    def document(self, doc_id: int) -> DocumentRecord | None:
+        """One document by id."""
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ?", (doc_id,)
+            ).fetchone()
+        return _document(row) if row else None
+
+    def source_hashes(self) -> dict[str, tuple[int, str]]:
+        """``source -> (doc_id, sha256)`` for every document."""
+        with self._lock:
+            rows = self._db.execute("SELECT source, id, sha256 FROM documents").fetchall()
+        return {source: (doc_id, sha) for source, doc_id, sha in rows}
+
+    def chunk_count(self) -> int:
+        """Number of chunks."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
+
+    def chunks_by_ids(self, ids: Iterable[int]) -> dict[int, ChunkRecord]:
+        """Chunks with their document's source, by chunk id (missing ids are left out)."""
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.id, c.doc_id, c.ordinal, c.text, c.page, c.heading, c.sheet, "
+                f"d.source, d.name FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                f"WHERE c.id IN ({marks})",
+                wanted,
+            ).fetchall()
+        return {r[0]: ChunkRecord(*r) for r in rows}
+
+    def cached_embeddings(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """Stored embeddings of chunks whose embedded text has one of these hashes."""
+        wanted = list(set(hashes))
+        found: dict[str, bytes] = {}
+        with self._lock:
+            for start in range(0, len(wanted), 500):
+                part = wanted[start : start + 500]
+                rows = self._db.execute(
+                    "SELECT text_hash, embedding FROM chunks WHERE text_hash IN "
+                    f"({','.join('?' * len(part))})",
+                    part,
+                ).fetchall()
+                found.update((h, bytes(e)) for h, e in rows)
+        return found
+
+    def embeddings(
+        self, since_version: int = -1, batch: int = 10_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, vectors)`` batches of chunks added after ``since_version``."""
+        with self._lock:
+            cursor = self._db.execute(
+                "SELECT id, embedding FROM chunks WHERE version > ? ORDER BY id", (since_version,)
+            )
+            while rows := cursor.fetchmany(batch):
+                ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+                vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+                yield ids, vectors.reshape(len(rows), -1)
+
+    def removed_since(self, version: int) -> list[int]:
+        """Chunk ids removed after ``version``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT chunk_id FROM tombstones WHERE version > ?", (version,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    # --- writing (the caller holds the knowledge base's writer lock) ---------------------
+
+    def begin(self) -> int:
+        """Start a write transaction; returns the version it will commit as."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            version = int(self._meta("version")) + 1
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(version),))
+            return version
+
+    def commit(self) -> None:
+        """Make the current transaction durable."""
+        with self._lock:
+            self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Undo the current transaction, if any."""
+        with self._lock:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+
+    def put_document(
+        self, source: str, name: str, sha256: str, size: int, fmt: str, version: int
+    ) -> tuple[int, list[int]]:
+        """Insert a document, or reset an existing one with the same source.
+
+        Returns its id and the ids of the chunks it had (now removed).
+        """
+        with self._lock:
+            row = self._db.execute("SELECT id FROM documents WHERE source = ?", (source,)).fetchone()
+            if row is None:
+                cursor = self._db.execute(
+                    "INSERT INTO documents (source, name, sha256, size, format, status, "
+                    "added_at, updated_at) VALUES (?, ?, ?, ?, ?, 'ingesting', ?, ?)",
+                    (source, name, sha256, size, fmt, now(), now()),
+                )
+                return int(cursor.lastrowid or 0), []
+            doc_id = int(row[0])
+            removed = self._remove_chunks(doc_id, version)
+            self._db.execute(
+                "UPDATE documents SET name = ?, sha256 = ?, size = ?, format = ?, "
+                "status = 'ingesting', updated_at = ? WHERE id = ?",
+                (name, sha256, size, fmt, now(), doc_id),
+            )
+            return doc_id, removed
+
+    def add_chunks(
+        self, doc_id: int, version: int, chunks: list[NewChunk], vectors: np.ndarray
+    ) -> np.ndarray:
+        """Store chunks with their vectors; returns their new ids."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.zeros(len(chunks), dtype=np.int64)
+        with self._lock:
+            for i, chunk in enumerate(chunks):
+                cursor = self._db.execute(
+                    "INSERT INTO chunks (doc_id, ordinal, text, page, heading, sheet, tokens, "
+                    "text_hash, embedding, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        doc_id, chunk.ordinal, chunk.text, chunk.page, chunk.heading,
+                        chunk.sheet, chunk.tokens, chunk.text_hash, vectors[i].tobytes(), version,
+                    ),
+                )  # fmt: skip
+                ids[i] = cursor.lastrowid
+        return ids
+
+    def finish_document(self, doc_id: int, chunks: int, pages: int | None, notes: list[str]) -> None:
+        """Mark a document complete with its final counts."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE documents SET chunks = ?, pages = ?, notes = ?, status = 'ready' "
+                "WHERE id = ?",
+                (chunks, pages, json.dumps(notes, ensure_ascii=False), doc_id),
+            )
+
+    def delete_document(self, doc_id: int, version: int) -> list[int]:
+        """Delete a document and its chunks; returns the removed chunk ids."""
+        with self._lock:
+            removed = self._remove_chunks(doc_id, version)
+            self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+            return removed
+
+    def _remove_chunks(self, doc_id: int, version: int) -> list[int]:
+        ids = [r[0] for r in self._db.execute("SELECT id FROM chunks WHERE doc_id = ?", (doc_id,))]
+        self._db.executemany(
+            "INSERT OR REPLACE INTO tombstones (chunk_id, version) VALUES (?, ?)",
+            [(i, version) for i in ids],
+        )
+        self._db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
+        return ids
+
+
+def _document(row: tuple[object, ...]) -> DocumentRecord:
+    values = list(row)
+    values[9] = json.loads(str(values[9]) or "[]")
+    return DocumentRecord(*values)  # type: ignore[arg-type]

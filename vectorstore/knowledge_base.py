@@ -1,0 +1,252 @@
+"""One knowledge base on disk: manifest + catalog (truth) + FAISS snapshot (fast start).
+
+Readers never lock: SQLite's WAL gives each read a committed state, and the FAISS snapshot is
+replaced by rename. One writer at a time holds ``.write.lock``; every document is written in
+its own SQLite transaction, and its vectors reach the in-memory index only after that commits,
+so a killed ingest leaves the knowledge base as it was before the interrupted document.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from errors import CorruptKnowledgeBase, KnowledgeBaseLocked
+from vectorstore.catalog import CATALOG_NAME, Catalog, ChunkRecord, DocumentRecord, NewChunk
+from vectorstore.manifest import Manifest
+from vectorstore.vector_index import INDEX_NAME, VectorIndex
+
+logger = logging.getLogger(__name__)
+LOCK_NAME = ".write.lock"
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One retrieved chunk."""
+
+    rank: int
+    score: float
+    chunk: ChunkRecord
+
+
+def load_index(catalog: Catalog, folder: Path, dimension: int) -> tuple[VectorIndex, int]:
+    """The index as of the catalog's current version: snapshot + replay, or a full rebuild.
+
+    Returns the index and the catalog version it reflects.
+    """
+    with catalog.snapshot():
+        version = catalog.version()
+        index: VectorIndex | None = None
+        try:
+            index, at = VectorIndex.load(folder / INDEX_NAME, dimension)
+            if at > version:
+                logger.warning("%s is newer than the catalog; rebuilding it", folder / INDEX_NAME)
+                index = None
+        except FileNotFoundError:
+            pass
+        except CorruptKnowledgeBase as exc:
+            logger.warning("%s; rebuilding the vector index from the catalog", exc)
+        if index is not None:
+            index.remove(catalog.removed_since(at))
+            for ids, vectors in catalog.embeddings(since_version=at):
+                index.add(ids, vectors)
+        if index is None or index.count != catalog.chunk_count():
+            if index is not None:
+                logger.warning("%s disagrees with the catalog; rebuilding it", folder / INDEX_NAME)
+            index = VectorIndex(dimension)
+            for ids, vectors in catalog.embeddings():
+                index.add(ids, vectors)
+    return index, version
+
+
+class KnowledgeBase:
+    """Read access to one knowledge base, and the door to its single writer."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.manifest = Manifest.read(folder)
+        self.catalog = Catalog(folder / CATALOG_NAME)
+        self._index: VectorIndex | None = None
+        self._index_version = -1
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """The knowledge base's name."""
+        return self.folder.name
+
+    def close(self) -> None:
+        """Release the catalog connection."""
+        self.catalog.close()
+
+    def documents(self) -> list[DocumentRecord]:
+        """All documents, oldest first."""
+        return self.catalog.documents()
+
+    def index(self) -> VectorIndex:
+        """The current vector index, reloaded when another process has committed changes."""
+        with self._lock:
+            version = self.catalog.version()
+            if self._index is None or version != self._index_version:
+                self._index, self._index_version = load_index(
+                    self.catalog, self.folder, self.manifest.dimension
+                )
+            return self._index
+
+    def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
+        """The ``k`` chunks nearest to a query vector."""
+        index = self.index()
+        # A vector whose chunk a concurrent writer just removed has no row: ask for spares.
+        found = index.search(vector, k + 8)
+        rows = self.catalog.chunks_by_ids(i for i, _ in found)
+        hits = [(rows[i], score) for i, score in found if i in rows][:k]
+        return [SearchHit(rank, score, chunk) for rank, (chunk, score) in enumerate(hits, 1)]
+
+    @contextmanager
+    def locked(
+        self, *, timeout: float = 600.0, on_wait: Callable[[], None] | None = None
+    ) -> Iterator[None]:
+        """Hold the writer lock for the duration of the block.
+
+        Args:
+            timeout: seconds to wait for another writer to finish.
+            on_wait: called once if the lock is busy, so the caller can say it waits.
+
+        Raises:
+            KnowledgeBaseLocked: the lock was not free within ``timeout``.
+        """
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.folder / LOCK_NAME))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait()
+            try:
+                lock.acquire(timeout=timeout)
+            except Timeout as exc:
+                raise KnowledgeBaseLocked(
+                    f"knowledge base '{self.name}' is being written by another process "
+                    f"(waited {timeout:.0f} s); try again when it has finished"
+                ) from exc
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @contextmanager
+    def writer(
+        self, *, timeout: float = 600.0, on_wait: Callable[[], None] | None = None
+    ) -> Iterator[KnowledgeBaseWriter]:
+        """The single writer, under the lock (see ``locked``)."""
+        with self.locked(timeout=timeout, on_wait=on_wait):
+            writer = KnowledgeBaseWriter(self)
+            try:
+                yield writer
+            finally:
+                writer.close()
+                with self._lock:
+                    self._index = None  # the next read reloads the committed state
+
+
+class KnowledgeBaseWriter:
+    """Writes documents one transaction each; saves the FAISS snapshot when done."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        self.kb = kb
+        self.catalog = Catalog(kb.folder / CATALOG_NAME)
+        self.index, self._saved_version = load_index(
+            self.catalog, kb.folder, kb.manifest.dimension
+        )
+        self._version: int | None = None
+        self._doc_id: int | None = None
+        self._ordinal = 0
+        self._pending_ids: list[np.ndarray] = []
+        self._pending_vectors: list[np.ndarray] = []
+        self._replaced: list[int] = []
+        self.changed = False
+
+    def cached_vectors(self, hashes: list[str]) -> dict[str, np.ndarray]:
+        """Vectors already stored for chunks with these embedded-text hashes."""
+        found = self.catalog.cached_embeddings(hashes)
+        return {h: np.frombuffer(v, dtype=np.float32) for h, v in found.items()}
+
+    def begin_document(self, source: str, name: str, sha256: str, size: int, fmt: str) -> int:
+        """Open the transaction of one document (replacing a previous version of it)."""
+        if self._version is not None:
+            raise RuntimeError("a document is already open")
+        self._version = self.catalog.begin()
+        self._doc_id, self._replaced = self.catalog.put_document(
+            source, name, sha256, size, fmt, self._version
+        )
+        self._ordinal = 0
+        return self._doc_id
+
+    def add_chunks(self, chunks: list[NewChunk], vectors: np.ndarray) -> None:
+        """Store chunks of the open document."""
+        if self._doc_id is None or self._version is None:
+            raise RuntimeError("no document is open")
+        ids = self.catalog.add_chunks(self._doc_id, self._version, chunks, vectors)
+        self._pending_ids.append(ids)
+        self._pending_vectors.append(np.asarray(vectors, dtype=np.float32))
+        self._ordinal += len(chunks)
+
+    @property
+    def next_ordinal(self) -> int:
+        """Ordinal of the next chunk of the open document."""
+        return self._ordinal
+
+    def commit_document(self, pages: int | None, notes: list[str]) -> int:
+        """Commit the open document; returns its chunk count."""
+        if self._doc_id is None:
+            raise RuntimeError("no document is open")
+        self.catalog.finish_document(self._doc_id, self._ordinal, pages, notes)
+        self.catalog.commit()
+        # Only now, with the rows durable, do the vectors join the index.
+        self.index.remove(self._replaced)
+        for ids, vectors in zip(self._pending_ids, self._pending_vectors, strict=True):
+            self.index.add(ids, vectors)
+        count = self._ordinal
+        self._reset()
+        self.changed = True
+        return count
+
+    def abort_document(self) -> None:
+        """Roll back the open document, leaving the previous state."""
+        self.catalog.rollback()
+        self._reset()
+
+    def remove_document(self, doc_id: int) -> int:
+        """Delete a document's row, chunks and vectors; returns how many chunks it had."""
+        version = self.catalog.begin()
+        try:
+            removed = self.catalog.delete_document(doc_id, version)
+            self.catalog.commit()
+        except BaseException:
+            self.catalog.rollback()
+            raise
+        self.index.remove(removed)
+        self.changed = True
+        return len(removed)
+
+    def _reset(self) -> None:
+        self._version = self._doc_id = None
+        self._pending_ids, self._pending_vectors, self._replaced = [], [], []
+        self._ordinal = 0
+
+    def close(self) -> None:
+        """Roll back anything open and save the snapshot if something was committed."""
+        if self._version is not None:
+            self.abort_document()
+        try:
+            if self.changed:
+                self.index.save(self.kb.folder / INDEX_NAME, self.catalog.version())
+        finally:
+            self.catalog.close()

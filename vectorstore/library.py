@@ -1,0 +1,145 @@
+"""The named knowledge bases under ``<home>/kbs/``: list, create, open, delete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from errors import InvalidName, KnowledgeBaseExists, KnowledgeBaseNotFound
+from vectorstore.catalog import CATALOG_NAME, Catalog
+from vectorstore.files import fsync_dir
+from vectorstore.knowledge_base import KnowledgeBase
+from vectorstore.manifest import Manifest
+
+# Letters of any script (Chinese names welcome), digits, '_', '-', '.'; not starting with '.'.
+_NAME = re.compile(r"^[^\W][\w.-]{0,63}$", re.UNICODE)
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it can name a knowledge base folder.
+
+    Raises:
+        InvalidName: saying what is allowed.
+    """
+    if not _NAME.match(name) or name in {".", ".."}:
+        raise InvalidName(
+            f"'{name}' cannot name a knowledge base: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class KnowledgeBaseSummary:
+    """One line of ``kb kbs``."""
+
+    name: str
+    documents: int
+    chunks: int
+    embedding_model: str
+    created_at: str
+    path: Path
+
+
+class Library:
+    """All knowledge bases of one data directory."""
+
+    def __init__(self, home: Path) -> None:
+        self.root = home / "kbs"
+
+    def _folder(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def names(self) -> list[str]:
+        """Names of existing knowledge bases, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and (p / "manifest.json").is_file()
+            and not p.name.startswith(".")
+        )  # fmt: skip
+
+    def exists(self, name: str) -> bool:
+        """Whether a knowledge base of that name exists."""
+        return (self._folder(name) / "manifest.json").is_file()
+
+    def summaries(self) -> list[KnowledgeBaseSummary]:
+        """Name, size and model of each knowledge base."""
+        out = []
+        for name in self.names():
+            kb = self.open(name)
+            try:
+                docs = kb.documents()
+                out.append(
+                    KnowledgeBaseSummary(
+                        name, len(docs), sum(d.chunks for d in docs),
+                        kb.manifest.embedding_model, kb.manifest.created_at, kb.folder,
+                    )
+                )  # fmt: skip
+            finally:
+                kb.close()
+        return out
+
+    def open(self, name: str) -> KnowledgeBase:
+        """Open an existing knowledge base.
+
+        Raises:
+            KnowledgeBaseNotFound: with the names that do exist.
+        """
+        if not self.exists(name):
+            known = ", ".join(self.names()) or "none yet"
+            raise KnowledgeBaseNotFound(
+                f"no knowledge base named '{name}' (existing: {known}); "
+                f"'kb ingest PATH --kb {name}' creates it"
+            )
+        return KnowledgeBase(self._folder(name))
+
+    def create(
+        self, name: str, *, embedding_model: str, dimension: int, chunk_tokens: int, overlap: int
+    ) -> KnowledgeBase:
+        """Create an empty knowledge base; it appears whole or not at all.
+
+        Raises:
+            KnowledgeBaseExists: the name is taken.
+        """
+        final = self._folder(name)
+        if final.exists():
+            raise KnowledgeBaseExists(f"a knowledge base named '{name}' already exists")
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".creating-{uuid.uuid4().hex}"
+        staging.mkdir()
+        try:
+            Catalog(staging / CATALOG_NAME, create=True).close()
+            Manifest.new(name, embedding_model, dimension, chunk_tokens, overlap).write(staging)
+            try:
+                os.rename(staging, final)  # fails if another process created it meanwhile
+            except OSError as exc:
+                raise KnowledgeBaseExists(f"a knowledge base named '{name}' already exists") from exc
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        fsync_dir(self.root)
+        return KnowledgeBase(final)
+
+    def delete(self, name: str) -> None:
+        """Delete a knowledge base and everything in it (waits for a running writer).
+
+        Raises:
+            KnowledgeBaseNotFound: there is no such knowledge base.
+        """
+        kb = self.open(name)
+        trash = self.root / f".deleting-{uuid.uuid4().hex}"
+        try:
+            with kb.locked():
+                kb.close()
+                os.rename(kb.folder, trash)
+        finally:
+            with contextlib.suppress(Exception):
+                kb.close()
+        fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)

@@ -6,6 +6,7 @@ the Python API of kb-assistant. Nothing here imports Streamlit or prints.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ from vectorstore import (
     KnowledgeBaseSummary,
     Library,
     SearchHit,
+    validate_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -137,6 +139,23 @@ class Assistant:
             on_wait=on_wait,
         )
 
+    def save_upload(self, filename: str, data: bytes, *, kb: str | None = None) -> Path:
+        """Store an uploaded file under ``<home>/uploads/<kb>/<content hash>/<safe name>``.
+
+        Nothing of the browser's name is trusted as a path: only a cleaned base name is kept,
+        and the folder is named by the content's hash, so uploading the same file twice lands
+        on the same path (and ingest sees it unchanged).
+        """
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        folder = self.settings.home / "uploads" / validate_name(self._kb_name(kb)) / digest
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / safe_filename(filename)
+        if not target.exists():
+            temp = folder / f".{target.name}.part"
+            temp.write_bytes(data)
+            temp.replace(target)
+        return target
+
     def documents(self, kb: str | None = None) -> list[DocumentRecord]:
         """The documents of a knowledge base, oldest first."""
         return self.knowledge_base(kb).documents()
@@ -190,6 +209,16 @@ class Assistant:
         embedder = self.embedder
         base.manifest.check_embedding(embedder.model_id, embedder.dimension)
         return base.search(embedder.embed_array([query])[0], k)
+
+
+def safe_filename(name: str) -> str:
+    """A base name safe to create: no folders, no control characters, not hidden, <= 120 chars."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if c.isprintable() and c not in '<>:"|?*').strip(" .")
+    stem, dot, ext = base.rpartition(".")
+    if dot and len(ext) <= 10:
+        return f"{stem[: 120 - len(ext) - 1] or 'upload'}.{ext}"
+    return base[:120] or "upload"
 
 
 def _match(docs: list[DocumentRecord], ref: str) -> list[DocumentRecord]:

@@ -52,6 +52,7 @@ class OnnxEmbedder(Embedder):
         self.quantize = quantize
         self.threads = threads
         self.batch_size = batch_size
+        self.batch_tokens = max(batch_size * 64, files.max_tokens * 8)
         self.cache_dir = cache_dir / f"{_slug(files.model_id)}-{_fingerprint(files)}"
         self._counter = HFTokenCounter(files.path / "tokenizer.json")
         self._session: Any = None
@@ -80,6 +81,9 @@ class OnnxEmbedder(Embedder):
                 options.inter_op_num_threads = 1
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 options.log_severity_level = 3
+                # Memory patterns are planned per input shape; with every batch a new shape
+                # they only pile up (peak RSS 1054 -> 721 MB on the benchmark, and faster).
+                options.enable_mem_pattern = False
                 try:
                     session = ort.InferenceSession(
                         str(self.onnx_path), options, providers=["CPUExecutionProvider"]
@@ -91,7 +95,8 @@ class OnnxEmbedder(Embedder):
                     ) from exc
                 tokenizer = Tokenizer.from_file(str(self.files.path / "tokenizer.json"))
                 tokenizer.enable_truncation(self.files.max_tokens)
-                tokenizer.enable_padding()
+                self._pad_id = int((tokenizer.padding or {}).get("pad_id", 0))
+                tokenizer.no_padding()  # each batch is padded to its own longest text
                 self._tokenizer = tokenizer
                 self._inputs = {i.name for i in session.get_inputs()}
                 self._session = session
@@ -103,19 +108,33 @@ class OnnxEmbedder(Embedder):
         if not texts:
             return out
         session = self._load()
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            out[rows] = self._embed_batch(session, [texts[i] for i in rows])
+        encoded = self._tokenizer.encode_batch(list(texts))
+        lengths = [len(e.ids) for e in encoded]
+        order = [int(i) for i in np.argsort(lengths, kind="stable")]
+        batch: list[int] = []
+        for i in order:
+            # Attention memory grows with batch x length^2: cap tokens per batch, so short
+            # texts go in big batches and long ones in small batches.
+            if batch and (len(batch) >= self.batch_size or (len(batch) + 1) * lengths[i] > self.batch_tokens):
+                out[batch] = self._embed_batch(session, [encoded[j] for j in batch])
+                batch = []
+            batch.append(i)
+        if batch:
+            out[batch] = self._embed_batch(session, [encoded[j] for j in batch])
         return normalise_rows(out)
 
-    def _embed_batch(self, session: Any, texts: list[str]) -> np.ndarray:
-        encoded = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encoded], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+    def _embed_batch(self, session: Any, encoded: list[Any]) -> np.ndarray:
+        width = max(len(e.ids) for e in encoded)
+        ids = np.full((len(encoded), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(encoded), width), dtype=np.int64)
+        types = np.zeros((len(encoded), width), dtype=np.int64)
+        for row, e in enumerate(encoded):
+            ids[row, : len(e.ids)] = e.ids
+            mask[row, : len(e.ids)] = 1
+            types[row, : len(e.ids)] = e.type_ids
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
-            feed["token_type_ids"] = np.array([e.type_ids for e in encoded], dtype=np.int64)
+            feed["token_type_ids"] = types
         hidden = session.run(None, feed)[0]
         return _pool(hidden, mask, self.files.pooling)
 

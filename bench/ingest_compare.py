@@ -1,0 +1,105 @@
+"""Ingestion benchmark: kb-assistant vs the textbook LangChain pipeline, side by side.
+
+Runs both on the same files in one invocation (each in a fresh process, ours first with a warm
+model cache) and prints a Markdown table; ``--record`` appends it to docs/benchmarks.md with the
+machine and the command. Default files: the Debian Reference PDF + HTML
+(``apt-get install debian-reference-en``).
+
+Usage: python bench/ingest_compare.py [FILE...] [--record]
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_FILES = [
+    "/usr/share/debian-reference/debian-reference.en.pdf",
+    *sorted(glob.glob("/usr/share/debian-reference/*.en.html")),
+]
+_MEASURE = (
+    "import json,resource,subprocess,sys,time;t=time.perf_counter();"
+    "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+    "print(json.dumps({'rc':p.returncode,'out':p.stdout,'err':p.stderr[-2000:],"
+    "'wall':time.perf_counter()-t,"
+    "'rss_mb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
+)
+
+
+def measure(command: list[str], env: dict[str, str]) -> dict[str, object]:
+    """Run a command in its own process tree; wall seconds and peak RSS of the child."""
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=env, capture_output=True, text=True, check=True)
+    result: dict[str, object] = json.loads(out.stdout)
+    if result["rc"] not in (0, 3):
+        raise SystemExit(f"{command[0]} failed: {result['err']}")
+    return result
+
+
+def machine() -> str:
+    """One line describing this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def main(argv: list[str]) -> None:
+    """Run both pipelines and print (and optionally record) the comparison."""
+    record = "--record" in argv
+    files = [a for a in argv if a != "--record"] or DEFAULT_FILES
+    env = dict(os.environ)
+    home = tempfile.mkdtemp(prefix="kb-bench-")
+    env["KB_HOME"] = home
+    kb = [sys.executable, "-m", "cli"]
+    # Warm the exported-model cache so the one-time ONNX export is not counted as ingest.
+    warm = Path(home) / "warm-up.txt"
+    warm.write_text("A short text to load the embedding model once.\n", encoding="utf-8")
+    subprocess.run([*kb, "ingest", str(warm), "--kb", "warm"], env=env, capture_output=True, cwd=ROOT, check=True)
+    ours = measure([*kb, "ingest", *files, "--kb", "bench", "--json"], env)
+    report = json.loads(str(ours["out"]))
+    docs = json.loads(subprocess.run([*kb, "docs", "--kb", "bench", "--json"], env=env, capture_output=True, text=True, cwd=ROOT, check=True).stdout)
+    pages = sum(d["pages"] or 1 for d in docs)
+    textbook = measure([sys.executable, str(ROOT / "bench/textbook_pipeline.py"), *files], env)
+    tb = json.loads(str(textbook["out"]).strip().splitlines()[-1])
+    rows = [
+        ("kb-assistant", len(files), pages, report["chunks_added"], float(ours["wall"]), float(ours["rss_mb"])),
+        ("textbook LangChain", len(files), tb["pages"], tb["chunks"], float(textbook["wall"]), float(textbook["rss_mb"])),
+    ]
+    lines = [
+        "| pipeline | files | pages | chunks | wall s | chunks/s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {n} | {f} | {p} | {c} | {w:.1f} | {c / w:.1f} | {r:.0f} |" for n, f, p, c, w, r in rows),
+        "",
+        f"Wall-time ratio kb-assistant / textbook: **{rows[0][4] / rows[1][4]:.2f}**",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    if record:
+        stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        entry = (
+            f"\n### Ingestion, Debian Reference (PDF + HTML) — {stamp}\n\n"
+            f"Machine: {machine()}  \nCommand: `python bench/ingest_compare.py --record`  \n"
+            f"kb-assistant settings: embedding_backend={os.environ.get('KB_EMBEDDING_BACKEND', 'onnx (default)')}, "
+            "chunk 192/32 tokens; wall time includes process start and model load for both.\n\n"
+            f"{table}\n"
+        )
+        with (ROOT / "docs/benchmarks.md").open("a", encoding="utf-8") as fh:
+            fh.write(entry)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

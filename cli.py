@@ -1,0 +1,325 @@
+"""The ``kb`` command: a thin client of ``assistant.Assistant``.
+
+Exit codes: 0 success; 1 an error (message on stderr, and ``{"error": ...}`` on stdout with
+``--json``); 2 a usage error; 3 ``ingest`` finished but some files failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from assistant import Assistant
+    from ingest import IngestProgress, IngestReport
+
+EXIT_ERROR = 1
+EXIT_PARTIAL = 3
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+kb_option = click.option("--kb", "kb_name", metavar="NAME", help="Knowledge base (default: the 'kb' setting).")
+
+
+class Context:
+    """What every command gets: the options of ``kb`` itself and a lazily built Assistant."""
+
+    def __init__(self, home: Path | None, verbose: int) -> None:
+        self.home = home
+        self.verbose = verbose
+        self._assistant: Assistant | None = None
+
+    def settings(self) -> Any:
+        from settings import load_settings
+
+        return load_settings(self.home)
+
+    def assistant(self) -> Assistant:
+        if self._assistant is None:
+            from assistant import build_assistant
+
+            settings = self.settings()
+            level = "DEBUG" if self.verbose > 1 else "INFO" if self.verbose else settings.log_level
+            logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+            self._assistant = build_assistant(settings)
+        return self._assistant
+
+
+def emit(data: Any, as_json: bool, human: Callable[[], None]) -> None:
+    """Print ``data`` as JSON, or call ``human`` to print it for people."""
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+    else:
+        human()
+
+
+@contextmanager
+def reported(as_json: bool) -> Iterator[None]:
+    """Turn kb-assistant's errors into a message and exit code 1 (the one edge that prints)."""
+    from errors import KBError
+
+    try:
+        yield
+    except KBError as exc:
+        if as_json:
+            click.echo(json.dumps({"error": str(exc), "type": type(exc).__name__}, ensure_ascii=False))
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="KB_HOME",
+    help="Data directory (default: $KB_HOME or the user data folder).",
+)
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, verbose: int) -> None:
+    """kb-assistant: a private knowledge base on your own machine."""
+    ctx.obj = Context(home, verbose)
+
+
+# --- documents ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@kb_option
+@json_option
+@click.pass_obj
+def ingest(ctx: Context, paths: tuple[Path, ...], kb_name: str | None, as_json: bool) -> None:
+    """Ingest files and folders (recursively) into a knowledge base."""
+    with reported(as_json):
+        assistant = ctx.assistant()
+
+        def waiting() -> None:
+            click.echo("Another ingest is writing to this knowledge base; waiting...", err=True)
+
+        with _progress_bar(enabled=not as_json and sys.stderr.isatty()) as progress:
+            report = assistant.ingest(paths, kb=kb_name, progress=progress, on_wait=waiting)
+    emit(report.to_json(), as_json, lambda: _print_ingest(report))
+    if report.failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[chunks]} chunks"), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("Ingesting", total=None, chunks=0)
+
+        def update(p: IngestProgress) -> None:
+            name = Path(p.current).name if p.current else "Ingesting"
+            bar.update(task, total=p.files_total, completed=p.files_done, chunks=p.chunks_done,
+                       description=name[:40])  # fmt: skip
+
+        yield update
+
+
+def _print_ingest(report: IngestReport) -> None:
+    click.echo(
+        f"{len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged, {len(report.failed)} failed"
+        + (f", {len(report.skipped)} skipped" if report.skipped else "")
+        + f" — {report.chunks_added} chunks in {report.seconds:.1f} s"
+        + f" (knowledge base '{report.kb}')"
+    )
+    for problem in report.failed:
+        click.echo(f"  failed: {problem.path}: {problem.error}")
+    for problem in report.skipped[:20]:
+        click.echo(f"  skipped: {problem.path}: {problem.error}")
+    if len(report.skipped) > 20:
+        click.echo(f"  ... and {len(report.skipped) - 20} more skipped (see --json)")
+
+
+@main.command()
+@kb_option
+@json_option
+@click.pass_obj
+def docs(ctx: Context, kb_name: str | None, as_json: bool) -> None:
+    """List the documents of a knowledge base."""
+    with reported(as_json):
+        records = ctx.assistant().documents(kb_name)
+    rows = [
+        {
+            "doc_id": d.doc_id, "source": d.source, "name": d.name, "format": d.format,
+            "pages": d.pages, "chunks": d.chunks, "sha256": d.sha256, "size": d.size,
+            "added_at": d.added_at, "notes": d.notes,
+        }
+        for d in records
+    ]  # fmt: skip
+
+    def human() -> None:
+        if not rows:
+            click.echo("No documents yet; add some with 'kb ingest PATH'.")
+        for r in rows:
+            pages = "-" if r["pages"] is None else r["pages"]
+            click.echo(
+                f"{r['doc_id']:>5}  {r['name']}  pages {pages}  chunks {r['chunks']}  "
+                f"{r['sha256'][:12]}  {r['added_at']}  {r['source']}"
+            )
+
+    emit(rows, as_json, human)
+
+
+@main.command()
+@click.argument("refs", nargs=-1, required=True, metavar="DOC...")
+@kb_option
+@json_option
+@click.pass_obj
+def remove(ctx: Context, refs: tuple[str, ...], kb_name: str | None, as_json: bool) -> None:
+    """Remove documents (by id, source path or file name) with their chunks and vectors."""
+    with reported(as_json):
+        removed = ctx.assistant().remove(list(refs), kb=kb_name)
+    data = [{"doc_id": d.doc_id, "source": d.source, "chunks": d.chunks} for d in removed]
+    emit(data, as_json, lambda: [click.echo(f"removed {d['doc_id']}: {d['source']}") for d in data])
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 100), help="Results.")
+@kb_option
+@json_option
+@click.pass_obj
+def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool) -> None:
+    """Show the chunks most similar to QUERY, with source, page and score."""
+    with reported(as_json):
+        hits = ctx.assistant().search(query, k=k, kb=kb_name)
+    rows = [
+        {
+            "rank": h.rank, "text": h.chunk.text, "source": h.chunk.source, "page": h.chunk.page,
+            "score": round(h.score, 4), "heading": h.chunk.heading, "sheet": h.chunk.sheet,
+            "doc_id": h.chunk.doc_id, "chunk_id": h.chunk.chunk_id,
+        }
+        for h in hits
+    ]  # fmt: skip
+
+    def human() -> None:
+        if not rows:
+            click.echo("No results: the knowledge base is empty.")
+        for r in rows:
+            where = Path(r["source"]).name + (f" p.{r['page']}" if r["page"] else "")
+            where += f" [{r['sheet']}]" if r["sheet"] else ""
+            click.echo(f"[{r['rank']}] {r['score']:.3f}  {where}" + (f"  § {r['heading']}" if r["heading"] else ""))
+            snippet = " ".join(r["text"].split())
+            click.echo(f"    {snippet[:300]}{'…' if len(snippet) > 300 else ''}")
+
+    emit(rows, as_json, human)
+
+
+# --- knowledge bases ----------------------------------------------------------------------
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def kbs(ctx: Context, as_json: bool) -> None:
+    """List knowledge bases."""
+    with reported(as_json):
+        summaries = ctx.assistant().list_kbs()
+    rows = [
+        {"name": s.name, "documents": s.documents, "chunks": s.chunks,
+         "embedding_model": s.embedding_model, "created_at": s.created_at, "path": str(s.path)}
+        for s in summaries
+    ]  # fmt: skip
+
+    def human() -> None:
+        if not rows:
+            click.echo("No knowledge bases yet; 'kb ingest PATH' creates 'default'.")
+        for r in rows:
+            click.echo(f"{r['name']}  {r['documents']} documents  {r['chunks']} chunks  {r['embedding_model']}")
+
+    emit(rows, as_json, human)
+
+
+@main.group("kb")
+def kb_group() -> None:
+    """Create or delete a knowledge base."""
+
+
+@kb_group.command("create")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def kb_create(ctx: Context, name: str, as_json: bool) -> None:
+    """Create an empty knowledge base NAME."""
+    with reported(as_json):
+        kb = ctx.assistant().create_kb(name)
+    data = {"name": kb.name, "path": str(kb.folder), "embedding_model": kb.manifest.embedding_model}
+    emit(data, as_json, lambda: click.echo(f"created knowledge base '{kb.name}' in {kb.folder}"))
+
+
+@kb_group.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def kb_delete(ctx: Context, name: str, yes: bool, as_json: bool) -> None:
+    """Delete knowledge base NAME and everything in it."""
+    if not yes and not as_json:
+        click.confirm(f"Delete knowledge base '{name}' and all its documents?", abort=True)
+    elif as_json and not yes:
+        raise click.UsageError("--json needs --yes to delete without asking")
+    with reported(as_json):
+        ctx.assistant().delete_kb(name)
+    emit({"deleted": name}, as_json, lambda: click.echo(f"deleted knowledge base '{name}'"))
+
+
+# --- settings and the app -----------------------------------------------------------------
+
+
+@main.command()
+@json_option
+@click.pass_obj
+def config(ctx: Context, as_json: bool) -> None:
+    """Print the effective settings and where they can be changed."""
+    with reported(as_json):
+        settings = ctx.settings()
+    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.model_dump().items()}
+    data["config_file"] = str(settings.config_file)
+
+    def human() -> None:
+        for key, value in data.items():
+            click.echo(f"{key} = {value!r}")
+        click.echo("# change with KB_<NAME> environment variables or the config file above")
+
+    emit(data, as_json, human)
+
+
+@main.command()
+@click.option("--port", default=8501, show_default=True, help="Port on 127.0.0.1.")
+@click.pass_obj
+def app(ctx: Context, port: int) -> None:
+    """Start the Streamlit app in the browser (listens on 127.0.0.1 only)."""
+    import os
+    import subprocess
+
+    script = Path(__file__).with_name("app.py")
+    env = dict(os.environ)
+    if ctx.home is not None:
+        env["KB_HOME"] = str(ctx.home)
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
+        "--server.port", str(port), "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    sys.exit(subprocess.call(command, env=env, cwd=script.parent))
+
+
+if __name__ == "__main__":
+    main()

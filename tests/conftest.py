@@ -1,0 +1,75 @@
+"""Shared fixtures: every test gets its own data directory and, unless it asks for the real
+model, the keyword-hash embedder (deterministic, instant)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from assistant import Assistant, build_assistant
+from models.embeddings import HashEmbedder
+from settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def kb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated KB_HOME; KB_* variables of the developer's shell do not leak in."""
+    for key in list(os.environ):
+        if key.startswith("KB_"):
+            monkeypatch.delenv(key)
+    home = tmp_path / "kb-home"
+    monkeypatch.setenv("KB_HOME", str(home))
+    monkeypatch.setenv("KB_EMBEDDING_BACKEND", "fake")
+    return home
+
+
+@pytest.fixture
+def settings(kb_home: Path) -> Settings:
+    """Settings for the isolated home with the fake embedder."""
+    return load_settings(kb_home)
+
+
+@pytest.fixture
+def embedder() -> HashEmbedder:
+    """The keyword-hash embedder; ``.calls`` records batch sizes."""
+    return HashEmbedder()
+
+
+@pytest.fixture
+def assistant(settings: Settings, embedder: HashEmbedder) -> Iterator[Assistant]:
+    """An Assistant over the isolated home with the fake embedder."""
+    a = build_assistant(settings, embeddings=embedder)
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export of the real model for the whole session."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture
+def real_assistant(kb_home: Path, model_cache: Path) -> Iterator[Assistant]:
+    """An Assistant with the real embedded embedding model (ONNX int8)."""
+    a = build_assistant(load_settings(kb_home, embedding_backend="onnx", model_cache=model_cache))
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Record (and refuse) every attempt to open a network connection."""
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object, *args: object) -> None:
+        attempts.append(address)
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts

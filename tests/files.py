@@ -1,0 +1,99 @@
+"""Builders of small real documents for tests (PDF, DOCX, XLSX, PPTX, EPUB, text)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_pdf(path: Path, pages: list[str]) -> Path:
+    """A PDF with one page per string (Latin text)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    for text in pages:
+        pdf.add_page()
+        if text:
+            pdf.multi_cell(0, 8, text)
+    pdf.output(str(path))
+    return path
+
+
+def make_encrypted_pdf(path: Path, text: str, password: str = "secret") -> Path:
+    """A PDF that needs ``password`` to open."""
+    from pypdf import PdfReader, PdfWriter
+
+    plain = make_pdf(path.with_name("plain-" + path.name), [text])
+    writer = PdfWriter(clone_from=PdfReader(plain))
+    writer.encrypt(user_password=password, owner_password=password + "-owner")
+    with path.open("wb") as fh:
+        writer.write(fh)
+    return path
+
+
+def make_docx(path: Path, blocks: list[tuple[str, str]], table: list[list[str]] | None = None) -> Path:
+    """A Word file from ``(style, text)`` blocks; style 'h1'/'h2' or 'p'."""
+    import docx
+
+    document = docx.Document()
+    for style, text in blocks:
+        if style.startswith("h"):
+            document.add_heading(text, level=int(style[1]))
+        else:
+            document.add_paragraph(text)
+    if table:
+        grid = document.add_table(rows=len(table), cols=len(table[0]))
+        for r, row in enumerate(table):
+            for c, value in enumerate(row):
+                grid.cell(r, c).text = value
+    document.save(str(path))
+    return path
+
+
+def make_xlsx(path: Path, sheets: dict[str, list[list[object]]]) -> Path:
+    """An Excel workbook with the given sheets of rows."""
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    workbook.remove(workbook.active)
+    for name, rows in sheets.items():
+        sheet = workbook.create_sheet(name)
+        for row in rows:
+            sheet.append(row)
+    workbook.save(path)
+    return path
+
+
+def make_pptx(path: Path, slides: list[tuple[str, str]]) -> Path:
+    """A PowerPoint file, one ``(title, body)`` per slide."""
+    from pptx import Presentation
+
+    deck = Presentation()
+    for title, body in slides:
+        slide = deck.slides.add_slide(deck.slide_layouts[1])
+        slide.shapes.title.text = title
+        slide.placeholders[1].text = body
+    deck.save(str(path))
+    return path
+
+
+def make_epub(path: Path, chapters: list[tuple[str, str]]) -> Path:
+    """An EPUB book, one ``(title, paragraph)`` per chapter."""
+    from ebooklib import epub
+
+    book = epub.EpubBook()
+    book.set_identifier("kb-test-book")
+    book.set_title("Test book")
+    book.set_language("en")
+    items = []
+    for i, (title, text) in enumerate(chapters, start=1):
+        chapter = epub.EpubHtml(title=title, file_name=f"ch{i}.xhtml", lang="en")
+        chapter.content = f"<h1>{title}</h1><p>{text}</p>"
+        book.add_item(chapter)
+        items.append(chapter)
+    book.toc = tuple(items)
+    book.add_item(epub.EpubNcx())
+    book.add_item(epub.EpubNav())
+    book.spine = ["nav", *items]
+    epub.write_epub(str(path), book)
+    return path

@@ -357,7 +357,7 @@ class _Consumer:
             if event.job is not None and event.job is self.open_job:
                 self.writer.abort_document()
                 self.open_job = None
-            if event.job is not self.dead:
+            if event.job is None or event.job is not self.dead:  # a dead job is reported already
                 self.report.failed.append(FileProblem(str(event.path), event.error))
             self.notify(None)
             return

@@ -15,10 +15,11 @@ from typing import Protocol
 
 from loaders.base import Section
 
-# Zero-width cut points: after Chinese enders (and any closing quotes/brackets that follow),
+# Zero-width cut points: after Chinese enders (or the closing quote/bracket that follows one),
 # after English enders followed by whitespace, and after a line break.
 _SENTENCE_CUT = re.compile(
     r"(?<=[。！？；…!?])(?![。！？；…!?”’」』）)\]\"'])"
+    r"|(?<=[。！？；…!?][”’」』）)\]\"'])(?![”’」』）)\]\"'])"
     r"|(?<=[.;:])(?=\s)"
     r"|(?<=\n)"
 )

@@ -18,9 +18,9 @@ from settings import load_settings
 
 
 @st.cache_resource
-def get_assistant() -> Assistant:
-    """One Assistant (and one embedding model) per server process."""
-    return build_assistant(load_settings())
+def get_assistant(home: str) -> Assistant:
+    """One Assistant (and one embedding model) per data directory and server process."""
+    return build_assistant(load_settings(home))
 
 
 def sidebar(assistant: Assistant) -> str:
@@ -61,7 +61,10 @@ def upload_panel(assistant: Assistant, kb: str) -> None:
 
     def progress(p: Any) -> None:
         total = max(1, p.files_total)
-        bar.progress(min(1.0, p.files_done / total), text=f"{p.files_done}/{total} files, {p.chunks_done} chunks")
+        bar.progress(
+            min(1.0, p.files_done / total),
+            text=f"{p.files_done}/{total} files, {p.chunks_done} chunks",
+        )
 
     try:
         report = assistant.ingest(paths, kb=kb, progress=progress)
@@ -72,7 +75,10 @@ def upload_panel(assistant: Assistant, kb: str) -> None:
     rows = [{"file": p.rsplit("/", 1)[-1], "result": r, "reason": ""}
             for r, group in (("added", report.added), ("updated", report.updated),
                              ("unchanged", report.unchanged)) for p in group]  # fmt: skip
-    rows += [{"file": f.path.rsplit("/", 1)[-1], "result": "failed", "reason": f.error} for f in report.failed]
+    rows += [
+        {"file": f.path.rsplit("/", 1)[-1], "result": "failed", "reason": f.error}
+        for f in report.failed
+    ]
     st.session_state["last_report"] = rows
     st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
     st.rerun()
@@ -134,7 +140,7 @@ def search_panel(assistant: Assistant, kb: str) -> None:
 def main() -> None:
     """Render the page."""
     st.set_page_config(page_title="kb-assistant", layout="wide")
-    assistant = get_assistant()
+    assistant = get_assistant(str(load_settings().home))
     kb = sidebar(assistant)
     st.title(f"Knowledge base: {kb}")
     documents, search = st.tabs(["Documents", "Search"])

@@ -24,7 +24,9 @@ EXIT_ERROR = 1
 EXIT_PARTIAL = 3
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-kb_option = click.option("--kb", "kb_name", metavar="NAME", help="Knowledge base (default: the 'kb' setting).")
+kb_option = click.option(
+    "--kb", "kb_name", metavar="NAME", help="Knowledge base (default: the 'kb' setting)."
+)
 
 
 class Context:
@@ -68,7 +70,9 @@ def reported(as_json: bool) -> Iterator[None]:
         yield
     except KBError as exc:
         if as_json:
-            click.echo(json.dumps({"error": str(exc), "type": type(exc).__name__}, ensure_ascii=False))
+            click.echo(
+                json.dumps({"error": str(exc), "type": type(exc).__name__}, ensure_ascii=False)
+            )
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_ERROR)
 
@@ -115,7 +119,13 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None] | 
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -156,7 +166,7 @@ def docs(ctx: Context, kb_name: str | None, as_json: bool) -> None:
     """List the documents of a knowledge base."""
     with reported(as_json):
         records = ctx.assistant().documents(kb_name)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "doc_id": d.doc_id, "source": d.source, "name": d.name, "format": d.format,
             "pages": d.pages, "chunks": d.chunks, "sha256": d.sha256, "size": d.size,
@@ -188,7 +198,12 @@ def remove(ctx: Context, refs: tuple[str, ...], kb_name: str | None, as_json: bo
     with reported(as_json):
         removed = ctx.assistant().remove(list(refs), kb=kb_name)
     data = [{"doc_id": d.doc_id, "source": d.source, "chunks": d.chunks} for d in removed]
-    emit(data, as_json, lambda: [click.echo(f"removed {d['doc_id']}: {d['source']}") for d in data])
+
+    def human() -> None:
+        for d in removed:
+            click.echo(f"removed {d.doc_id}: {d.source} ({d.chunks} chunks)")
+
+    emit(data, as_json, human)
 
 
 @main.command()
@@ -201,7 +216,7 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
     """Show the chunks most similar to QUERY, with source, page and score."""
     with reported(as_json):
         hits = ctx.assistant().search(query, k=k, kb=kb_name)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "rank": h.rank, "text": h.chunk.text, "source": h.chunk.source, "page": h.chunk.page,
             "score": round(h.score, 4), "heading": h.chunk.heading, "sheet": h.chunk.sheet,
@@ -216,7 +231,10 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
         for r in rows:
             where = Path(r["source"]).name + (f" p.{r['page']}" if r["page"] else "")
             where += f" [{r['sheet']}]" if r["sheet"] else ""
-            click.echo(f"[{r['rank']}] {r['score']:.3f}  {where}" + (f"  § {r['heading']}" if r["heading"] else ""))
+            click.echo(
+                f"[{r['rank']}] {r['score']:.3f}  {where}"
+                + (f"  § {r['heading']}" if r["heading"] else "")
+            )
             snippet = " ".join(r["text"].split())
             click.echo(f"    {snippet[:300]}{'…' if len(snippet) > 300 else ''}")
 
@@ -233,7 +251,7 @@ def kbs(ctx: Context, as_json: bool) -> None:
     """List knowledge bases."""
     with reported(as_json):
         summaries = ctx.assistant().list_kbs()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": s.name, "documents": s.documents, "chunks": s.chunks,
          "embedding_model": s.embedding_model, "created_at": s.created_at, "path": str(s.path)}
         for s in summaries
@@ -243,7 +261,10 @@ def kbs(ctx: Context, as_json: bool) -> None:
         if not rows:
             click.echo("No knowledge bases yet; 'kb ingest PATH' creates 'default'.")
         for r in rows:
-            click.echo(f"{r['name']}  {r['documents']} documents  {r['chunks']} chunks  {r['embedding_model']}")
+            click.echo(
+                f"{r['name']}  {r['documents']} documents  {r['chunks']} chunks  "
+                f"{r['embedding_model']}"
+            )
 
     emit(rows, as_json, human)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from errors import EmptyDocument, FileVanished, IngestError, KBError, KnowledgeBaseError
+from errors import EmptyDocument, FileVanished, KBError, KnowledgeBaseError
 from loaders import LoadContext, format_of, is_supported, load_sections
 from loaders.splitter import Chunk, ChunkSplitter
 from models.embeddings import Embedder

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILES = [
@@ -34,10 +35,16 @@ _MEASURE = (
 )
 
 
-def measure(command: list[str], env: dict[str, str]) -> dict[str, object]:
+def measure(command: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Run a command in its own process tree; wall seconds and peak RSS of the child."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=env, capture_output=True, text=True, check=True)
-    result: dict[str, object] = json.loads(out.stdout)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
     if result["rc"] not in (0, 3):
         raise SystemExit(f"{command[0]} failed: {result['err']}")
     return result
@@ -54,7 +61,9 @@ def machine() -> str:
     except OSError:
         pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -68,21 +77,53 @@ def main(argv: list[str]) -> None:
     # Warm the exported-model cache so the one-time ONNX export is not counted as ingest.
     warm = Path(home) / "warm-up.txt"
     warm.write_text("A short text to load the embedding model once.\n", encoding="utf-8")
-    subprocess.run([*kb, "ingest", str(warm), "--kb", "warm"], env=env, capture_output=True, cwd=ROOT, check=True)
+    subprocess.run(
+        [*kb, "ingest", str(warm), "--kb", "warm"],
+        env=env,
+        capture_output=True,
+        cwd=ROOT,
+        check=True,
+    )
     ours = measure([*kb, "ingest", *files, "--kb", "bench", "--json"], env)
     report = json.loads(str(ours["out"]))
-    docs = json.loads(subprocess.run([*kb, "docs", "--kb", "bench", "--json"], env=env, capture_output=True, text=True, cwd=ROOT, check=True).stdout)
+    docs = json.loads(
+        subprocess.run(
+            [*kb, "docs", "--kb", "bench", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=True,
+        ).stdout
+    )
     pages = sum(d["pages"] or 1 for d in docs)
     textbook = measure([sys.executable, str(ROOT / "bench/textbook_pipeline.py"), *files], env)
     tb = json.loads(str(textbook["out"]).strip().splitlines()[-1])
     rows = [
-        ("kb-assistant", len(files), pages, report["chunks_added"], float(ours["wall"]), float(ours["rss_mb"])),
-        ("textbook LangChain", len(files), tb["pages"], tb["chunks"], float(textbook["wall"]), float(textbook["rss_mb"])),
+        (
+            "kb-assistant",
+            len(files),
+            pages,
+            report["chunks_added"],
+            float(ours["wall"]),
+            float(ours["rss_mb"]),
+        ),
+        (
+            "textbook LangChain",
+            len(files),
+            tb["pages"],
+            tb["chunks"],
+            float(textbook["wall"]),
+            float(textbook["rss_mb"]),
+        ),
     ]
     lines = [
         "| pipeline | files | pages | chunks | wall s | chunks/s | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
-        *(f"| {n} | {f} | {p} | {c} | {w:.1f} | {c / w:.1f} | {r:.0f} |" for n, f, p, c, w, r in rows),
+        *(
+            f"| {n} | {f} | {p} | {c} | {w:.1f} | {c / w:.1f} | {r:.0f} |"
+            for n, f, p, c, w, r in rows
+        ),
         "",
         f"Wall-time ratio kb-assistant / textbook: **{rows[0][4] / rows[1][4]:.2f}**",
     ]
@@ -90,10 +131,11 @@ def main(argv: list[str]) -> None:
     print(table)
     if record:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        backend = os.environ.get("KB_EMBEDDING_BACKEND", "onnx (default)")
         entry = (
             f"\n### Ingestion, Debian Reference (PDF + HTML) — {stamp}\n\n"
             f"Machine: {machine()}  \nCommand: `python bench/ingest_compare.py --record`  \n"
-            f"kb-assistant settings: embedding_backend={os.environ.get('KB_EMBEDDING_BACKEND', 'onnx (default)')}, "
+            f"kb-assistant settings: embedding_backend={backend}, "
             "chunk 192/32 tokens; wall time includes process start and model load for both.\n\n"
             f"{table}\n"
         )

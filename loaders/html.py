@@ -72,7 +72,9 @@ def _flatten(root: object) -> str:
             if previous is not None and isinstance(previous.tag, str) and previous.tag in _CELL:
                 el.text = " | " + (el.text or "")
     body = root.find("body")  # type: ignore[attr-defined]
-    text: str = etree.tostring(body if body is not None else root, method="text", encoding="unicode")
+    text: str = etree.tostring(
+        body if body is not None else root, method="text", encoding="unicode"
+    )
     return text
 
 

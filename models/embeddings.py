@@ -62,7 +62,8 @@ def normalise_rows(vectors: np.ndarray) -> np.ndarray:
     """Scale each row to unit length (zero rows stay zero)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    result: np.ndarray = np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
+    return result
 
 
 # --- the fake -----------------------------------------------------------------------------
@@ -195,11 +196,15 @@ def _read_model_dir(path: Path, model_id: str) -> ModelFiles:
             f"{path} is not a sentence-transformers model directory "
             "(config.json and tokenizer.json are required)"
         )
-    modules = json.loads((path / "modules.json").read_text()) if (path / "modules.json").is_file() else []
+    modules = (
+        json.loads((path / "modules.json").read_text()) if (path / "modules.json").is_file() else []
+    )
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
     pooling_cfg = _read_json(path / "1_Pooling" / "config.json")
-    pooling = "cls" if pooling_cfg.get("pooling_mode_cls_token") else (
-        "max" if pooling_cfg.get("pooling_mode_max_tokens") else "mean"
+    pooling = (
+        "cls"
+        if pooling_cfg.get("pooling_mode_cls_token")
+        else ("max" if pooling_cfg.get("pooling_mode_max_tokens") else "mean")
     )
     st_cfg = _read_json(path / "sentence_bert_config.json")
     position_limit = int(str(config.get("max_position_embeddings", 512)))

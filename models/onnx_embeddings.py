@@ -115,7 +115,9 @@ class OnnxEmbedder(Embedder):
         for i in order:
             # Attention memory grows with batch x length^2: cap tokens per batch, so short
             # texts go in big batches and long ones in small batches.
-            if batch and (len(batch) >= self.batch_size or (len(batch) + 1) * lengths[i] > self.batch_tokens):
+            if batch and (
+                len(batch) >= self.batch_size or (len(batch) + 1) * lengths[i] > self.batch_tokens
+            ):
                 out[batch] = self._embed_batch(session, [encoded[j] for j in batch])
                 batch = []
             batch.append(i)
@@ -232,9 +234,7 @@ def _quantize(source: Path, target: Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_dynamic(
-                str(source), str(temp), weight_type=QuantType.QInt8, per_channel=True
-            )
+            quantize_dynamic(str(source), str(temp), weight_type=QuantType.QInt8, per_channel=True)
     finally:
         root.setLevel(level)
     os.replace(temp, target)

@@ -49,9 +49,11 @@ class SentenceTransformerEmbedder(Embedder):
                     self._model = SentenceTransformer(str(self.files.path), device="cpu")
                 except (OSError, ValueError) as exc:
                     raise ModelError(f"{self.files.path}: cannot load the model ({exc})") from exc
-                dimension = getattr(self._model, "get_embedding_dimension", None) or getattr(
-                    self._model, "get_sentence_embedding_dimension"
-                )
+                model = self._model
+                # sentence-transformers 6 renamed the method; older releases have only the old name.
+                dimension = getattr(model, "get_embedding_dimension", None)
+                if dimension is None:
+                    dimension = model.get_sentence_embedding_dimension
                 self.dimension = int(dimension())
             return self._model
 

@@ -31,7 +31,9 @@ def make_encrypted_pdf(path: Path, text: str, password: str = "secret") -> Path:
     return path
 
 
-def make_docx(path: Path, blocks: list[tuple[str, str]], table: list[list[str]] | None = None) -> Path:
+def make_docx(
+    path: Path, blocks: list[tuple[str, str]], table: list[list[str]] | None = None
+) -> Path:
     """A Word file from ``(style, text)`` blocks; style 'h1'/'h2' or 'p'."""
     import docx
 

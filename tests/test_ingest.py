@@ -39,7 +39,9 @@ def consistent(assistant: Assistant, kb: str | None = None) -> int:
     return chunks
 
 
-def test_second_run_adds_nothing_and_embeds_nothing(assistant: Assistant, embedder: HashEmbedder, tmp_path: Path) -> None:
+def test_second_run_adds_nothing_and_embeds_nothing(
+    assistant: Assistant, embedder: HashEmbedder, tmp_path: Path
+) -> None:
     folder = tmp_path / "docs"
     write(folder / "a.md", "# A\n\n" + paragraphs("apt", 30))
     write(folder / "sub" / "b.txt", paragraphs("networking", 30))
@@ -56,7 +58,10 @@ def test_second_run_adds_nothing_and_embeds_nothing(assistant: Assistant, embedd
 def test_changed_file_replaces_its_chunks_and_reuses_unchanged_vectors(
     assistant: Assistant, embedder: HashEmbedder, tmp_path: Path
 ) -> None:
-    doc = write(tmp_path / "guide.md", "# Intro\n\nZebras graze.\n\n# Install\n\n" + paragraphs("install", 40))
+    doc = write(
+        tmp_path / "guide.md",
+        "# Intro\n\nZebras graze.\n\n# Install\n\n" + paragraphs("install", 40),
+    )
     assistant.ingest([doc])
     doc_id = assistant.documents()[0].doc_id
     before = sum(embedder.calls)
@@ -71,7 +76,9 @@ def test_changed_file_replaces_its_chunks_and_reuses_unchanged_vectors(
     consistent(assistant)
 
 
-def test_remove_deletes_chunks_and_vectors_of_one_document(assistant: Assistant, tmp_path: Path) -> None:
+def test_remove_deletes_chunks_and_vectors_of_one_document(
+    assistant: Assistant, tmp_path: Path
+) -> None:
     keep = write(tmp_path / "keep.txt", paragraphs("kernels", 20))
     drop = write(tmp_path / "drop.txt", paragraphs("printers", 20))
     assistant.ingest([keep, drop])
@@ -81,7 +88,9 @@ def test_remove_deletes_chunks_and_vectors_of_one_document(assistant: Assistant,
     assert consistent(assistant) == assistant.documents()[0].chunks
 
 
-def test_bad_inputs_fail_one_by_one_while_the_rest_ingests(assistant: Assistant, tmp_path: Path) -> None:
+def test_bad_inputs_fail_one_by_one_while_the_rest_ingests(
+    assistant: Assistant, tmp_path: Path
+) -> None:
     folder = tmp_path / "mixed"
     write(folder / "good one 中文 名字.md", "# 标题\n\n这是一个好文件。")
     (folder / "empty.txt").write_bytes(b"")
@@ -100,7 +109,9 @@ def test_bad_inputs_fail_one_by_one_while_the_rest_ingests(assistant: Assistant,
     assert "unsupported file type '.png'" in reasons.pop("picture.png")
     assert reasons.pop("nowhere.txt") == "no such file or directory"
     assert reasons == {}
-    assert [(Path(s.path).name, s.error) for s in report.skipped] == [("notes.xyz", "unsupported file type '.xyz'")]
+    assert [(Path(s.path).name, s.error) for s in report.skipped] == [
+        ("notes.xyz", "unsupported file type '.xyz'")
+    ]
     assert all("\n" not in f.error for f in report.failed)
     consistent(assistant)
 
@@ -152,15 +163,21 @@ build_assistant(load_settings({home!r}), embeddings=HashEmbedder()).ingest([{fol
 
 
 @pytest.mark.parametrize("kill_at", [1, 3, 5])
-def test_killed_ingest_leaves_whole_documents_only(settings: Settings, tmp_path: Path, kill_at: int) -> None:
+def test_killed_ingest_leaves_whole_documents_only(
+    settings: Settings, tmp_path: Path, kill_at: int
+) -> None:
     folder = tmp_path / "docs"
     for i in range(5):
         write(folder / f"doc{i}.txt", paragraphs(f"topic{i}", 200))
     first = build_assistant(settings, embeddings=HashEmbedder())
     first.ingest([write(tmp_path / "before.txt", paragraphs("earlier", 10))])
     first.close()
-    script = KILLER.format(root=str(ROOT), kill_at=kill_at, home=str(settings.home), folder=str(folder))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    script = KILLER.format(
+        root=str(ROOT), kill_at=kill_at, home=str(settings.home), folder=str(folder)
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, timeout=120, check=False
+    )
     assert result.returncode == -9, result.stderr.decode()
     after = build_assistant(settings, embeddings=HashEmbedder())
     names = [d.name for d in after.documents()]
@@ -200,7 +217,9 @@ def test_ten_thousand_files(assistant: Assistant, tmp_path: Path) -> None:
         sub = folder / f"d{i:03d}"
         sub.mkdir(parents=True)
         for j in range(100):
-            (sub / f"f{j:03d}.txt").write_text(f"file {i} {j} mentions token{i}x{j}", encoding="utf-8")
+            (sub / f"f{j:03d}.txt").write_text(
+                f"file {i} {j} mentions token{i}x{j}", encoding="utf-8"
+            )
     report = assistant.ingest([folder])
     assert len(report.added) == 10_000 and not report.failed
     best = assistant.search("file 42 7 mentions token42x7", k=1)[0]
@@ -210,7 +229,7 @@ def test_ten_thousand_files(assistant: Assistant, tmp_path: Path) -> None:
 
 def test_progress_reports_every_file(assistant: Assistant, tmp_path: Path) -> None:
     files = [write(tmp_path / f"{i}.txt", f"text {i}") for i in range(3)]
-    seen = []
+    seen: list[ingest_module.IngestProgress] = []
     assistant.ingest(files, progress=seen.append)
     assert seen[-1].files_done == 3 and seen[-1].files_total == 3
 

@@ -14,8 +14,8 @@ from tests.files import make_docx, make_encrypted_pdf, make_epub, make_pdf, make
 CHINESE = "知识库助手在本地运行。它不会把文件发送到网络上！用户可以用中文提问吗？当然可以。"
 
 
-def load(path: Path, **limits: int) -> tuple[list[Section], LoadContext]:
-    ctx = LoadContext(**limits)
+def load(path: Path, max_rows: int = 100_000) -> tuple[list[Section], LoadContext]:
+    ctx = LoadContext(max_rows=max_rows)
     return list(load_sections(path, ctx)), ctx
 
 
@@ -60,7 +60,10 @@ def test_docx_sections_follow_headings_and_keep_tables(tmp_path: Path) -> None:
 def test_xlsx_keeps_sheet_names_and_column_names(tmp_path: Path) -> None:
     path = make_xlsx(
         tmp_path / "staff.xlsx",
-        {"员工": [["姓名", "职位"], ["王伟", "总经理"]], "Budget": [["Item", "Cost"], ["Laptop", 1200]]},
+        {
+            "员工": [["姓名", "职位"], ["王伟", "总经理"]],
+            "Budget": [["Item", "Cost"], ["Laptop", 1200]],
+        },
     )
     sections, _ = load(path)
     assert [(s.sheet, s.text) for s in sections] == [
@@ -73,15 +76,22 @@ def test_csv_sniffs_delimiter_and_caps_rows(tmp_path: Path) -> None:
     path = tmp_path / "data.csv"
     path.write_text("city;population\nParis;2100000\nLyon;520000\nNice;340000\n", encoding="utf-8")
     sections, ctx = load(path, max_rows=2)
-    assert sections[0].text.splitlines() == ["city: Paris; population: 2100000", "city: Lyon; population: 520000"]
+    assert sections[0].text.splitlines() == [
+        "city: Paris; population: 2100000",
+        "city: Lyon; population: 520000",
+    ]
     assert ctx.notes and "truncated" in ctx.notes[0]
 
 
 @pytest.mark.parametrize("encoding", ["gbk", "gb18030", "big5", "utf-16", "utf-8-sig", "utf-8"])
 def test_text_encodings_are_detected(tmp_path: Path, encoding: str) -> None:
-    text = CHINESE if encoding != "big5" else "知識庫助手在本地運行。它不會把檔案傳送到網路上！使用者可以用中文提問嗎？當然可以。"
+    text = (
+        CHINESE
+        if encoding != "big5"
+        else "知識庫助手在本地運行。它不會把檔案傳送到網路上！使用者可以用中文提問嗎？當然可以。"
+    )
     path = tmp_path / f"note-{encoding}.txt"
-    path.write_bytes((text + "\n") .encode(encoding))
+    path.write_bytes((text + "\n").encode(encoding))
     sections, _ = load(path)
     assert "".join(s.text for s in sections).strip() == text
 
@@ -89,7 +99,8 @@ def test_text_encodings_are_detected(tmp_path: Path, encoding: str) -> None:
 def test_chinese_markdown_sections_by_heading(tmp_path: Path) -> None:
     path = tmp_path / "说明.md"
     path.write_text(
-        "# 安装\n\n运行安装程序。\n\n```\n# 这不是标题\n```\n\n## 网络\n\n配置网络。\n", encoding="utf-8"
+        "# 安装\n\n运行安装程序。\n\n```\n# 这不是标题\n```\n\n## 网络\n\n配置网络。\n",
+        encoding="utf-8",
     )
     sections, _ = load(path)
     assert [s.heading for s in sections] == ["安装", "安装 > 网络"]
@@ -111,8 +122,13 @@ def test_html_drops_scripts_and_follows_headings(tmp_path: Path) -> None:
 
 
 def test_pptx_and_epub_load_offline(tmp_path: Path, no_network: list[object]) -> None:
-    deck = make_pptx(tmp_path / "deck.pptx", [("Roadmap", "Ship the offline assistant."), ("Risks", "None known.")])
-    book = make_epub(tmp_path / "book.epub", [("Chapter One", "It was a quiet night in the archive.")])
+    deck = make_pptx(
+        tmp_path / "deck.pptx",
+        [("Roadmap", "Ship the offline assistant."), ("Risks", "None known.")],
+    )
+    book = make_epub(
+        tmp_path / "book.epub", [("Chapter One", "It was a quiet night in the archive.")]
+    )
     slides, ctx = load(deck)
     chapters, _ = load(book)
     assert [(s.page, s.heading) for s in slides] == [(1, "Roadmap"), (2, "Risks")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from loaders.splitter import ChunkSplitter, normalise_text, split_sentences
@@ -15,7 +17,14 @@ def counter() -> HFTokenCounter:
 
 def test_chinese_and_english_sentence_ends_cut() -> None:
     text = "第一句。第二句！“第三句？”他说。Then English. Done"
-    assert split_sentences(text) == ["第一句。", "第二句！", "“第三句？”", "他说。", "Then English.", " Done"]
+    assert split_sentences(text) == [
+        "第一句。",
+        "第二句！",
+        "“第三句？”",
+        "他说。",
+        "Then English.",
+        " Done",
+    ]
     assert "".join(split_sentences(text)) == text
 
 
@@ -28,7 +37,7 @@ def test_chunks_respect_the_token_budget_and_overlap(counter: HFTokenCounter) ->
     splitter = ChunkSplitter(counter, chunk_tokens=64, overlap_tokens=16)
     chunks = list(splitter.split_text(" ".join(sentences)))
     assert len(chunks) > 10
-    for (text, tokens), (following, _) in zip(chunks, chunks[1:], strict=False):
+    for (text, tokens), (following, _) in itertools.pairwise(chunks):
         assert tokens <= 64
         assert counter.count([text])[0] <= 64
         last_sentence = text.rsplit(". ", 1)[-1]

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from assistant import Assistant, build_assistant
-from errors import CorruptKnowledgeBase, EmbeddingMismatch, KnowledgeBaseLocked, KnowledgeBaseNotFound
+from errors import (
+    CorruptKnowledgeBase,
+    EmbeddingMismatch,
+    KnowledgeBaseLocked,
+    KnowledgeBaseNotFound,
+)
 from models.embeddings import HashEmbedder
 from settings import Settings
 from vectorstore import Library
@@ -35,8 +40,12 @@ def counts(assistant: Assistant) -> tuple[int, int]:
 
 def test_knowledge_base_survives_a_new_process(settings: Settings, tmp_path: Path) -> None:
     first = build_assistant(settings, embeddings=HashEmbedder())
-    first.ingest([write(tmp_path, "apt.txt", "apt installs Debian packages"),
-                  write(tmp_path, "net.txt", "ifupdown configures network interfaces")])  # fmt: skip
+    first.ingest(
+        [
+            write(tmp_path, "apt.txt", "apt installs Debian packages"),
+            write(tmp_path, "net.txt", "ifupdown configures network interfaces"),
+        ]
+    )
     first.close()
     second = build_assistant(settings, embeddings=HashEmbedder())
     assert top_source(second, "network interfaces") == "net.txt"
@@ -59,7 +68,9 @@ def test_stale_snapshot_is_brought_up_to_date_from_the_catalog(
 def test_damaged_snapshot_is_rebuilt_not_served(
     assistant: Assistant, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assistant.ingest([write(tmp_path, "a.txt", "alpha apples"), write(tmp_path, "b.txt", "beta bananas")])
+    assistant.ingest(
+        [write(tmp_path, "a.txt", "alpha apples"), write(tmp_path, "b.txt", "beta bananas")]
+    )
     path = assistant.knowledge_base().folder / INDEX_NAME
     data = bytearray(path.read_bytes())
     data[-20] ^= 0xFF
@@ -71,27 +82,38 @@ def test_damaged_snapshot_is_rebuilt_not_served(
     assert counts(reopened) == (2, 2)
 
 
-def test_another_embedding_model_is_refused_clearly(assistant: Assistant, settings: Settings, tmp_path: Path) -> None:
+def test_another_embedding_model_is_refused_clearly(
+    assistant: Assistant, settings: Settings, tmp_path: Path
+) -> None:
     assistant.ingest([write(tmp_path, "a.txt", "alpha")])
     other = build_assistant(settings, embeddings=HashEmbedder(dimension=128))
-    with pytest.raises(EmbeddingMismatch, match=r"built with embedding model 'fake-hash-256' \(256"):
+    with pytest.raises(
+        EmbeddingMismatch, match=r"built with embedding model 'fake-hash-256' \(256"
+    ):
         other.search("alpha")
     with pytest.raises(EmbeddingMismatch):
         other.ingest([write(tmp_path, "b.txt", "beta")])
     assert [d.name for d in assistant.documents()] == ["a.txt"]
 
 
-def test_second_writer_waits_then_gives_up_with_a_clear_error(assistant: Assistant, tmp_path: Path) -> None:
+def test_second_writer_waits_then_gives_up_with_a_clear_error(
+    assistant: Assistant, tmp_path: Path
+) -> None:
     assistant.ingest([write(tmp_path, "a.txt", "alpha")])
     kb = assistant.knowledge_base()
     told: list[bool] = []
-    with kb.locked(), pytest.raises(KnowledgeBaseLocked, match="being written by another"):
-        with kb.writer(timeout=0.3, on_wait=lambda: told.append(True)):
-            pass
+    with (
+        kb.locked(),
+        pytest.raises(KnowledgeBaseLocked, match="being written by another"),
+        kb.writer(timeout=0.3, on_wait=lambda: told.append(True)),
+    ):
+        pass
     assert told == [True]
 
 
-def test_damaged_catalog_is_reported(assistant: Assistant, settings: Settings, tmp_path: Path) -> None:
+def test_damaged_catalog_is_reported(
+    assistant: Assistant, settings: Settings, tmp_path: Path
+) -> None:
     assistant.ingest([write(tmp_path, "a.txt", "alpha")])
     assistant.close()
     catalog = settings.home / "kbs" / "default" / "catalog.sqlite"
@@ -102,7 +124,9 @@ def test_damaged_catalog_is_reported(assistant: Assistant, settings: Settings, t
         build_assistant(settings, embeddings=HashEmbedder()).documents()
 
 
-def test_manifest_from_a_newer_version_is_refused(assistant: Assistant, settings: Settings, tmp_path: Path) -> None:
+def test_manifest_from_a_newer_version_is_refused(
+    assistant: Assistant, settings: Settings, tmp_path: Path
+) -> None:
     assistant.ingest([write(tmp_path, "a.txt", "alpha")])
     manifest = settings.home / "kbs" / "default" / "manifest.json"
     data = json.loads(manifest.read_text())

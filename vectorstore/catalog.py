@@ -265,14 +265,16 @@ class Catalog:
                 self._db.execute("ROLLBACK")
 
     def put_document(
-        self, source: str, name: str, sha256: str, size: int, fmt: str, version: int
+        self, source: str, *, name: str, sha256: str, size: int, fmt: str, version: int
     ) -> tuple[int, list[int]]:
         """Insert a document, or reset an existing one with the same source.
 
         Returns its id and the ids of the chunks it had (now removed).
         """
         with self._lock:
-            row = self._db.execute("SELECT id FROM documents WHERE source = ?", (source,)).fetchone()
+            row = self._db.execute(
+                "SELECT id FROM documents WHERE source = ?", (source,)
+            ).fetchone()
             if row is None:
                 cursor = self._db.execute(
                     "INSERT INTO documents (source, name, sha256, size, format, status, "
@@ -305,10 +307,12 @@ class Catalog:
                         chunk.sheet, chunk.tokens, chunk.text_hash, vectors[i].tobytes(), version,
                     ),
                 )  # fmt: skip
-                ids[i] = cursor.lastrowid
+                ids[i] = int(cursor.lastrowid or 0)
         return ids
 
-    def finish_document(self, doc_id: int, chunks: int, pages: int | None, notes: list[str]) -> None:
+    def finish_document(
+        self, doc_id: int, chunks: int, pages: int | None, notes: list[str]
+    ) -> None:
         """Mark a document complete with its final counts."""
         with self._lock:
             self._db.execute(

@@ -162,9 +162,7 @@ class KnowledgeBaseWriter:
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
         self.catalog = Catalog(kb.folder / CATALOG_NAME)
-        self.index, self._saved_version = load_index(
-            self.catalog, kb.folder, kb.manifest.dimension
-        )
+        self.index, self._saved_version = load_index(self.catalog, kb.folder, kb.manifest.dimension)
         self._version: int | None = None
         self._doc_id: int | None = None
         self._ordinal = 0
@@ -184,7 +182,7 @@ class KnowledgeBaseWriter:
             raise RuntimeError("a document is already open")
         self._version = self.catalog.begin()
         self._doc_id, self._replaced = self.catalog.put_document(
-            source, name, sha256, size, fmt, self._version
+            source, name=name, sha256=sha256, size=size, fmt=fmt, version=self._version
         )
         self._ordinal = 0
         return self._doc_id

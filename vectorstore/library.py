@@ -119,7 +119,9 @@ class Library:
             try:
                 os.rename(staging, final)  # fails if another process created it meanwhile
             except OSError as exc:
-                raise KnowledgeBaseExists(f"a knowledge base named '{name}' already exists") from exc
+                raise KnowledgeBaseExists(
+                    f"a knowledge base named '{name}' already exists"
+                ) from exc
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)

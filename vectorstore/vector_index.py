@@ -31,7 +31,9 @@ class VectorIndex:
         import faiss
 
         self.dimension = dimension
-        self._index = index if index is not None else faiss.IndexIDMap(faiss.IndexFlatIP(dimension))
+        if index is None:
+            index = faiss.IndexIDMap(faiss.IndexFlatIP(dimension))
+        self._index: Any = index
 
     @property
     def count(self) -> int:
@@ -63,7 +65,7 @@ class VectorIndex:
         """Write the snapshot atomically, stamped with the catalog version it reflects."""
         import faiss
 
-        body = faiss.serialize_index(self._index)
+        body = faiss.serialize_index(self._index).data  # a buffer over the bytes, no copy
         header = json.dumps(
             {
                 "format": FORMAT,
@@ -73,7 +75,7 @@ class VectorIndex:
                 "sha256": hashlib.sha256(body).hexdigest(),
             }
         ).encode()
-        atomic_write_bytes(path, MAGIC, struct.pack("<I", len(header)), header, body.data)
+        atomic_write_bytes(path, MAGIC, struct.pack("<I", len(header)), header, body)
 
     @classmethod
     def load(cls, path: Path, dimension: int) -> tuple[VectorIndex, int]:

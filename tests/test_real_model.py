@@ -1,0 +1,61 @@
+"""The embedded embedding model for real: offline, exported once, and it retrieves well."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assistant import Assistant
+from models.embeddings import build_embedder
+from settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+DOCS = {
+    "network.md": "# Network setup\n\nEdit /etc/network/interfaces; run ifup to bring one up.",
+    "packages.md": "# Package management\n\nUse apt to install, upgrade and remove packages.",
+    "备份.md": "# 数据备份\n\n每天晚上用 rsync 把家目录备份到外置硬盘。恢复时把文件复制回来。",
+    "cooking.txt": "Simmer the tomatoes with garlic and olive oil for twenty minutes.",
+}
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    for name, text in DOCS.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+def top(assistant: Assistant, query: str) -> str:
+    return Path(assistant.search(query, k=1)[0].chunk.source).name
+
+
+def test_real_model_retrieves_the_right_document_offline(
+    real_assistant: Assistant, corpus: Path, no_network: list[object]
+) -> None:
+    report = real_assistant.ingest([corpus])
+    assert len(report.added) == 4
+    assert top(real_assistant, "how do I bring up a network interface?") == "network.md"
+    assert top(real_assistant, "install software with apt") == "packages.md"
+    assert top(real_assistant, "如何备份我的文件？") == "备份.md"
+    assert no_network == []
+    manifest = real_assistant.knowledge_base().manifest
+    assert (manifest.embedding_model, manifest.dimension) == (
+        "sentence-transformers/all-MiniLM-L6-v2",
+        384,
+    )
+
+
+def test_onnx_int8_agrees_with_pytorch(kb_home: Path, model_cache: Path) -> None:
+    texts = [*DOCS.values(), "short", "a longer sentence about Debian packages " * 20]
+    onnx = build_embedder(load_settings(kb_home, embedding_backend="onnx", model_cache=model_cache))
+    torch = build_embedder(load_settings(kb_home, embedding_backend="sentence-transformers"))
+    a, b = onnx.embed_array(texts), torch.embed_array(texts)
+    assert a.shape == b.shape == (len(texts), 384)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert float(np.min(np.sum(a * b, axis=1))) > 0.95
+    # The export is cached: a second embedder does not export again.
+    exported = sorted(p.name for p in model_cache.rglob("*.onnx"))
+    assert exported == ["model.int8.onnx", "model.onnx"]

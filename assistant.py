@@ -6,13 +6,14 @@ the Python API of kb-assistant. Nothing here imports Streamlit or prints.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from errors import DocumentNotFound, KBError
+from errors import DocumentNotFound, KBError, KnowledgeBaseExists
 from ingest import IngestReport, ProgressCallback, ingest
 from models.embeddings import Embedder, build_embedder
 from settings import Settings, load_settings
@@ -124,7 +125,11 @@ class Assistant:
             KnowledgeBaseLocked: another writer did not finish in time.
         """
         name = self._kb_name(kb)
-        base = self.knowledge_base(name) if self.library.exists(name) else self.create_kb(name)
+        if not self.library.exists(name):
+            # Another process may create it a moment before us: then use that one.
+            with contextlib.suppress(KnowledgeBaseExists):
+                self.create_kb(name)
+        base = self.knowledge_base(name)
         embedder = self.embedder
         base.manifest.check_embedding(embedder.model_id, embedder.dimension)
         return ingest(

@@ -1,7 +1,7 @@
 """The ``kb`` command: a thin client of ``assistant.Assistant``.
 
 Exit codes: 0 success; 1 an error (message on stderr, and ``{"error": ...}`` on stdout with
-``--json``); 2 a usage error; 3 ``ingest`` finished but some files failed.
+``--json``); 2 a usage error; 3 ``ingest`` finished but some files failed; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 EXIT_ERROR = 1
 EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 kb_option = click.option(
@@ -68,6 +69,13 @@ def reported(as_json: bool) -> Iterator[None]:
 
     try:
         yield
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted: documents finished before the interruption are kept; "
+            "run the same command again to continue",
+            err=True,
+        )
+        sys.exit(EXIT_INTERRUPTED)
     except KBError as exc:
         if as_json:
             click.echo(

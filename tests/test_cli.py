@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cli import EXIT_ERROR, EXIT_PARTIAL, main
+from cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL, main
 
 
 def kb(*args: str) -> Result:
@@ -83,3 +83,18 @@ def test_invalid_setting_is_reported_with_its_source(monkeypatch: pytest.MonkeyP
     result = CliRunner().invoke(main, ["config"])
     assert result.exit_code == EXIT_ERROR
     assert "chunk_tokens" in result.stderr and "KB_*" in result.stderr
+
+
+def test_interrupted_ingest_says_what_was_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import assistant
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(assistant.Assistant, "ingest", interrupted)
+    (tmp_path / "a.txt").write_text("alpha", encoding="utf-8")
+    result = CliRunner().invoke(main, ["ingest", str(tmp_path)])
+    assert result.exit_code == EXIT_INTERRUPTED
+    assert "documents finished before the interruption are kept" in result.stderr

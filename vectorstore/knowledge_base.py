@@ -166,8 +166,6 @@ class KnowledgeBaseWriter:
         self._version: int | None = None
         self._doc_id: int | None = None
         self._ordinal = 0
-        self._pending_ids: list[np.ndarray] = []
-        self._pending_vectors: list[np.ndarray] = []
         self._replaced: list[int] = []
         self.changed = False
 
@@ -191,9 +189,7 @@ class KnowledgeBaseWriter:
         """Store chunks of the open document."""
         if self._doc_id is None or self._version is None:
             raise RuntimeError("no document is open")
-        ids = self.catalog.add_chunks(self._doc_id, self._version, chunks, vectors)
-        self._pending_ids.append(ids)
-        self._pending_vectors.append(np.asarray(vectors, dtype=np.float32))
+        self.catalog.add_chunks(self._doc_id, self._version, chunks, vectors)
         self._ordinal += len(chunks)
 
     @property
@@ -203,13 +199,15 @@ class KnowledgeBaseWriter:
 
     def commit_document(self, pages: int | None, notes: list[str]) -> int:
         """Commit the open document; returns its chunk count."""
-        if self._doc_id is None:
+        if self._doc_id is None or self._version is None:
             raise RuntimeError("no document is open")
         self.catalog.finish_document(self._doc_id, self._ordinal, pages, notes)
         self.catalog.commit()
-        # Only now, with the rows durable, do the vectors join the index.
+        # Only now, with the rows durable, do the vectors join the index. They are read back
+        # from the catalog rather than held since the document began: a 200 MB text file has
+        # hundreds of thousands of chunks.
         self.index.remove(self._replaced)
-        for ids, vectors in zip(self._pending_ids, self._pending_vectors, strict=True):
+        for ids, vectors in self.catalog.embeddings(since_version=self._version - 1):
             self.index.add(ids, vectors)
         count = self._ordinal
         self._reset()
@@ -236,7 +234,7 @@ class KnowledgeBaseWriter:
 
     def _reset(self) -> None:
         self._version = self._doc_id = None
-        self._pending_ids, self._pending_vectors, self._replaced = [], [], []
+        self._replaced = []
         self._ordinal = 0
 
     def close(self) -> None:

@@ -200,6 +200,13 @@ _DONE = _Event("done", Path())
 
 
 def _problem(path: Path, exc: BaseException) -> str:
+    """A one-line reason, without the path (the report gives it)."""
+    reason = _describe(path, exc)
+    line = " ".join(reason.split())
+    return line if len(line) <= 300 else line[:299] + "…"
+
+
+def _describe(path: Path, exc: BaseException) -> str:
     if isinstance(exc, KBError):
         message = str(exc)
         prefix = f"{path}: "
@@ -278,10 +285,9 @@ class _Producer(threading.Thread):
                 raise FileVanished(f"{path}: file disappeared while it was being read")
             job.pages, job.notes = ctx.pages, ctx.notes
             self.put(_Event("end", path, job))
-        except (KBError, OSError, ValueError, KeyError, TypeError, RuntimeError, MemoryError,
-                UnicodeError, AttributeError, IndexError, AssertionError, LookupError,
-                EOFError) as exc:  # fmt: skip
-            # Parsers of hostile or damaged files raise anything; the file fails, the batch goes on.
+        except Exception as exc:
+            # Parsers of damaged or hostile files raise anything at all (zipfile, lxml, pandoc,
+            # pptx errors...): this file fails with a one-line reason, the batch goes on.
             logger.debug("failed to read %s", path, exc_info=True)
             self.put(_Event("failed", path, job, error=_problem(path, exc)))
 

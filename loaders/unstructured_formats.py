@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from errors import CorruptDocument, EmptyDocument, ModelError
+from errors import CorruptDocument, EmptyDocument, KBError, ModelError
 from loaders.base import LoadContext, Section
 
 
@@ -50,7 +50,9 @@ def load_pptx(path: Path, ctx: LoadContext) -> Iterator[Section]:
 
     try:
         elements = partition_pptx(filename=str(path))
-    except (ValueError, KeyError, OSError) as exc:
+    except KBError:
+        raise
+    except Exception as exc:  # python-pptx and zipfile raise their own error types
         raise CorruptDocument(f"{path}: damaged or not a PowerPoint .pptx file ({exc})") from exc
     if hasattr(elements, "__len__"):
         ctx.pages = max((e.metadata.page_number or 0 for e in elements), default=0) or None
@@ -64,7 +66,9 @@ def load_epub(path: Path, ctx: LoadContext) -> Iterator[Section]:
 
     try:
         elements = partition_epub(filename=str(path))
-    except (ValueError, KeyError, OSError, RuntimeError) as exc:
+    except KBError:
+        raise
+    except Exception as exc:  # pandoc failures arrive as unstructured's own error types
         raise CorruptDocument(f"{path}: damaged or not an EPUB file ({exc})") from exc
     yield from _sections(elements, str(path))
 

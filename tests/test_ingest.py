@@ -239,3 +239,14 @@ def test_report_json_has_the_stable_keys(assistant: Assistant, tmp_path: Path) -
     assert {"added", "updated", "unchanged", "failed", "chunks_added", "seconds"} <= set(data)
     json.dumps(data)
     assert os.path.isabs(data["added"][0])
+
+
+@pytest.mark.parametrize("name", ["deck.pptx", "book.epub", "report.docx", "sheet.xlsx"])
+def test_damaged_office_files_fail_alone(assistant: Assistant, tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(b"PK\x03\x04 this is not really a zip archive")
+    ok = write(tmp_path / "ok.txt", "still fine")
+    report = assistant.ingest([tmp_path / name, ok])
+    assert [Path(p).name for p in report.added] == ["ok.txt"]
+    assert [Path(f.path).name for f in report.failed] == [name]
+    assert report.failed[0].error.startswith("damaged or not a")
+    assert "\n" not in report.failed[0].error

@@ -98,8 +98,9 @@ def documents_panel(assistant: Assistant, kb: str) -> None:
         st.info("No documents yet: add some above.")
         return
     st.dataframe(
-        [{"id": d.doc_id, "name": d.name, "pages": d.pages, "chunks": d.chunks,
-          "added": d.added_at, "notes": "; ".join(d.notes)} for d in docs],
+        [{"id": d.doc_id, "name": d.name, "pages": "" if d.pages is None else str(d.pages),
+          "chunks": d.chunks, "added": d.added_at.replace("T", " ")[:16],
+          "notes": "; ".join(d.notes)} for d in docs],
         hide_index=True, width="stretch",
     )  # fmt: skip
     labels = {f"{d.doc_id}: {d.name}": d for d in docs}

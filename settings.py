@@ -67,13 +67,15 @@ class Settings(BaseSettings):
         default=32, ge=1, le=1024, description="Chunks embedded per model call."
     )
     chunk_tokens: int = Field(
-        default=192,
+        # 128/16 scored best on the Debian FAQ dev set (MRR@10 0.957; 192/32: 0.891), and
+        # leaves room for several sources in a small model's prompt.
+        default=128,
         ge=16,
         le=2048,
         description="Target chunk size in tokens of the embedding model's tokenizer.",
     )
     chunk_overlap: int = Field(
-        default=32, ge=0, description="Tokens of context repeated between neighbouring chunks."
+        default=16, ge=0, description="Tokens of context repeated between neighbouring chunks."
     )
     threads: int | None = Field(
         default=None,

@@ -131,12 +131,17 @@ def main(argv: list[str]) -> None:
     print(table)
     if record:
         stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-        backend = os.environ.get("KB_EMBEDDING_BACKEND", "onnx (default)")
+        sys.path.insert(0, str(ROOT))
+        from settings import load_settings
+
+        s = load_settings(home)
+        backend = f"{s.embedding_backend} (quantize={s.embedding_quantize})"
         entry = (
             f"\n### Ingestion, Debian Reference (PDF + HTML) — {stamp}\n\n"
             f"Machine: {machine()}  \nCommand: `python bench/ingest_compare.py --record`  \n"
             f"kb-assistant settings: embedding_backend={backend}, "
-            "chunk 192/32 tokens; wall time includes process start and model load for both.\n\n"
+            f"chunk {s.chunk_tokens}/{s.chunk_overlap} tokens; wall time includes process start "
+            "and model load for both.\n\n"
             f"{table}\n"
         )
         with (ROOT / "docs/benchmarks.md").open("a", encoding="utf-8") as fh:

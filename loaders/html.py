@@ -20,6 +20,7 @@ _CELL = {"td", "th"}
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
 # Marks a heading inside the flattened text: a private-use character, stripped from titles.
 _MARK = "\ue000"
+_SPACE_RUN = re.compile(r"\s+")
 _MARKED = re.compile(rf"{_MARK}(\d){_MARK}(.*?){_MARK}")
 
 
@@ -52,9 +53,15 @@ def html_sections(data: bytes, where: str) -> Iterator[Section]:
 def _flatten(root: object) -> str:
     from lxml import etree
 
+    preformatted = {node for pre in root.iter("pre") for node in pre.iter()}  # type: ignore[attr-defined]
     for el in list(root.iter()):  # type: ignore[attr-defined]
         if not isinstance(el.tag, str):
             continue
+        if el not in preformatted:
+            # Line breaks in HTML source are spaces; only block boundaries (below) break lines.
+            el.text = _SPACE_RUN.sub(" ", el.text) if el.text else el.text
+        if el.tail and (el.getparent() not in preformatted):
+            el.tail = _SPACE_RUN.sub(" ", el.tail)
         tag = el.tag.lower()
         if tag in _DROP:
             el.drop_tree()

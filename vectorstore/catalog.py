@@ -127,6 +127,8 @@ class Catalog:
             self._db.execute("PRAGMA busy_timeout = 30000")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
+            # One huge document is one huge transaction; do not keep its WAL size afterwards.
+            self._db.execute("PRAGMA journal_size_limit = 67108864")
             self._db.execute("PRAGMA foreign_keys = ON")
             if create:
                 self._db.executescript(_SCHEMA)

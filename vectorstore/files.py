@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from errors import KnowledgeBaseError
 
@@ -23,8 +26,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, *chunks: bytes | memoryview) -> None:
-    """Replace ``path`` with ``chunks`` so that a crash leaves the old file or the new, whole.
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A file handle whose content replaces ``path`` only if the block completes.
+
+    The data goes to a temp file beside ``path``, is fsync'd, then renamed over it, so a crash
+    leaves the old file or the new one, whole.
 
     Raises:
         KnowledgeBaseError: the write failed (disk full, permissions); the old file is intact.
@@ -32,8 +39,7 @@ def atomic_write_bytes(path: Path, *chunks: bytes | memoryview) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temp, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(temp, path)
@@ -43,4 +49,14 @@ def atomic_write_bytes(path: Path, *chunks: bytes | memoryview) -> None:
         raise KnowledgeBaseError(
             f"cannot write {path}: {exc.strerror or exc}; the previous version is unchanged"
         ) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (see ``atomic_writer``)."""
+    with atomic_writer(path) as fh:
+        fh.write(data)

@@ -1,6 +1,6 @@
 """The FAISS index of a knowledge base, keyed by chunk id, and its snapshot file.
 
-``vectors.faiss`` is a FAISS index serialised by ``faiss.serialize_index`` behind a small header
+``vectors.faiss`` is a FAISS index written by ``faiss.write_index`` behind a small header
 (format, catalog version, vector count, dimension, SHA-256 of the index bytes). The header lets
 an open tell a damaged file (checksum) or a stale one (version behind the catalog) from a good
 one; the catalog keeps every vector too, so either case is repaired from it.
@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from errors import CorruptKnowledgeBase
-from vectorstore.files import atomic_write_bytes
+from vectorstore.files import atomic_writer
 
 MAGIC = b"KBVECTORS\n"
-FORMAT = 1
+HEADER_BYTES = 512  # JSON, space-padded: written after the body, once the checksum is known
+FORMAT = 2
 INDEX_NAME = "vectors.faiss"
 
 
@@ -62,20 +62,28 @@ class VectorIndex:
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
 
     def save(self, path: Path, version: int) -> None:
-        """Write the snapshot atomically, stamped with the catalog version it reflects."""
+        """Write the snapshot atomically, stamped with the catalog version it reflects.
+
+        The index is streamed to disk (no second copy in memory: at 10^6 chunks that would be
+        1.5 GB); the header, which needs the checksum, is written last into its reserved slot.
+        """
         import faiss
 
-        body = faiss.serialize_index(self._index).data  # a buffer over the bytes, no copy
-        header = json.dumps(
-            {
-                "format": FORMAT,
-                "version": version,
-                "count": self.count,
-                "dimension": self.dimension,
-                "sha256": hashlib.sha256(body).hexdigest(),
-            }
-        ).encode()
-        atomic_write_bytes(path, MAGIC, struct.pack("<I", len(header)), header, body)
+        digest = hashlib.sha256()
+        with atomic_writer(path) as fh:
+            fh.write(MAGIC + b" " * HEADER_BYTES)
+
+            def write(block: bytes) -> int:
+                digest.update(block)
+                return fh.write(block)
+
+            faiss.write_index(self._index, faiss.PyCallbackIOWriter(write))  # type: ignore[attr-defined]
+            header = {
+                "format": FORMAT, "version": version, "count": self.count,
+                "dimension": self.dimension, "sha256": digest.hexdigest(),
+            }  # fmt: skip
+            fh.seek(len(MAGIC))
+            fh.write(json.dumps(header).encode().ljust(HEADER_BYTES))
 
     @classmethod
     def load(cls, path: Path, dimension: int) -> tuple[VectorIndex, int]:
@@ -87,21 +95,23 @@ class VectorIndex:
         """
         import faiss
 
-        data = path.read_bytes()
-        try:
-            if not data.startswith(MAGIC):
-                raise ValueError("not a kb-assistant vector file")
-            (size,) = struct.unpack_from("<I", data, len(MAGIC))
-            start = len(MAGIC) + 4
-            header = json.loads(data[start : start + size])
-            body = memoryview(data)[start + size :]
-            if header["format"] != FORMAT or header["dimension"] != dimension:
-                raise ValueError(f"format {header['format']}, dimension {header['dimension']}")
-            if hashlib.sha256(body).hexdigest() != header["sha256"]:
-                raise ValueError("checksum mismatch")
-            index = faiss.deserialize_index(np.frombuffer(body, dtype=np.uint8))
-        except (ValueError, KeyError, struct.error, RuntimeError) as exc:
-            raise CorruptKnowledgeBase(f"{path} is damaged ({exc})") from exc
+        with path.open("rb") as fh:
+            try:
+                if fh.read(len(MAGIC)) != MAGIC:
+                    raise ValueError("not a kb-assistant vector file")
+                header = json.loads(fh.read(HEADER_BYTES))
+                if header["format"] != FORMAT or header["dimension"] != dimension:
+                    raise ValueError(f"format {header['format']}, dimension {header['dimension']}")
+                body = fh.tell()
+                digest = hashlib.sha256()
+                while block := fh.read(1 << 20):
+                    digest.update(block)
+                if digest.hexdigest() != header["sha256"]:
+                    raise ValueError("checksum mismatch")
+                fh.seek(body)
+                index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))  # type: ignore[attr-defined]
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise CorruptKnowledgeBase(f"{path} is damaged ({exc})") from exc
         if int(index.ntotal) != header["count"]:
             raise CorruptKnowledgeBase(f"{path} is damaged (vector count differs from header)")
         return cls(dimension, index), int(header["version"])

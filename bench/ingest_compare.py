@@ -13,57 +13,19 @@ from __future__ import annotations
 import glob
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+from measure import machine, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FILES = [
     "/usr/share/debian-reference/debian-reference.en.pdf",
     *sorted(glob.glob("/usr/share/debian-reference/*.en.html")),
 ]
-_MEASURE = (
-    "import json,resource,subprocess,sys,time;t=time.perf_counter();"
-    "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
-    "print(json.dumps({'rc':p.returncode,'out':p.stdout,'err':p.stderr[-2000:],"
-    "'wall':time.perf_counter()-t,"
-    "'rss_mb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
-)
-
-
-def measure(command: list[str], env: dict[str, str]) -> dict[str, Any]:
-    """Run a command in its own process tree; wall seconds and peak RSS of the child."""
-    out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, *command],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    result: dict[str, Any] = json.loads(out.stdout)
-    if result["rc"] not in (0, 3):
-        raise SystemExit(f"{command[0]} failed: {result['err']}")
-    return result
-
-
-def machine() -> str:
-    """One line describing this machine."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
-    )
 
 
 def main(argv: list[str]) -> None:
@@ -84,7 +46,7 @@ def main(argv: list[str]) -> None:
         cwd=ROOT,
         check=True,
     )
-    ours = measure([*kb, "ingest", *files, "--kb", "bench", "--json"], env)
+    ours = measure([*kb, "ingest", *files, "--kb", "bench", "--json"], env, ROOT)
     report = json.loads(str(ours["out"]))
     docs = json.loads(
         subprocess.run(
@@ -97,7 +59,9 @@ def main(argv: list[str]) -> None:
         ).stdout
     )
     pages = sum(d["pages"] or 1 for d in docs)
-    textbook = measure([sys.executable, str(ROOT / "bench/textbook_pipeline.py"), *files], env)
+    textbook = measure(
+        [sys.executable, str(ROOT / "bench/textbook_pipeline.py"), *files], env, ROOT
+    )
     tb = json.loads(str(textbook["out"]).strip().splitlines()[-1])
     rows = [
         (

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from measure import measure
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAGRAPH = (
@@ -34,21 +35,8 @@ def main(size_mb: int) -> None:
             fh.write("".join(PARAGRAPH.format(i=i + j) for j in range(1000)))
             i += 1000
     env = {**os.environ, "KB_HOME": str(work / "home")}
-    probe = (
-        "import json,resource,subprocess,sys,time;t=time.perf_counter();"
-        "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
-        "print(json.dumps({'rc':p.returncode,'out':p.stdout,'err':p.stderr[-1000:],"
-        "'wall':time.perf_counter()-t,"
-        "'rss_mb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
-    )
     command = [sys.executable, "-m", "cli", "ingest", str(path), "--json"]
-    done = subprocess.run(
-        [sys.executable, "-c", probe, *command], env=env, cwd=ROOT, capture_output=True, text=True,
-        check=True,
-    )  # fmt: skip
-    result = json.loads(done.stdout)
-    if result["rc"] != 0:
-        raise SystemExit(result["err"])
+    result = measure(command, env, ROOT)
     report = json.loads(result["out"])
     print(json.dumps({
         "file_mb": round(path.stat().st_size / 2**20), "chunks": report["chunks_added"],

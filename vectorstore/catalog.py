@@ -175,14 +175,6 @@ class Catalog:
             rows = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM documents ORDER BY id").fetchall()
         return [_document(r) for r in rows]
 
-    def document(self, doc_id: int) -> DocumentRecord | None:
-        """One document by id."""
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {_DOC_COLUMNS} FROM documents WHERE id = ?", (doc_id,)
-            ).fetchone()
-        return _document(row) if row else None
-
     def source_hashes(self) -> dict[str, tuple[int, str]]:
         """``source -> (doc_id, sha256)`` for every document."""
         with self._lock:

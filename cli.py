@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,10 +161,10 @@ def _print_ingest(report: IngestReport) -> None:
     )
     for problem in report.failed:
         click.echo(f"  failed: {problem.path}: {problem.error}")
-    for problem in report.skipped[:20]:
-        click.echo(f"  skipped: {problem.path}: {problem.error}")
-    if len(report.skipped) > 20:
-        click.echo(f"  ... and {len(report.skipped) - 20} more skipped (see --json)")
+    if report.skipped:
+        kinds = Counter(Path(p.path).suffix.lower() or "(no extension)" for p in report.skipped)
+        listed = ", ".join(f"{ext} x{n}" if n > 1 else ext for ext, n in kinds.most_common())
+        click.echo(f"  skipped (unsupported types inside folders): {listed}; --json lists them")
 
 
 @main.command()

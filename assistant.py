@@ -25,6 +25,7 @@ from vectorstore import (
     SearchHit,
     validate_name,
 )
+from vectorstore.hybrid import hybrid_search
 
 logger = logging.getLogger(__name__)
 MAX_K = 100
@@ -211,9 +212,16 @@ class Assistant:
         if not 1 <= k <= MAX_K:
             raise KBError(f"k must be between 1 and {MAX_K} (got {k})")
         base = self.knowledge_base(kb)
-        embedder = self.embedder
-        base.manifest.check_embedding(embedder.model_id, embedder.dimension)
-        return base.search(embedder.embed_array([query])[0], k)
+        mode = self.settings.retrieval_mode
+        vector = None
+        if mode != "keyword":
+            embedder = self.embedder
+            base.manifest.check_embedding(embedder.model_id, embedder.dimension)
+            vector = embedder.embed_array([query])[0]
+        return hybrid_search(
+            base, query, vector, k, mode=mode, pool=self.settings.retrieval_pool,
+            keyword_weight=self.settings.keyword_weight,
+        )  # fmt: skip
 
 
 def safe_filename(name: str) -> str:

@@ -228,8 +228,9 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
     rows: list[dict[str, Any]] = [
         {
             "rank": h.rank, "text": h.chunk.text, "source": h.chunk.source, "page": h.chunk.page,
-            "score": round(h.score, 4), "heading": h.chunk.heading, "sheet": h.chunk.sheet,
-            "doc_id": h.chunk.doc_id, "chunk_id": h.chunk.chunk_id,
+            "score": round(h.score, 4), "dense_score": _rounded(h.dense_score),
+            "keyword_score": _rounded(h.keyword_score), "heading": h.chunk.heading,
+            "sheet": h.chunk.sheet, "doc_id": h.chunk.doc_id, "chunk_id": h.chunk.chunk_id,
         }
         for h in hits
     ]  # fmt: skip
@@ -240,14 +241,21 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
         for r in rows:
             where = Path(r["source"]).name + (f" p.{r['page']}" if r["page"] else "")
             where += f" [{r['sheet']}]" if r["sheet"] else ""
+            parts = [f"fused {r['score']:.4f}"]
+            parts += [f"dense {r['dense_score']:.3f}"] if r["dense_score"] is not None else []
+            parts += [f"keyword {r['keyword_score']:.2f}"] if r["keyword_score"] is not None else []
             click.echo(
-                f"[{r['rank']}] {r['score']:.3f}  {where}"
+                f"[{r['rank']}] {where}  ({', '.join(parts)})"
                 + (f"  § {r['heading']}" if r["heading"] else "")
             )
             snippet = " ".join(r["text"].split())
             click.echo(f"    {snippet[:300]}{'…' if len(snippet) > 300 else ''}")
 
     emit(rows, as_json, human)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 # --- knowledge bases ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ from loaders import LoadContext, format_of, is_supported, load_sections
 from loaders.splitter import Chunk, ChunkSplitter
 from models.embeddings import Embedder
 from vectorstore import KnowledgeBase, KnowledgeBaseWriter, NewChunk
+from vectorstore.keywords import index_text
 
 logger = logging.getLogger(__name__)
 HASH_BLOCK = 1 << 20
@@ -193,6 +194,7 @@ class _Event:
     path: Path
     job: _Job | None = None
     chunks: list[Chunk] = field(default_factory=list)
+    keywords: list[str] = field(default_factory=list)  # full-text tokens, one per chunk
     error: str = ""
 
 
@@ -273,12 +275,12 @@ class _Producer(threading.Thread):
             for chunk in self.splitter.split_sections(load_sections(path, ctx)):
                 batch.append(chunk)
                 if len(batch) >= CHUNKS_PER_EVENT:
-                    self.put(_Event("chunks", path, job, batch))
+                    self.put(_chunks_event(path, job, batch))
                     total += len(batch)
                     batch = []
             total += len(batch)
             if batch:
-                self.put(_Event("chunks", path, job, batch))
+                self.put(_chunks_event(path, job, batch))
             if total == 0:
                 raise EmptyDocument(f"{path}: no text found")
             if not path.exists():
@@ -290,6 +292,11 @@ class _Producer(threading.Thread):
             # pptx errors...): this file fails with a one-line reason, the batch goes on.
             logger.debug("failed to read %s", path, exc_info=True)
             self.put(_Event("failed", path, job, error=_problem(path, exc)))
+
+
+def _chunks_event(path: Path, job: _Job, chunks: list[Chunk]) -> _Event:
+    # Segmenting here, on the reader thread, overlaps jieba's work with embedding.
+    return _Event("chunks", path, job, chunks, [index_text(c.embed_text) for c in chunks])
 
 
 def _text_hash(text: str) -> str:
@@ -391,8 +398,10 @@ class _Consumer:
         elif event.kind == "chunks":
             start = self.writer.next_ordinal
             rows = [
-                NewChunk(start + i, c.text, c.page, c.heading, c.sheet, c.tokens, h)
-                for i, (c, h) in enumerate(zip(event.chunks, hashes, strict=True))
+                NewChunk(start + i, c.text, c.page, c.heading, c.sheet, c.tokens, h, words)
+                for i, (c, h, words) in enumerate(
+                    zip(event.chunks, hashes, event.keywords, strict=True)
+                )
             ]
             self.writer.add_chunks(rows, vectors)
         elif event.kind == "end":

@@ -82,6 +82,19 @@ class Settings(BaseSettings):
         ge=1,
         description="CPU threads for embedding and inference; default: physical cores.",
     )
+    retrieval_mode: Literal["hybrid", "dense", "keyword"] = Field(
+        default="hybrid",
+        description="hybrid = dense (FAISS) + keyword (FTS5) fused by reciprocal rank.",
+    )
+    retrieval_pool: int = Field(
+        default=30, ge=1, le=500, description="Candidates each ranker contributes before fusion."
+    )
+    keyword_weight: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=4.0,
+        description="Weight of the keyword ranking in hybrid fusion (the dense ranking has 1).",
+    )
     max_rows_per_table: int = Field(
         default=100_000,
         ge=1,

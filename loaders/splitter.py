@@ -60,8 +60,13 @@ class Chunk:
     @property
     def embed_text(self) -> str:
         """What is embedded and keyword-indexed: the heading path gives the chunk its topic."""
-        context = " / ".join(p for p in (self.sheet, self.heading) if p)
-        return f"{context}\n{self.text}" if context else self.text
+        return embed_text(self.text, self.heading, self.sheet)
+
+
+def embed_text(text: str, heading: str | None, sheet: str | None) -> str:
+    """A chunk's text with its sheet and heading path in front."""
+    context = " / ".join(p for p in (sheet, heading) if p)
+    return f"{context}\n{text}" if context else text
 
 
 def normalise_text(text: str) -> str:

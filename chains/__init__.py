@@ -1,0 +1,6 @@
+"""Chains over the knowledge base: answering with citations, condensing, conversations."""
+
+from chains.rag import Answer, Citation, RagChain, RagParams, Turn
+from chains.sessions import ChatStore, SessionInfo
+
+__all__ = ["Answer", "ChatStore", "Citation", "RagChain", "RagParams", "SessionInfo", "Turn"]

@@ -1,0 +1,338 @@
+"""The answering chain: condense -> retrieve -> abstain? -> budget -> stream -> citations.
+
+``RagChain`` is built from parts it is given (a retrieve function, a LangChain chat model,
+parameters) and reads no settings. The prompt puts static text first (the system rules), then
+the sources, then the conversation, then the question, so llama.cpp reuses its cached prefix.
+Sources are fenced as data; text in them cannot close the fence.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+
+from chains.citations import CitationFilter, infer_citations
+from chains.language import detect_language
+from models.llm import Generation
+from prompts import Language, load_prompt, render
+from vectorstore import SearchHit
+from vectorstore.keywords import content_words
+
+Retrieve = Callable[[str, int], list[SearchHit]]
+_FENCE = re.compile(r"<\s*/?\s*sources?\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One exchange of a conversation."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class RagParams:
+    """What the chain needs to know; chosen by the caller (from settings)."""
+
+    candidates: int = 8  # retrieved, scored and shown in the trace
+    max_sources: int = 4  # at most this many go into the prompt
+    source_token_budget: int = 700  # and at most this many tokens of them
+    answer_tokens: int = 384  # reserved for the answer
+    history_share: float = 0.25  # of the context, at most, for earlier turns
+    min_dense: float = 0.35  # abstain below this cosine ...
+    min_coverage: float = 0.75  # ... unless this share of the question's words is found
+    condense_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A numbered source of an answer."""
+
+    n: int
+    source: str
+    name: str
+    page: int | None
+    heading: str | None
+    sheet: str | None
+    text: str
+    inferred: bool = False
+
+
+@dataclass
+class Answer:
+    """The result of one question."""
+
+    answer: str
+    refused: bool
+    language: Language
+    citations: list[Citation] = field(default_factory=list)
+    trace: dict[str, Any] = field(default_factory=dict)
+    sources: list[Citation] = field(default_factory=list)  # every passage in the prompt
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable machine-readable form (``kb ask --json``)."""
+        return {
+            "answer": self.answer,
+            "refused": self.refused,
+            "language": self.language,
+            "citations": [_citation_json(c) for c in self.citations],
+            "sources": [_citation_json(c) for c in self.sources],
+            "trace": self.trace,
+        }
+
+
+def _citation_json(c: Citation) -> dict[str, Any]:
+    return {
+        "n": c.n, "source": c.source, "page": c.page, "heading": c.heading, "sheet": c.sheet,
+        "text": c.text, "inferred": c.inferred,
+    }  # fmt: skip
+
+
+def fence(text: str) -> str:
+    """Source text that cannot open or close the <sources> fence."""
+    return _FENCE.sub(lambda m: m.group().replace("<", "&lt;"), text)
+
+
+def source_block(n: int, hit: SearchHit) -> str:
+    """One source as the prompt shows it."""
+    chunk = hit.chunk
+    attrs = [f'id="{n}"', f'file="{fence(chunk.name)}"']
+    attrs += [f'page="{chunk.page}"'] if chunk.page else []
+    attrs += [f'sheet="{fence(chunk.sheet)}"'] if chunk.sheet else []
+    attrs += [f'section="{fence(chunk.heading)}"'] if chunk.heading else []
+    return f"<source {' '.join(attrs)}>\n{fence(chunk.text)}\n</source>"
+
+
+def evidence(question: str, hits: Sequence[SearchHit]) -> tuple[float, float]:
+    """Best dense cosine, and the largest share of the question's words one hit contains."""
+    dense = max((h.dense_score for h in hits if h.dense_score is not None), default=0.0)
+    words = set(content_words(question))
+    coverage = 0.0
+    if words:
+        for hit in hits[:5]:
+            found = set(content_words(f"{hit.chunk.heading or ''} {hit.chunk.text}"))
+            coverage = max(coverage, len(words & found) / len(words))
+    return dense, coverage
+
+
+class RagChain:
+    """Answers questions from a knowledge base with a chat model."""
+
+    def __init__(self, retrieve: Retrieve, chat_model: BaseChatModel, params: RagParams) -> None:
+        self.retrieve = retrieve
+        self.chat_model = chat_model
+        self.params = params
+
+    def answer(
+        self,
+        question: str,
+        history: Sequence[Turn] = (),
+        *,
+        on_token: Callable[[str], None] | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Answer:
+        """Answer ``question`` (a follow-up of ``history``), streaming through ``on_token``."""
+        started = time.perf_counter()
+        language = detect_language(question)
+        trace: dict[str, Any] = {"question": question, "language": language}
+        query = self._condense(question, history, language, trace, on_wait)
+        hits = self.retrieve(query, self.params.candidates)
+        trace["retrieval_s"] = round(time.perf_counter() - started, 4)
+        trace["candidates"] = [_candidate(h) for h in hits]
+        dense, coverage = evidence(query, hits)
+        trace["evidence"] = {
+            "dense": round(dense, 4), "coverage": round(coverage, 3),
+            "min_dense": self.params.min_dense, "min_coverage": self.params.min_coverage,
+        }  # fmt: skip
+        if dense < self.params.min_dense and coverage < self.params.min_coverage:
+            return self._refuse(language, trace, on_token, started)
+        return self._generate(
+            question, history, language, hits,
+            trace=trace, on_token=on_token, on_wait=on_wait, started=started,
+        )  # fmt: skip
+
+    # --- steps --------------------------------------------------------------------------
+
+    def _condense(
+        self,
+        question: str,
+        history: Sequence[Turn],
+        language: Language,
+        trace: dict[str, Any],
+        on_wait: Callable[[], None] | None,
+    ) -> str:
+        """A standalone query for retrieval (the question itself when there is no history)."""
+        trace["standalone_query"] = question
+        if not history:
+            return question
+        recent = history[-3:]
+        lines = [f"User: {t.question}\nAssistant: {_shorten(t.answer, 300)}" for t in recent]
+        prompt = render("condense", language, history="\n".join(lines), question=question)
+        stats = Generation()
+        pieces = []
+        for chunk in self.chat_model.stream([HumanMessage(prompt)], stats=stats, on_wait=on_wait):
+            pieces.append(str(chunk.content))
+            if "\n" in "".join(pieces).strip() or len(pieces) >= self.params.condense_tokens:
+                break
+        rewritten = _first_line("".join(pieces))
+        context = set(content_words(" ".join([question, *(t.question for t in recent)])))
+        # A small model may ramble or drop the topic: keep its rewrite only if it is a short
+        # question that still mentions something the conversation was about.
+        if rewritten and len(rewritten) <= 300 and set(content_words(rewritten)) & context:
+            query = rewritten
+        else:
+            query = f"{recent[-1].question} {question}"
+            trace["condense_fallback"] = rewritten
+        trace["standalone_query"] = query
+        trace["condense_s"] = round(stats.seconds, 4)
+        return query
+
+    def _refuse(
+        self,
+        language: Language,
+        trace: dict[str, Any],
+        on_token: Callable[[str], None] | None,
+        started: float,
+    ) -> Answer:
+        text = load_prompt("refusal", language)
+        trace["refused_because"] = "no retrieved passage is close enough to the question"
+        trace["total_s"] = round(time.perf_counter() - started, 4)
+        if on_token is not None:
+            on_token(text)
+        return Answer(text, True, language, [], trace)
+
+    def _messages(
+        self, language: Language, sources: str, history: Sequence[Turn], question: str
+    ) -> list[BaseMessage]:
+        system = load_prompt("answer_system", language)
+        if sources:
+            system += render("sources", language, sources=sources)
+        turns: list[BaseMessage] = []
+        for turn in history:
+            turns += [HumanMessage(turn.question), AIMessage(turn.answer)]
+        return [SystemMessage(system), *turns, HumanMessage(question)]
+
+    def _budget(
+        self,
+        language: Language,
+        history: Sequence[Turn],
+        question: str,
+        hits: list[SearchHit],
+        trace: dict[str, Any],
+    ) -> tuple[list[SearchHit], list[Turn]]:
+        """Sources and history that fit the context, best sources and latest turns first."""
+        window = int(getattr(self.chat_model, "context_window", 4096))
+        count = self.chat_model.get_num_tokens
+        kept_history: list[Turn] = []
+        history_tokens = 0
+        for turn in reversed(history):
+            size = count(turn.question) + count(turn.answer) + 8
+            if history_tokens + size > self.params.history_share * window:
+                break
+            kept_history.insert(0, turn)
+            history_tokens += size
+        base = self.chat_model.get_num_tokens_from_messages(
+            self._messages(language, "", kept_history, question)
+        )
+        room = window - base - self.params.answer_tokens - 64  # 64: the sources fence
+        room = min(room, self.params.source_token_budget)
+        chosen: list[SearchHit] = []
+        dropped = []
+        for hit in hits:
+            size = count(source_block(len(chosen) + 1, hit)) + 2
+            if len(chosen) >= self.params.max_sources or size > room:
+                reason = "max_sources" if len(chosen) >= self.params.max_sources else "context"
+                dropped.append({"chunk_id": hit.chunk.chunk_id, "reason": reason})
+                continue
+            chosen.append(hit)
+            room -= size
+        trace["dropped"] = dropped
+        trace["history_turns"] = {"given": len(history), "kept": len(kept_history)}
+        trace["context_window"] = window
+        return chosen, kept_history
+
+    def _generate(
+        self,
+        question: str,
+        history: Sequence[Turn],
+        language: Language,
+        hits: list[SearchHit],
+        *,
+        trace: dict[str, Any],
+        on_token: Callable[[str], None] | None,
+        on_wait: Callable[[], None] | None,
+        started: float,
+    ) -> Answer:
+        sources, kept = self._budget(language, history, question, hits, trace)
+        blocks = "\n".join(source_block(n, h) for n, h in enumerate(sources, start=1))
+        messages = self._messages(language, blocks, kept, question)
+        trace["in_prompt"] = [
+            {"n": n, "chunk_id": h.chunk.chunk_id} for n, h in enumerate(sources, start=1)
+        ]
+        stats = Generation()
+        citations = CitationFilter(set(range(1, len(sources) + 1)))
+        shown: list[str] = []
+        for chunk in self.chat_model.stream(messages, stats=stats, on_wait=on_wait):
+            visible = citations.feed(str(chunk.content))
+            if visible:
+                shown.append(visible)
+                if on_token is not None:
+                    on_token(visible)
+        tail = citations.flush()
+        if tail and on_token is not None:
+            on_token(tail)
+        text = ("".join(shown) + tail).strip()
+        by_number = {n: h for n, h in enumerate(sources, start=1)}
+        attributions = infer_citations(text, {n: h.chunk.text for n, h in by_number.items()})
+        trace.update(_timing(stats, self.chat_model, started))
+        cited = [_citation(a.n, by_number[a.n], a.inferred) for a in attributions]
+        given = [_citation(n, h, False) for n, h in by_number.items()]
+        return Answer(text, False, language, cited, trace, given)
+
+
+def _candidate(hit: SearchHit) -> dict[str, Any]:
+    c = hit.chunk
+    return {
+        "rank": hit.rank, "chunk_id": c.chunk_id, "source": c.source, "page": c.page,
+        "dense": None if hit.dense_score is None else round(hit.dense_score, 4),
+        "keyword": None if hit.keyword_score is None else round(hit.keyword_score, 3),
+        "fused": round(hit.score, 5),
+    }  # fmt: skip
+
+
+def _citation(n: int, hit: SearchHit, inferred: bool) -> Citation:
+    c = hit.chunk
+    return Citation(n, c.source, c.name, c.page, c.heading, c.sheet, c.text, inferred)
+
+
+def _timing(stats: Generation, model: BaseChatModel, started: float) -> dict[str, Any]:
+    speed = stats.tokens_per_second
+    return {
+        "model": getattr(model, "model_name", type(model).__name__),
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "waited_for_model_s": round(stats.waited, 4),
+        "time_to_first_token_s": None if stats.time_to_first_token is None
+        else round(stats.time_to_first_token, 4),
+        "tokens_per_s": None if speed is None else round(speed, 1),
+        "stop_reason": stats.stop_reason,
+        "total_s": round(time.perf_counter() - started, 4),
+    }  # fmt: skip
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = re.sub(
+        r"^(rewritten question|standalone question|改写后的问题)\s*[:：]\s*", "", line, flags=re.I
+    )
+    return line.strip().strip("\"'“”「」")
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,183 @@
+"""Chat models behind LangChain's ``BaseChatModel``: llama.cpp, and a scripted fake for tests.
+
+Both count prompt tokens themselves: LangChain's default counter loads a GPT-2 tokenizer from
+the internet, which would break offline use and count the wrong tokens anyway.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field
+
+from models.llm import Generation, LocalLLM, Sampling, resolve_chat_model
+
+if TYPE_CHECKING:
+    from settings import Settings
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+_WORDISH = re.compile(r"[\u3400-\u9fff]|[^\W_]+|[^\w\s]", re.UNICODE)
+
+
+def as_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
+    """LangChain messages as the role/content dicts chat templates take."""
+    return [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
+
+
+class LlamaCppChatModel(BaseChatModel):
+    """A local GGUF model run by llama.cpp (see ``models.llm.LocalLLM``).
+
+    ``stream(messages, stats=Generation(), on_wait=callback)`` fills ``stats`` with prompt
+    tokens, time to first token and decode speed, and calls ``on_wait`` if another caller holds
+    the model.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    engine: LocalLLM
+    sampling: Sampling = Field(default_factory=Sampling)
+
+    @property
+    def _llm_type(self) -> str:
+        return "llama-cpp"
+
+    @property
+    def model_name(self) -> str:
+        """The model file's name."""
+        return self.engine.path.name
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        stats: Generation = kwargs.get("stats") or Generation()
+        on_wait: Callable[[], None] | None = kwargs.get("on_wait")
+        for piece in self.engine.stream_chat(as_dicts(messages), self.sampling, stats, on_wait):
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+            if run_manager is not None:
+                run_manager.on_llm_new_token(piece, chunk=chunk)
+            yield chunk
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        text = "".join(str(c.message.content) for c in self._stream(messages, stop, None, **kwargs))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    def get_num_tokens(self, text: str) -> int:
+        """Tokens of raw text in this model's vocabulary."""
+        return self.engine.count_tokens(text)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of the whole prompt, chat template included."""
+        return self.engine.count_prompt(as_dicts(messages))
+
+    @property
+    def context_window(self) -> int:
+        """The model's context size in tokens."""
+        return self.engine.n_ctx
+
+
+class ScriptedChatModel(BaseChatModel):
+    """A fake chat model: replies with scripted texts, in order, and records every prompt.
+
+    When the script runs out it answers extractively: the first sentence of the first source
+    in the prompt, cited as [1] (so the UI and CLI can be exercised without a real model).
+    """
+
+    responses: list[str] = Field(default_factory=list)
+    calls: list[list[BaseMessage]] = Field(default_factory=list)
+    context_window: int = 4096
+
+    @property
+    def _llm_type(self) -> str:
+        return "scripted-fake"
+
+    @property
+    def model_name(self) -> str:
+        """Name shown in traces."""
+        return "scripted-fake"
+
+    def _reply(self, messages: list[BaseMessage]) -> str:
+        self.calls.append(list(messages))
+        if self.responses:
+            return self.responses.pop(0)
+        prompt = "\n".join(str(m.content) for m in messages)
+        match = re.search(
+            r'<source id="1"[^>]*>\s*(.+?)(?:(?<=[.!?。！？])\s|\n|</source>)', prompt, re.S
+        )
+        return f"{match.group(1).strip()} [1]" if match else "I cannot tell from the sources."
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        stats: Generation | None = kwargs.get("stats")
+        text = self._reply(messages)
+        pieces = re.findall(r"\S+\s*|\s+", text)
+        if stats is not None:
+            stats.prompt_tokens = self.get_num_tokens_from_messages(messages)
+            stats.completion_tokens = len(pieces)
+            stats.time_to_first_token, stats.seconds = 0.0, 0.0
+        for piece in pieces:
+            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        text = "".join(str(c.message.content) for c in self._stream(messages, stop, None, **kwargs))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+    def get_num_tokens(self, text: str) -> int:
+        """Words, CJK characters and punctuation marks."""
+        return len(_WORDISH.findall(text))
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of every message plus 4 per message for the template."""
+        return sum(self.get_num_tokens(str(m.content)) + 4 for m in messages)
+
+
+def sampling_from(settings: Settings) -> Sampling:
+    """The sampling settings."""
+    return Sampling(
+        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+        repeat_penalty=settings.repeat_penalty, max_tokens=settings.max_tokens,
+        seed=settings.seed,
+    )  # fmt: skip
+
+
+def build_chat_model(settings: Settings) -> BaseChatModel:
+    """The chat model the settings ask for; the GGUF loads on first use, not here."""
+    if settings.chat_backend == "fake":
+        return ScriptedChatModel()
+    engine = LocalLLM(
+        resolve_chat_model(settings.chat_model),
+        context_cap=settings.context_size,
+        n_gpu_layers=settings.n_gpu_layers,
+        threads=settings.effective_threads,
+        lora_path=settings.lora_path,
+    )
+    return LlamaCppChatModel(engine=engine, sampling=sampling_from(settings))

@@ -1,0 +1,50 @@
+"""Prompt templates, one file per template and language (``NAME.LANG.txt``).
+
+Templates use ``{variable}`` placeholders; ``VARIABLES`` lists what each one takes, and a test
+checks every file against it and against what the chains supply.
+"""
+
+from __future__ import annotations
+
+import functools
+import string
+from importlib import resources
+from typing import Literal
+
+Language = Literal["en", "zh"]
+LANGUAGES: tuple[Language, ...] = ("en", "zh")
+VARIABLES: dict[str, frozenset[str]] = {
+    "answer_system": frozenset(),
+    "sources": frozenset({"sources"}),
+    "condense": frozenset({"history", "question"}),
+    "refusal": frozenset(),
+}
+
+
+@functools.cache
+def load_prompt(name: str, language: Language) -> str:
+    """The text of template ``name`` in ``language``.
+
+    Raises:
+        KeyError: no such template.
+    """
+    if name not in VARIABLES:
+        raise KeyError(f"no prompt template '{name}'")
+    return resources.files(__name__).joinpath(f"{name}.{language}.txt").read_text(encoding="utf-8")
+
+
+def template_variables(text: str) -> set[str]:
+    """The ``{placeholders}`` a template uses."""
+    return {field for _, field, _, _ in string.Formatter().parse(text) if field}
+
+
+def render(name: str, language: Language, **values: str) -> str:
+    """Fill template ``name`` with exactly its variables.
+
+    Raises:
+        ValueError: a variable is missing or unexpected.
+    """
+    expected = VARIABLES[name]
+    if set(values) != expected:
+        raise ValueError(f"prompt '{name}' takes {sorted(expected)}, got {sorted(values)}")
+    return load_prompt(name, language).format(**values)

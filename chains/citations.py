@@ -53,7 +53,9 @@ class CitationFilter:
         while self._held:
             start = min((i for i in (self._held.find(c) for c in _OPENERS) if i >= 0), default=-1)
             if start < 0:
-                out, self._held = out + self._held, ""
+                # Trailing space may precede a citation in the next piece: hold it.
+                kept = self._held.rstrip()
+                out, self._held = out + kept, self._held[len(kept) :]
                 break
             before = self._held[:start]
             kept = before.rstrip()
@@ -75,7 +77,7 @@ class CitationFilter:
     def flush(self) -> str:
         """Whatever is still held at the end of the stream (a cut-off citation is dropped)."""
         rest, self._held = self._held, ""
-        return "" if _OPEN_CITATION.fullmatch(rest) else rest
+        return "" if rest.strip() and _OPEN_CITATION.fullmatch(rest) else rest
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ def kb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "kb-home"
     monkeypatch.setenv("KB_HOME", str(home))
     monkeypatch.setenv("KB_EMBEDDING_BACKEND", "fake")
+    monkeypatch.setenv("KB_CHAT_BACKEND", "fake")
     return home
 
 

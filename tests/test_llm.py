@@ -1,0 +1,98 @@
+"""The real embedded GGUF (SmolLM2-135M, loads in well under a second) through llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from models.gguf_info import read_gguf_metadata
+from models.hardware import doctor_report
+from models.llm import LocalLLM, Sampling, resolve_chat_model
+from settings import load_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def llm() -> LocalLLM:
+    return LocalLLM(resolve_chat_model("SmolLM2-135M-Instruct"), context_cap=2048, threads=2)
+
+
+MESSAGES = [
+    {"role": "system", "content": "You answer briefly."},
+    {"role": "user", "content": "Name one Debian package manager."},
+]
+
+
+def test_prompt_tokens_are_counted_exactly(llm: LocalLLM) -> None:
+    llama = llm._load()
+    result = llama.create_chat_completion(messages=MESSAGES, max_tokens=1, seed=1)
+    assert llm.count_prompt(MESSAGES) == result["usage"]["prompt_tokens"]
+    assert llm.n_ctx == 2048  # capped by the setting, below the 8192 it was trained with
+
+
+def test_calls_are_serialised_and_the_second_caller_is_told(llm: LocalLLM) -> None:
+    told: list[str] = []
+    outputs: dict[str, str] = {}
+
+    def ask(name: str) -> None:
+        pieces = llm.stream_chat(
+            MESSAGES, Sampling(max_tokens=24, seed=7), on_wait=lambda: told.append(name)
+        )
+        outputs[name] = "".join(pieces)
+
+    with llm.exclusive():
+        threads = [threading.Thread(target=ask, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        threads[0].join(timeout=0.5)
+        assert not outputs  # both wait while the model is held
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(told) == ["a", "b"] and all(outputs.values())
+    assert outputs["a"] == outputs["b"]  # same seed, same prompt: the calls did not interfere
+
+
+def test_kb_ask_end_to_end_with_the_real_model(
+    kb_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KB_CHAT_BACKEND", "llama-cpp")
+    (tmp_path / "apt.md").write_text(
+        "# Installing\n\nUse apt install NAME to install a package.", "utf-8"
+    )
+    runner = CliRunner()
+    runner.invoke(main, ["ingest", str(tmp_path)], catch_exceptions=False)
+    result = runner.invoke(
+        main,
+        ["ask", "How do I install a package?", "--json", "--seed", "3", "--max-tokens", "48"],
+        catch_exceptions=False,
+    )
+    data = json.loads(result.stdout)
+    assert result.exit_code == 0 and not data["refused"] and data["answer"]
+    trace = data["trace"]
+    assert trace["model"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and trace["prompt_tokens"] > 50
+    assert trace["completion_tokens"] > 0 and trace["time_to_first_token_s"] is not None
+    assert [s["source"].endswith("apt.md") for s in data["sources"]] == [True]
+
+
+def test_doctor_reports_the_model_and_memory(kb_home: Path) -> None:
+    report = doctor_report(load_settings(kb_home, context_size=4096))
+    meta = read_gguf_metadata(Path(report["model"]))
+    assert meta["general.architecture"] == "llama" and report["layers"] == 30
+    assert report["context_size"] == 4096 and report["trained_context"] == 8192
+    assert report["kv_cache_mib_per_1k_tokens"] == 22.5  # 2 x 30 layers x 3 kv heads x 64 x 2 B
+    assert report["estimated_ram_mib"] > report["model_size_mib"]
+    assert report["largest_context_that_fits"] == 8192
+
+
+def test_a_missing_model_file_is_a_clear_error(kb_home: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["doctor", "--model", str(tmp_path / "nope.gguf")])
+    assert result.exit_code == 1 and "not found" in result.stderr and ".gguf" in result.stderr
+    (tmp_path / "fake.gguf").write_bytes(b"not a model")
+    result = CliRunner().invoke(main, ["doctor", "--model", str(tmp_path / "fake.gguf")])
+    assert "is not a GGUF model file" in result.stderr

@@ -1,0 +1,95 @@
+"""Hybrid retrieval: fusion, near-duplicates, the keyword index (Chinese too), migration."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from assistant import Assistant, build_assistant
+from models.embeddings import HashEmbedder
+from settings import Settings, load_settings
+from vectorstore.hybrid import drop_near_duplicates, reciprocal_rank_fusion
+from vectorstore.keywords import keyword_tokens, match_query
+from vectorstore.knowledge_base import SearchHit
+
+
+def test_reciprocal_rank_fusion_rewards_agreement() -> None:
+    fused = reciprocal_rank_fusion([[1, 2, 3], [3, 4, 1]])
+    assert [i for i, _ in fused] == [1, 3, 2, 4]
+    assert fused[0][1] == 1 / 61 + 1 / 63
+    weighted = reciprocal_rank_fusion([[1, 2], [2, 1]], [1.0, 0.5])
+    assert [i for i, _ in weighted] == [1, 2]
+
+
+def test_near_duplicates_keep_the_best_ranked(assistant: Assistant, tmp_path: Path) -> None:
+    text = "Debian uses dpkg and apt to install packages from the archive."
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "b.txt").write_text(text + " Really.", encoding="utf-8")
+    (tmp_path / "c.txt").write_text("Something else about kernels entirely.", encoding="utf-8")
+    assistant.ingest([tmp_path])
+    hits = assistant.search("install packages with apt", k=3)
+    names = [Path(h.chunk.source).name for h in hits]
+    assert len([n for n in names if n in {"a.txt", "b.txt"}]) == 1
+    chunk = hits[0].chunk
+    same = [SearchHit(1, 0.9, chunk), SearchHit(2, 0.8, chunk)]
+    assert drop_near_duplicates(same, 0.8) == same[:1]
+
+
+def test_chinese_is_segmented_for_keyword_search() -> None:
+    assert {"数据", "备份"} <= set(keyword_tokens("数据备份怎么做？"))
+    assert match_query("的 了 是") is None  # only stopwords: nothing to match
+    assert match_query('a "quoted" word') == '"quoted" OR "word"'
+
+
+def test_keyword_ranking_finds_an_exact_term_dense_misses(
+    settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "codes.txt").write_text("Error E4021 means the disk quota was exceeded.", "utf-8")
+    for i in range(30):
+        (tmp_path / f"noise{i}.txt").write_text(f"General advice number {i} about errors.", "utf-8")
+    keyword = build_assistant(
+        load_settings(settings.home, retrieval_mode="keyword"), embeddings=HashEmbedder()
+    )
+    keyword.ingest([tmp_path])
+    top = keyword.search("what does E4021 mean", k=3)
+    assert Path(top[0].chunk.source).name == "codes.txt"
+    assert top[0].keyword_score is not None and top[0].dense_score is None
+    hybrid = build_assistant(settings, embeddings=HashEmbedder())
+    best = hybrid.search("what does E4021 mean", k=3)[0]
+    assert Path(best.chunk.source).name == "codes.txt"
+    assert best.keyword_score is not None and best.dense_score is not None
+
+
+def test_chinese_documents_are_found_by_chinese_questions(
+    assistant: Assistant, tmp_path: Path
+) -> None:
+    (tmp_path / "备份.md").write_text(
+        "# 数据备份\n\n每天晚上用 rsync 备份家目录。", encoding="utf-8"
+    )
+    (tmp_path / "网络.md").write_text("# 网络\n\n编辑配置文件来设置网卡。", encoding="utf-8")
+    assistant.ingest([tmp_path])
+    assert Path(assistant.search("怎么备份数据？", k=1)[0].chunk.source).name == "备份.md"
+
+
+def test_removed_documents_leave_the_keyword_index(assistant: Assistant, tmp_path: Path) -> None:
+    (tmp_path / "x.txt").write_text("zanzibar quokka", encoding="utf-8")
+    assistant.ingest([tmp_path / "x.txt"])
+    assistant.remove(["x.txt"])
+    db = sqlite3.connect(assistant.knowledge_base().folder / "catalog.sqlite")
+    assert db.execute("SELECT count(*) FROM chunks_fts").fetchone()[0] == 0
+
+
+def test_schema_1_catalog_gets_its_keyword_index(settings: Settings, tmp_path: Path) -> None:
+    first = build_assistant(settings, embeddings=HashEmbedder())
+    (tmp_path / "a.txt").write_text("quokkas live on Rottnest island", encoding="utf-8")
+    first.ingest([tmp_path / "a.txt"])
+    first.close()
+    db = sqlite3.connect(settings.home / "kbs" / "default" / "catalog.sqlite")
+    db.execute("DROP TABLE chunks_fts")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    reopened = build_assistant(
+        load_settings(settings.home, retrieval_mode="keyword"), embeddings=HashEmbedder()
+    )
+    assert Path(reopened.search("quokkas", k=1)[0].chunk.source).name == "a.txt"

@@ -264,7 +264,15 @@ class Assistant:
             answer_tokens=s.max_tokens, min_dense=s.abstain_min_dense,
             min_coverage=s.abstain_min_coverage,
         )  # fmt: skip
-        return RagChain(lambda q, k: self.search(q, k=k, kb=kb), self.chat_model, params)
+        return RagChain(
+            lambda q, k: self.search(q, k=k, kb=kb), self.chat_model, params,
+            fetch=lambda ids: self._fetch(ids, kb),
+        )  # fmt: skip
+
+    def _fetch(self, chunk_ids: Sequence[int], kb: str | None) -> list[SearchHit]:
+        """Stored chunks by id, in the order given (missing ones left out)."""
+        rows = self.knowledge_base(kb).catalog.chunks_by_ids(chunk_ids)
+        return [SearchHit(0, 0.0, rows[i]) for i in chunk_ids if i in rows]
 
     def ask(
         self,

@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     repeat_penalty: float = Field(default=1.1, ge=0.5, le=2.0, description="Penalty on repeats.")
     max_tokens: int = Field(default=384, ge=16, le=8192, description="Longest answer in tokens.")
     seed: int | None = Field(default=None, description="Sampling seed (unset: random).")
+    prompt_cache_mb: int = Field(
+        default=512, ge=0,
+        description=(
+            "RAM for saved llama.cpp prompt states (0 = off): a follow-up question resumes from "
+            "the previous prompt instead of evaluating it again."
+        ),
+    )  # fmt: skip
     max_sources: int = Field(
         default=4, ge=1, le=20, description="Most retrieved passages put into one prompt."
     )

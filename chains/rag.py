@@ -25,6 +25,7 @@ from vectorstore import SearchHit
 from vectorstore.keywords import content_words
 
 Retrieve = Callable[[str, int], list[SearchHit]]
+Fetch = Callable[[Sequence[int]], list[SearchHit]]
 _FENCE = re.compile(r"<\s*/?\s*sources?\b", re.IGNORECASE)
 
 
@@ -34,6 +35,7 @@ class Turn:
 
     question: str
     answer: str
+    sources: tuple[int, ...] = ()  # chunk ids that were in the prompt, in order
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,23 @@ def evidence(question: str, hits: Sequence[SearchHit]) -> tuple[float, float]:
 class RagChain:
     """Answers questions from a knowledge base with a chat model."""
 
-    def __init__(self, retrieve: Retrieve, chat_model: BaseChatModel, params: RagParams) -> None:
+    def __init__(
+        self,
+        retrieve: Retrieve,
+        chat_model: BaseChatModel,
+        params: RagParams,
+        fetch: Fetch | None = None,
+    ) -> None:
+        """Args:
+        retrieve: ``(query, k) -> hits``, best first.
+        chat_model: any LangChain chat model that counts its own tokens.
+        params: budgets and thresholds.
+        fetch: chunk ids -> hits, to rebuild the previous turn's sources (prefix reuse).
+        """
         self.retrieve = retrieve
         self.chat_model = chat_model
         self.params = params
+        self.fetch = fetch
 
     def answer(
         self,
@@ -141,7 +156,8 @@ class RagChain:
         started = time.perf_counter()
         language = detect_language(question)
         trace: dict[str, Any] = {"question": question, "language": language}
-        query = self._condense(question, history, language, trace, on_wait)
+        previous = self._previous_sources(history)
+        query = self._condense(question, history, previous, language, trace=trace, on_wait=on_wait)
         hits = self.retrieve(query, self.params.candidates)
         trace["retrieval_s"] = round(time.perf_counter() - started, 4)
         trace["candidates"] = [_candidate(h) for h in hits]
@@ -153,17 +169,39 @@ class RagChain:
         if dense < self.params.min_dense and coverage < self.params.min_coverage:
             return self._refuse(language, trace, on_token, started)
         return self._generate(
-            question, history, language, hits,
+            question, history, language, hits, previous=previous,
             trace=trace, on_token=on_token, on_wait=on_wait, started=started,
         )  # fmt: skip
 
     # --- steps --------------------------------------------------------------------------
 
+    def _previous_sources(self, history: Sequence[Turn]) -> list[SearchHit]:
+        if not history or not history[-1].sources or self.fetch is None:
+            return []
+        return self.fetch(history[-1].sources)
+
+    def _condense_messages(
+        self, question: str, history: Sequence[Turn], previous: list[SearchHit], language: Language
+    ) -> list[BaseMessage]:
+        if previous:
+            # The previous turn's prompt plus one instruction: llama.cpp resumes from its
+            # cached state and evaluates only the new tail.
+            blocks = "\n".join(source_block(n, h) for n, h in enumerate(previous, start=1))
+            instruction = render("condense_turn", language, question=question)
+            return self._messages(language, blocks, history, instruction)
+        recent = history[-3:]
+        lines = [f"User: {t.question}\nAssistant: {_shorten(t.answer, 300)}" for t in recent]
+        return [
+            HumanMessage(render("condense", language, history="\n".join(lines), question=question))
+        ]
+
     def _condense(
         self,
         question: str,
         history: Sequence[Turn],
+        previous: list[SearchHit],
         language: Language,
+        *,
         trace: dict[str, Any],
         on_wait: Callable[[], None] | None,
     ) -> str:
@@ -172,25 +210,30 @@ class RagChain:
         if not history:
             return question
         recent = history[-3:]
-        lines = [f"User: {t.question}\nAssistant: {_shorten(t.answer, 300)}" for t in recent]
-        prompt = render("condense", language, history="\n".join(lines), question=question)
+        messages = self._condense_messages(question, history, previous, language)
         stats = Generation()
         pieces = []
-        for chunk in self.chat_model.stream([HumanMessage(prompt)], stats=stats, on_wait=on_wait):
+        began = time.perf_counter()
+        for chunk in self.chat_model.stream(messages, stats=stats, on_wait=on_wait):
             pieces.append(str(chunk.content))
             if "\n" in "".join(pieces).strip() or len(pieces) >= self.params.condense_tokens:
                 break
         rewritten = _first_line("".join(pieces))
-        context = set(content_words(" ".join([question, *(t.question for t in recent)])))
-        # A small model may ramble or drop the topic: keep its rewrite only if it is a short
-        # question that still mentions something the conversation was about.
-        if rewritten and len(rewritten) <= 300 and set(content_words(rewritten)) & context:
+        asked = set(content_words(question))
+        topic = set(content_words(" ".join(t.question for t in recent))) - asked
+        # A small model may ramble, answer instead, change the subject or just echo the
+        # question: keep its rewrite only if it is short, related to the question or the
+        # conversation, and adds something the question lacks ("one" -> "a package").
+        words = set(content_words(rewritten))
+        short = len(rewritten) <= max(200, 3 * len(question)) and len(words) <= 24
+        related = bool(words & (asked | topic))
+        if rewritten and short and related and (words - asked or not topic):
             query = rewritten
         else:
             query = f"{recent[-1].question} {question}"
             trace["condense_fallback"] = rewritten
         trace["standalone_query"] = query
-        trace["condense_s"] = round(stats.seconds, 4)
+        trace["condense_s"] = round(time.perf_counter() - began, 4)
         return query
 
     def _refuse(
@@ -264,12 +307,14 @@ class RagChain:
         language: Language,
         hits: list[SearchHit],
         *,
+        previous: list[SearchHit],
         trace: dict[str, Any],
         on_token: Callable[[str], None] | None,
         on_wait: Callable[[], None] | None,
         started: float,
     ) -> Answer:
-        sources, kept = self._budget(language, history, question, hits, trace)
+        chosen, kept = self._budget(language, history, question, hits, trace)
+        sources = _prefix_stable(chosen, previous)
         blocks = "\n".join(source_block(n, h) for n, h in enumerate(sources, start=1))
         messages = self._messages(language, blocks, kept, question)
         trace["in_prompt"] = [
@@ -281,6 +326,8 @@ class RagChain:
         for chunk in self.chat_model.stream(messages, stats=stats, on_wait=on_wait):
             visible = citations.feed(str(chunk.content))
             if visible:
+                if not shown:  # what the user waits for: condensing + retrieval + prompt
+                    trace["first_token_after_s"] = round(time.perf_counter() - started, 4)
                 shown.append(visible)
                 if on_token is not None:
                     on_token(visible)
@@ -294,6 +341,18 @@ class RagChain:
         cited = [_citation(a.n, by_number[a.n], a.inferred) for a in attributions]
         given = [_citation(n, h, False) for n, h in by_number.items()]
         return Answer(text, False, language, cited, trace, given)
+
+
+def _prefix_stable(chosen: list[SearchHit], previous: list[SearchHit]) -> list[SearchHit]:
+    """The chosen sources, those also in the previous prompt first, in their previous order.
+
+    Which sources go in is decided by rank alone; only their order changes, so that a
+    follow-up's prompt starts like the previous one and llama.cpp skips that prefix.
+    """
+    found = {h.chunk.chunk_id: h for h in chosen}
+    first = [found[p.chunk.chunk_id] for p in previous if p.chunk.chunk_id in found]
+    ids = {h.chunk.chunk_id for h in first}
+    return first + [h for h in chosen if h.chunk.chunk_id not in ids]
 
 
 def _candidate(hit: SearchHit) -> dict[str, Any]:

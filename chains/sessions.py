@@ -160,7 +160,11 @@ class ChatStore:
 
     def history(self, session_id: str) -> list[Turn]:
         """The turns as chain history (refusals are left out: they carry no content)."""
-        return [Turn(t.question, t.answer) for t in self.turns(session_id) if not t.refused]
+        return [
+            Turn(t.question, t.answer, tuple(s["chunk_id"] for s in t.trace.get("in_prompt", [])))
+            for t in self.turns(session_id)
+            if not t.refused
+        ]
 
     def rename(self, session_id: str, title: str) -> None:
         """Give a session a new title."""

@@ -179,5 +179,6 @@ def build_chat_model(settings: Settings) -> BaseChatModel:
         n_gpu_layers=settings.n_gpu_layers,
         threads=settings.effective_threads,
         lora_path=settings.lora_path,
+        prompt_cache_bytes=settings.prompt_cache_mb * 2**20,
     )
     return LlamaCppChatModel(engine=engine, sampling=sampling_from(settings))

@@ -100,6 +100,7 @@ class LocalLLM:
         threads: int = 2,
         n_batch: int = 512,
         lora_path: Path | None = None,
+        prompt_cache_bytes: int = 0,
     ) -> None:
         self.path = path
         self.context_cap = context_cap
@@ -107,6 +108,7 @@ class LocalLLM:
         self.threads = threads
         self.n_batch = n_batch
         self.lora_path = lora_path
+        self.prompt_cache_bytes = prompt_cache_bytes
         self._llama: Any = None
         self._formatter: Any = None
         self._load_lock = threading.Lock()
@@ -119,6 +121,12 @@ class LocalLLM:
             if self._llama is None:
                 self._llama = self._open()
                 self._formatter = _chat_formatter(self._llama)
+                if self.prompt_cache_bytes:
+                    from llama_cpp.llama_cache import LlamaRAMCache
+
+                    # Saved states are keyed by their tokens; a new prompt resumes from the
+                    # longest matching one, even after an unrelated call (the condense step).
+                    self._llama.set_cache(LlamaRAMCache(capacity_bytes=self.prompt_cache_bytes))
             return self._llama
 
     def _open(self) -> Any:

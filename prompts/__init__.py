@@ -17,6 +17,7 @@ VARIABLES: dict[str, frozenset[str]] = {
     "answer_system": frozenset(),
     "sources": frozenset({"sources"}),
     "condense": frozenset({"history", "question"}),
+    "condense_turn": frozenset({"question"}),
     "refusal": frozenset(),
 }
 

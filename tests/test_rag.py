@@ -117,11 +117,11 @@ def test_follow_up_is_condensed_with_the_history(settings: Settings, corpus: Pat
     session = assistant.new_session()
     assistant.ask("How do I install a package?", session=session)
     answer = assistant.ask("and the kernel?", session=session)
-    condense_prompt = str(model.calls[1][0].content)
-    assert (
-        "User: How do I install a package?" in condense_prompt
-        and "and the kernel?" in condense_prompt
-    )
+    condense = model.calls[1]  # the previous prompt + one instruction: the cached prefix is reused
+    assert [m.type for m in condense] == ["system", "human", "ai", "human"]
+    assert str(condense[0].content) == str(model.calls[0][0].content)
+    assert str(condense[1].content) == "How do I install a package?"
+    assert "and the kernel?" in str(condense[-1].content)
     assert answer.trace["standalone_query"] == "How do I upgrade the Linux kernel?"
     assert Path(answer.trace["candidates"][0]["source"]).name == "kernel.md"
     assert [t.question for t in assistant.chats.history(session)] == [
@@ -195,9 +195,8 @@ def test_prompt_files_take_exactly_the_variables_the_chains_supply(language: str
 
 
 def test_history_is_trimmed_to_its_share_of_the_context(settings: Settings, corpus: Path) -> None:
-    assistant, model = make(
-        settings, corpus, "How do I install a package with apt?", "Use apt [1]."
-    )
+    rewrite = "How do I install a package with apt on Debian?"
+    assistant, model = make(settings, corpus, rewrite, "Use apt [1].")
     model.context_window = 1000
     history = [Turn(f"question {i} " + "word " * 60, "answer " * 60) for i in range(10)]
     answer = assistant.rag_chain().answer("How do I install a package with apt?", history)
@@ -205,3 +204,22 @@ def test_history_is_trimmed_to_its_share_of_the_context(settings: Settings, corp
     assert kept["given"] == 10 and 0 < kept["kept"] < 10
     human_turns = [m for m in model.calls[-1] if m.type == "human"]
     assert "question 9" in str(human_turns[-2].content)  # the latest turns are the ones kept
+
+
+def test_follow_up_keeps_previous_sources_first_for_prefix_reuse(
+    settings: Settings, corpus: Path
+) -> None:
+    rewrite = "How do I install and upgrade the Linux kernel package with apt?"
+    assistant, model = make(settings, corpus, "Use apt install NAME [1].", rewrite, "Use apt [1].")
+    session = assistant.new_session()
+    first = assistant.ask("How do I install a package with apt?", session=session)
+    second = assistant.ask("and the kernel?", session=session)
+    before = [s["chunk_id"] for s in first.trace["in_prompt"]]
+    after = [s["chunk_id"] for s in second.trace["in_prompt"]]
+    ranked = [c["chunk_id"] for c in second.trace["candidates"]]
+    assert set(after) == set(ranked[: len(after)])  # chosen by rank alone
+    shared = [i for i in before if i in after]
+    assert shared and after[: len(shared)] == shared  # ... ordered so the prefix repeats
+    first_system, second_system = str(model.calls[0][0].content), str(model.calls[-1][0].content)
+    prefix = first_system[: first_system.index("</source>")]
+    assert second_system.startswith(prefix)

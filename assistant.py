@@ -20,6 +20,7 @@ from errors import DocumentNotFound, KBError, KnowledgeBaseExists
 from ingest import IngestReport, ProgressCallback, ingest
 from models.chat import build_chat_model
 from models.embeddings import Embedder, build_embedder
+from models.reranker import CrossEncoderScorer, Scorer
 from settings import Settings, load_settings
 from vectorstore import (
     DocumentRecord,
@@ -29,7 +30,7 @@ from vectorstore import (
     SearchHit,
     validate_name,
 )
-from vectorstore.hybrid import hybrid_search
+from vectorstore.hybrid import hybrid_search, rerank
 
 logger = logging.getLogger(__name__)
 MAX_K = 100
@@ -44,12 +45,14 @@ class Assistant:
         *,
         embeddings: Embedder | None = None,
         chat_model: BaseChatModel | None = None,
+        reranker: Scorer | None = None,
     ) -> None:
         self.settings = settings
         self.library = Library(settings.home)
         self._embedder = embeddings
         self._chat_model = chat_model
         self._chats: ChatStore | None = None
+        self._reranker: Scorer | None = reranker
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.RLock()
 
@@ -249,10 +252,24 @@ class Assistant:
             embedder = self.embedder
             base.manifest.check_embedding(embedder.model_id, embedder.dimension)
             vector = embedder.embed_array([query])[0]
-        return hybrid_search(
-            base, query, vector, k, mode=mode, pool=self.settings.retrieval_pool,
+        scorer = self.reranker
+        # With a reranker, fuse a wider pool and let the cross-encoder pick the best k.
+        wanted = max(k, 2 * k if scorer else k)
+        hits = hybrid_search(
+            base, query, vector, wanted, mode=mode, pool=self.settings.retrieval_pool,
             keyword_weight=self.settings.keyword_weight,
         )  # fmt: skip
+        return rerank(query, hits, scorer)[:k] if scorer and hits else hits
+
+    @property
+    def reranker(self) -> Scorer | None:
+        """The cross-encoder scorer, if one is configured (``reranker_model``)."""
+        with self._lock:
+            if self._reranker is None and self.settings.reranker_model is not None:
+                self._reranker = CrossEncoderScorer(
+                    self.settings.reranker_model, self.settings.effective_threads
+                )
+            return self._reranker
 
     # --- answers ------------------------------------------------------------------------
 

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
         le=4.0,
         description="Weight of the keyword ranking in hybrid fusion (the dense ranking has 1).",
     )
+    reranker_model: Path | None = Field(
+        default=None,
+        description="Optional local cross-encoder directory to rerank retrieved passages.",
+    )
     chat_backend: Literal["llama-cpp", "fake"] = Field(
         default="llama-cpp",
         description="'llama-cpp' runs the GGUF chat model; 'fake' answers extractively (tests).",

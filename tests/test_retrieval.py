@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 from assistant import Assistant, build_assistant
@@ -93,3 +94,32 @@ def test_schema_1_catalog_gets_its_keyword_index(settings: Settings, tmp_path: P
         load_settings(settings.home, retrieval_mode="keyword"), embeddings=HashEmbedder()
     )
     assert Path(reopened.search("quokkas", k=1)[0].chunk.source).name == "a.txt"
+
+
+def test_a_configured_reranker_reorders_the_results(settings: Settings, tmp_path: Path) -> None:
+    for name in ("alpha", "beta", "gamma"):
+        (tmp_path / f"{name}.txt").write_text(f"{name} packages install notes", encoding="utf-8")
+    seen: list[tuple[str, int]] = []
+
+    def prefers_gamma(query: str, passages: Sequence[str]) -> list[float]:
+        seen.append((query, len(passages)))
+        return [1.0 if p.startswith("gamma") else 0.0 for p in passages]
+
+    reranked = Assistant(settings, embeddings=HashEmbedder(), reranker=prefers_gamma)
+    reranked.ingest([tmp_path])
+    hits = reranked.search("alpha packages", k=2)
+    assert Path(hits[0].chunk.source).name == "gamma.txt" and hits[0].score == 1.0
+    assert seen == [("alpha packages", 3)] and len(hits) == 2
+
+
+def test_a_missing_reranker_model_is_a_clear_error(settings: Settings, tmp_path: Path) -> None:
+    import pytest
+
+    from errors import ModelError
+
+    configured = build_assistant(
+        load_settings(settings.home, reranker_model=tmp_path / "nope"), embeddings=HashEmbedder()
+    )
+    configured.create_kb("default")
+    with pytest.raises(ModelError, match=r"reranker model .* not found"):
+        configured.search("anything")

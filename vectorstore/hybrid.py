@@ -8,7 +8,7 @@ manual, a paragraph pasted twice) are then dropped so the prompt is not one pass
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -50,6 +50,18 @@ def drop_near_duplicates(hits: list[SearchHit], threshold: float) -> list[Search
         kept.append(hit)
         seen.append(words)
     return kept
+
+
+def rerank(
+    query: str, hits: list[SearchHit], scorer: Callable[[str, Sequence[str]], list[float]]
+) -> list[SearchHit]:
+    """Reorder hits by a cross-encoder's scores (kept in ``score``; the parts stay as they are)."""
+    scores = scorer(query, [h.chunk.text for h in hits])
+    ordered = sorted(zip(scores, hits, strict=True), key=lambda pair: -pair[0])
+    return [
+        SearchHit(rank, score, h.chunk, h.dense_score, h.keyword_score)
+        for rank, (score, h) in enumerate(ordered, start=1)
+    ]
 
 
 def hybrid_search(

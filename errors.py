@@ -16,6 +16,7 @@ the Streamlit page) turn them into an exit code or an on-page message; the core 
     │   ├── EmbeddingMismatch        built with another embedding model / dimension
     │   └── CorruptKnowledgeBase     a file of it is damaged or from a newer version
     ├── DocumentNotFound             `kb remove` named a document that is not there
+    ├── SessionNotFound              `kb chat --session` named no saved conversation
     ├── IngestError                  one file cannot be ingested (reported per file)
     │   ├── UnsupportedFormat
     │   ├── EmptyDocument
@@ -66,6 +67,10 @@ class CorruptKnowledgeBase(KnowledgeBaseError):
 
 class DocumentNotFound(KBError):
     """No document matches the given id, path or name."""
+
+
+class SessionNotFound(KBError):
+    """No saved conversation with that id."""
 
 
 class IngestError(KBError):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from chains.rag import Turn
-from errors import KBError
+from errors import SessionNotFound
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -27,10 +27,6 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_by_session ON messages(session_id, id);
 """
-
-
-class SessionNotFound(KBError):
-    """No chat session with that id."""
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from chains.sessions import ChatStore, SessionNotFound
+from chains.sessions import ChatStore
 from cli import main
+from errors import SessionNotFound
 
 
 def test_store_round_trip(tmp_path: Path) -> None:

@@ -30,7 +30,21 @@ def as_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
     return [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
 
 
-class LlamaCppChatModel(BaseChatModel):
+class _StreamingChatModel(BaseChatModel):
+    """A chat model whose whole reply is its stream, joined."""
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        text = "".join(str(c.message.content) for c in self._stream(messages, stop, None, **kwargs))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+
+class LlamaCppChatModel(_StreamingChatModel):
     """A local GGUF model run by llama.cpp (see ``models.llm.LocalLLM``).
 
     ``stream(messages, stats=Generation(), on_wait=callback)`` fills ``stats`` with prompt
@@ -66,16 +80,6 @@ class LlamaCppChatModel(BaseChatModel):
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
 
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        text = "".join(str(c.message.content) for c in self._stream(messages, stop, None, **kwargs))
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
-
     def get_num_tokens(self, text: str) -> int:
         """Tokens of raw text in this model's vocabulary."""
         return self.engine.count_tokens(text)
@@ -92,7 +96,7 @@ class LlamaCppChatModel(BaseChatModel):
         return self.engine.n_ctx
 
 
-class ScriptedChatModel(BaseChatModel):
+class ScriptedChatModel(_StreamingChatModel):
     """A fake chat model: replies with scripted texts, in order, and records every prompt.
 
     When the script runs out it answers extractively: the first sentence of the first source
@@ -138,16 +142,6 @@ class ScriptedChatModel(BaseChatModel):
             stats.time_to_first_token, stats.seconds = 0.0, 0.0
         for piece in pieces:
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        text = "".join(str(c.message.content) for c in self._stream(messages, stop, None, **kwargs))
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
     def get_num_tokens(self, text: str) -> int:
         """Words, CJK characters and punctuation marks."""

@@ -188,7 +188,11 @@ class RagChain:
             # cached state and evaluates only the new tail.
             blocks = "\n".join(source_block(n, h) for n, h in enumerate(previous, start=1))
             instruction = render("condense_turn", language, question=question)
-            return self._messages(language, blocks, history, instruction)
+            messages = self._messages(language, blocks, history, instruction)
+            window = int(getattr(self.chat_model, "context_window", 4096))
+            size = self.chat_model.get_num_tokens_from_messages(messages)
+            if size + self.params.condense_tokens <= window:
+                return messages
         recent = history[-3:]
         lines = [f"User: {t.question}\nAssistant: {_shorten(t.answer, 300)}" for t in recent]
         return [

@@ -223,3 +223,16 @@ def test_follow_up_keeps_previous_sources_first_for_prefix_reuse(
     first_system, second_system = str(model.calls[0][0].content), str(model.calls[-1][0].content)
     prefix = first_system[: first_system.index("</source>")]
     assert second_system.startswith(prefix)
+
+
+def test_condense_falls_back_to_a_short_prompt_when_the_continuation_would_not_fit(
+    settings: Settings, corpus: Path
+) -> None:
+    rewrite = "How do I upgrade the Linux kernel package?"
+    assistant, model = make(settings, corpus, "Use apt install NAME [1]. " * 40, rewrite, "ok [1]")
+    session = assistant.new_session()
+    assistant.ask("How do I install a package with apt?", session=session)
+    model.context_window = 300  # the previous prompt plus its long answer no longer fits
+    assistant.ask("and the kernel?", session=session)
+    condense = model.calls[1]
+    assert [m.type for m in condense] == ["human"] and "and the kernel?" in str(condense[0].content)

@@ -17,6 +17,8 @@ the Streamlit page) turn them into an exit code or an on-page message; the core 
     │   └── CorruptKnowledgeBase     a file of it is damaged or from a newer version
     ├── DocumentNotFound             `kb remove` named a document that is not there
     ├── SessionNotFound              `kb chat --session` named no saved conversation
+    ├── QueryRejected                SQL that is not one read-only query over known tables
+    ├── QueryTimeout                 SQL that ran past its time limit and was stopped
     ├── IngestError                  one file cannot be ingested (reported per file)
     │   ├── UnsupportedFormat
     │   ├── EmptyDocument
@@ -71,6 +73,14 @@ class DocumentNotFound(KBError):
 
 class SessionNotFound(KBError):
     """No saved conversation with that id."""
+
+
+class QueryRejected(KBError):
+    """SQL that breaks a safety rule, or that the database refused."""
+
+
+class QueryTimeout(KBError):
+    """SQL that ran past its time limit and was interrupted."""
 
 
 class IngestError(KBError):

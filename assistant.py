@@ -16,6 +16,7 @@ from pathlib import Path
 from langchain_core.language_models import BaseChatModel
 
 from chains import Answer, ChatStore, RagChain, RagParams
+from chains.tools.sql import QueryResult
 from errors import DocumentNotFound, KBError, KnowledgeBaseExists
 from ingest import IngestReport, ProgressCallback, ingest
 from models.chat import build_chat_model
@@ -31,6 +32,7 @@ from vectorstore import (
     validate_name,
 )
 from vectorstore.hybrid import hybrid_search, rerank
+from vectorstore.tables import TableInfo, TableRegistry
 
 logger = logging.getLogger(__name__)
 MAX_K = 100
@@ -270,6 +272,48 @@ class Assistant:
                     self.settings.reranker_model, self.settings.effective_threads
                 )
             return self._reranker
+
+    # --- tables and databases -------------------------------------------------------------
+
+    def _tables(self, kb: str | None, *, create: bool = False) -> TableRegistry:
+        name = self._kb_name(kb)
+        if create and not self.library.exists(name):
+            with contextlib.suppress(KnowledgeBaseExists):
+                self.create_kb(name)
+        return TableRegistry(self.knowledge_base(name).folder)
+
+    def add_table(
+        self, path: Path | str, *, name: str | None = None, kb: str | None = None
+    ) -> list[TableInfo]:
+        """Load a CSV or Excel file as table(s) of a knowledge base (created if needed)."""
+        registry = self._tables(kb, create=True)
+        with self.knowledge_base(kb).locked():
+            return registry.add_file(Path(path).expanduser(), name)
+
+    def connect_database(self, url: str, *, name: str, kb: str | None = None) -> list[TableInfo]:
+        """Connect a database (``sqlite:///file.db``) to a knowledge base under ``name``."""
+        registry = self._tables(kb, create=True)
+        with self.knowledge_base(kb).locked():
+            return registry.connect(url, name)
+
+    def drop_table(self, name: str, *, kb: str | None = None) -> None:
+        """Remove an uploaded table or disconnect a database."""
+        registry = self._tables(kb)
+        with self.knowledge_base(kb).locked():
+            registry.drop(name)
+
+    def tables(self, kb: str | None = None) -> list[TableInfo]:
+        """Every table the knowledge base can query, with its columns."""
+        return self._tables(kb).describe()
+
+    def sql(self, query: str, *, source: str | None = None, kb: str | None = None) -> QueryResult:
+        """Run one read-only query on the uploaded tables or a connected database.
+
+        Raises:
+            QueryRejected: the query breaks a safety rule (see ``chains.tools.sql``).
+            QueryTimeout: it ran past the time limit.
+        """
+        return self._tables(kb).queries(source).run(query)
 
     # --- answers ------------------------------------------------------------------------
 

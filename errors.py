@@ -17,6 +17,7 @@ the Streamlit page) turn them into an exit code or an on-page message; the core 
     │   └── CorruptKnowledgeBase     a file of it is damaged or from a newer version
     ├── DocumentNotFound             `kb remove` named a document that is not there
     ├── SessionNotFound              `kb chat --session` named no saved conversation
+    ├── TableError                   a file cannot become a table / a database cannot connect
     ├── QueryRejected                SQL that is not one read-only query over known tables
     ├── QueryTimeout                 SQL that ran past its time limit and was stopped
     ├── IngestError                  one file cannot be ingested (reported per file)
@@ -73,6 +74,10 @@ class DocumentNotFound(KBError):
 
 class SessionNotFound(KBError):
     """No saved conversation with that id."""
+
+
+class TableError(KBError):
+    """A file cannot become a table, or a database cannot be connected."""
 
 
 class QueryRejected(KBError):

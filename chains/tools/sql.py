@@ -225,10 +225,8 @@ class DuckDBQueries:
         """Names of tables and views."""
         db = self._connect()
         try:
-            return {
-                r[0]
-                for r in db.execute("SELECT table_name FROM information_schema.tables").fetchall()
-            }
+            rows = db.execute("SELECT table_name FROM information_schema.tables").fetchall()
+            return {r[0] for r in rows if not r[0].startswith("_kb_")}  # bookkeeping is hidden
         finally:
             db.close()
 

@@ -134,15 +134,28 @@ def _sqlite_authorizer(action: int, arg1: str | None, *_: object) -> int:
     return sqlite3.SQLITE_OK
 
 
-class SQLiteQueries:
-    """Read-only queries on a SQLite file."""
+class _ReadOnlyQueries:
+    """What both engines share: a database file, and how a timeout is reported."""
 
-    dialect = "sqlite"
+    dialect = ""
 
     def __init__(self, path: Path) -> None:
         if not path.is_file():
             raise QueryRejected(f"database file {path} not found")
         self.path = path
+
+    @staticmethod
+    def _timed_out(time_limit: float) -> QueryTimeout:
+        return QueryTimeout(
+            f"the query ran longer than {time_limit:g} s and was stopped; narrow it "
+            "(filters, LIMIT) and try again"
+        )
+
+
+class SQLiteQueries(_ReadOnlyQueries):
+    """Read-only queries on a SQLite file."""
+
+    dialect = "sqlite"
 
     def _connect(self) -> sqlite3.Connection:
         uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
@@ -187,10 +200,7 @@ class SQLiteQueries:
             columns = [d[0] for d in cursor.description or []]
         except sqlite3.OperationalError as exc:
             if "interrupted" in str(exc):
-                raise QueryTimeout(
-                    f"the query ran longer than {time_limit:g} s and was stopped; narrow it "
-                    "(filters, LIMIT) and try again"
-                ) from exc
+                raise self._timed_out(time_limit) from exc
             raise QueryRejected(f"the database refused the query ({exc})") from exc
         except sqlite3.DatabaseError as exc:
             raise QueryRejected(f"the database refused the query ({exc})") from exc
@@ -204,15 +214,10 @@ class SQLiteQueries:
 # --- DuckDB -------------------------------------------------------------------------------
 
 
-class DuckDBQueries:
+class DuckDBQueries(_ReadOnlyQueries):
     """Read-only queries on a DuckDB file (where uploaded CSV/Excel tables live)."""
 
     dialect = "duckdb"
-
-    def __init__(self, path: Path) -> None:
-        if not path.is_file():
-            raise QueryRejected(f"database file {path} not found")
-        self.path = path
 
     def _connect(self) -> Any:
         import duckdb
@@ -246,10 +251,7 @@ class DuckDBQueries:
             rows = cursor.fetchmany(row_cap + 1)
             columns = [d[0] for d in cursor.description or []]
         except duckdb.InterruptException as exc:
-            raise QueryTimeout(
-                f"the query ran longer than {time_limit:g} s and was stopped; narrow it "
-                "(filters, LIMIT) and try again"
-            ) from exc
+            raise self._timed_out(time_limit) from exc
         except duckdb.Error as exc:
             raise QueryRejected(f"the database refused the query ({exc})") from exc
         finally:

@@ -132,7 +132,9 @@ def search_panel(assistant: Assistant, kb: str) -> None:
         where = hit.chunk.name + (f", page {hit.chunk.page}" if hit.chunk.page else "")
         where += f", sheet {hit.chunk.sheet}" if hit.chunk.sheet else ""
         with st.container(border=True):
-            st.caption(f"[{hit.rank}] {where} — score {hit.score:.3f}")
+            scores = [f"similarity {hit.dense_score:.2f}"] if hit.dense_score is not None else []
+            scores += [f"keyword match {hit.keyword_score:.1f}"] if hit.keyword_score else []
+            st.caption(f"[{hit.rank}] {where} — {', '.join(scores) or 'ranked'}")
             if hit.chunk.heading:
                 st.text(hit.chunk.heading)
             st.text(hit.chunk.text)

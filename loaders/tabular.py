@@ -15,8 +15,12 @@ from loaders.encoding import detect_encoding
 ROWS_PER_SECTION = 200
 
 
-def load_csv(path: Path, ctx: LoadContext) -> Iterator[Section]:
-    """Stream a CSV/TSV file, delimiter sniffed, encoding detected."""
+def read_csv_rows(path: Path) -> Iterator[list[str]]:
+    """Rows of a CSV/TSV file: encoding detected, delimiter sniffed, streamed.
+
+    Raises:
+        CorruptDocument: the file is not well-formed CSV.
+    """
     encoding = detect_encoding(path)
     with path.open("r", encoding=encoding, errors="replace", newline="") as fh:
         sample = fh.read(64 * 1024)
@@ -28,13 +32,17 @@ def load_csv(path: Path, ctx: LoadContext) -> Iterator[Section]:
         except csv.Error:
             dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
         try:
-            yield from _rows_to_sections(csv.reader(fh, dialect), None, ctx, str(path))
+            yield from csv.reader(fh, dialect)
         except csv.Error as exc:
             raise CorruptDocument(f"{path}: malformed CSV ({exc})") from exc
 
 
-def load_xlsx(path: Path, ctx: LoadContext) -> Iterator[Section]:
-    """Stream every sheet of an Excel workbook; each sheet keeps its name."""
+def read_xlsx_sheets(path: Path) -> Iterator[tuple[str, Iterator[list[str]]]]:
+    """``(sheet name, rows)`` for every sheet of a workbook, cells as text, streamed.
+
+    Raises:
+        CorruptDocument: the file is not a readable .xlsx workbook.
+    """
     import openpyxl
 
     try:
@@ -42,19 +50,30 @@ def load_xlsx(path: Path, ctx: LoadContext) -> Iterator[Section]:
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
         raise CorruptDocument(f"{path}: damaged or not an Excel .xlsx file ({exc})") from exc
     try:
-        found = False
         for sheet in workbook.worksheets:
             rows = (
                 ["" if v is None else str(v) for v in row]
                 for row in sheet.iter_rows(values_only=True)
             )
-            for section in _rows_to_sections(rows, sheet.title, ctx, str(path)):
-                found = True
-                yield section
-        if not found:
-            raise EmptyDocument(f"{path}: every sheet is empty")
+            yield sheet.title, rows
     finally:
         workbook.close()
+
+
+def load_csv(path: Path, ctx: LoadContext) -> Iterator[Section]:
+    """Stream a CSV/TSV file, delimiter sniffed, encoding detected."""
+    yield from _rows_to_sections(read_csv_rows(path), None, ctx, str(path))
+
+
+def load_xlsx(path: Path, ctx: LoadContext) -> Iterator[Section]:
+    """Stream every sheet of an Excel workbook; each sheet keeps its name."""
+    found = False
+    for title, rows in read_xlsx_sheets(path):
+        for section in _rows_to_sections(rows, title, ctx, str(path)):
+            found = True
+            yield section
+    if not found:
+        raise EmptyDocument(f"{path}: every sheet is empty")
 
 
 def _rows_to_sections(
@@ -68,7 +87,7 @@ def _rows_to_sections(
         if not any(row):
             continue
         if header is None:
-            header = _header_or_none(row)
+            header = detect_header(row)
             if header is not None:
                 continue
             header = [f"column {i + 1}" for i in range(len(row))]
@@ -84,7 +103,7 @@ def _rows_to_sections(
         yield Section("\n".join(lines), sheet=sheet)
 
 
-def _header_or_none(row: list[str]) -> list[str] | None:
+def detect_header(row: list[str]) -> list[str] | None:
     """The first non-empty row is a header when every cell is text and none is a number."""
     cells = [c for c in row if c]
     if cells and all(not _is_number(c) for c in cells):

@@ -88,3 +88,11 @@ def test_drop_and_clear_errors(assistant: Assistant, weather: Path) -> None:
         assistant.add_table(weather.parent / "cars.json")
     with pytest.raises(QueryRejected, match="unknown table"):
         assistant.sql("SELECT * FROM seattle_weather")
+
+
+def test_a_damaged_workbook_is_a_clear_error(assistant: Assistant, tmp_path: Path) -> None:
+    from errors import CorruptDocument
+
+    (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not really a workbook")
+    with pytest.raises(CorruptDocument, match=r"damaged or not an Excel \.xlsx file"):
+        assistant.add_table(tmp_path / "broken.xlsx")

@@ -55,35 +55,14 @@ def table_name(text: str) -> str:
 
 
 def _rows_of(path: Path) -> dict[str, list[list[str]]]:
-    """Raw rows per sheet (one unnamed sheet for CSV), via the document loaders' readers."""
+    """Raw rows per sheet (one unnamed sheet for CSV), read as the document loaders read them."""
+    from loaders.tabular import read_csv_rows, read_xlsx_sheets
+
     suffix = path.suffix.lower()
     if suffix in {".csv", ".tsv"}:
-        import csv
-
-        from loaders.encoding import detect_encoding
-
-        with path.open(encoding=detect_encoding(path), errors="replace", newline="") as fh:
-            sample = fh.read(64 * 1024)
-            fh.seek(0)
-            try:
-                dialect: Any = csv.Sniffer().sniff(sample, delimiters=",;\t|")
-            except csv.Error:
-                dialect = csv.excel_tab if suffix == ".tsv" else csv.excel
-            return {"": [row for row in csv.reader(fh, dialect)]}
+        return {"": list(read_csv_rows(path))}
     if suffix == ".xlsx":
-        import openpyxl
-
-        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
-        try:
-            return {
-                sheet.title: [
-                    ["" if v is None else str(v) for v in row]
-                    for row in sheet.iter_rows(values_only=True)
-                ]
-                for sheet in workbook.worksheets
-            }
-        finally:
-            workbook.close()
+        return {title: list(rows) for title, rows in read_xlsx_sheets(path)}
     raise TableError(f"{path}: tables come from .csv, .tsv or .xlsx files (got '{suffix}')")
 
 
@@ -91,13 +70,13 @@ def _frame(rows: list[list[str]], where: str) -> tuple[Any, bool]:
     """A typed DataFrame from raw rows: header detected, numbers and dates inferred."""
     import pandas as pd
 
-    from loaders.tabular import _header_or_none
+    from loaders.tabular import detect_header
 
     rows = [r for r in rows if any(str(v).strip() for v in r)]
     if not rows:
         raise TableError(f"{where}: no rows")
     width = max(len(r) for r in rows)
-    header = _header_or_none([str(v).strip() for v in rows[0]])
+    header = detect_header([str(v).strip() for v in rows[0]])
     body = rows[1:] if header is not None else rows
     names = _column_names(header or [], width)
     truncated = len(body) > MAX_TABLE_ROWS

@@ -16,10 +16,11 @@ from pathlib import Path
 from langchain_core.language_models import BaseChatModel
 
 from chains import Answer, ChatStore, RagChain, RagParams
+from chains.agent import AgentLimits, AgentResult, AgentStep, AgentTools, run_agent
 from chains.tools.sql import QueryResult
 from errors import DocumentNotFound, KBError, KnowledgeBaseExists
 from ingest import IngestReport, ProgressCallback, ingest
-from models.chat import build_chat_model
+from models.chat import build_chat_model, form_filler
 from models.embeddings import Embedder, build_embedder
 from models.reranker import CrossEncoderScorer, Scorer
 from settings import Settings, load_settings
@@ -291,7 +292,7 @@ class Assistant:
             return registry.add_file(Path(path).expanduser(), name)
 
     def connect_database(self, url: str, *, name: str, kb: str | None = None) -> list[TableInfo]:
-        """Connect a database (``sqlite:///file.db``) to a knowledge base under ``name``."""
+        """Connect a database (``sqlite:///file.db``, ``postgresql://...``) under ``name``."""
         registry = self._tables(kb, create=True)
         with self.knowledge_base(kb).locked():
             return registry.connect(url, name)
@@ -313,7 +314,10 @@ class Assistant:
             QueryRejected: the query breaks a safety rule (see ``chains.tools.sql``).
             QueryTimeout: it ran past the time limit.
         """
-        return self._tables(kb).queries(source).run(query)
+        return self._tables(kb).queries(source).run(
+            query, row_cap=self.settings.max_rows_per_query,
+            time_limit=self.settings.query_time_limit,
+        )  # fmt: skip
 
     # --- answers ------------------------------------------------------------------------
 
@@ -367,6 +371,38 @@ class Assistant:
                 refused=result.refused, citations=data["citations"], trace=result.trace,
             )  # fmt: skip
         return result
+
+    def agent(
+        self,
+        question: str,
+        *,
+        kb: str | None = None,
+        on_step: Callable[[AgentStep], None] | None = None,
+    ) -> AgentResult:
+        """Answer a question with the agent: documents, tables and databases as tools.
+
+        Raises:
+            KBError: empty question; KnowledgeBaseNotFound; ModelError.
+        """
+        if not question.strip():
+            raise KBError("the question is empty")
+        name = self._kb_name(kb)
+        base = self.knowledge_base(name)
+        has_documents = base.catalog.chunk_count() > 0
+        s = self.settings
+        limits = AgentLimits(s.agent_max_steps, s.agent_max_seconds, s.max_rows_per_query,
+                             s.query_time_limit)  # fmt: skip
+        tools = AgentTools(
+            TableRegistry(base.folder),
+            (lambda q, k: self.search(q, k=k, kb=name)) if has_documents else None,
+            limits,
+            form_filler(self.chat_model),
+        )
+        return run_agent(
+            question.strip(), tools, self.chat_model,
+            answer_documents=lambda q: self.rag_chain(name).answer(q),
+            on_step=on_step,
+        )  # fmt: skip
 
     def new_session(self, kb: str | None = None, title: str = "") -> str:
         """Start a saved conversation over a knowledge base; returns its id."""

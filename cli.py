@@ -343,6 +343,48 @@ def _print_sources(answer: Any) -> None:
 
 
 @main.command()
+@click.argument("question")
+@kb_option
+@json_option
+@model_options
+@click.pass_obj
+def agent(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> None:
+    """Answer QUESTION with tools: document search, table listing and read-only SQL.
+
+    The SQL that ran and the rows it returned are shown with the answer.
+    """
+    from chains.agent import AgentStep, result_text
+
+    def step(s: AgentStep) -> None:
+        shown = ", ".join(f"{k}={v!r}" for k, v in s.input.items())
+        first = s.output.strip().splitlines()[0] if s.output.strip() else ""
+        mark = "✗" if s.error else "→"
+        click.echo(f"{mark} {s.tool}({shown})", err=True)
+        if s.error:
+            click.echo(f"  {first}", err=True)
+
+    with reported(as_json):
+        result = ctx.assistant().agent(question, kb=kb_name, on_step=None if as_json else step)
+    if as_json:
+        emit(result.to_json(), True, lambda: None)
+        return
+    click.echo(result.answer)
+    for sql in result.sql:
+        click.echo(f"\nSQL: {sql}")
+    if result.rows:
+        from chains.tools.sql import QueryResult
+
+        shown = QueryResult(result.sql[-1], result.columns, [tuple(r) for r in result.rows],
+                            False, 0.0)  # fmt: skip
+        click.echo("Rows:\n" + "\n".join("  " + line for line in result_text(shown).splitlines()))
+    for c in result.citations:
+        where = c["source"] + (f", page {c['page']}" if c.get("page") else "")
+        click.echo(f"  [{c['n']}] {where}")
+    if result.stopped:
+        click.echo(f"(stopped: {result.stopped})", err=True)
+
+
+@main.command()
 @kb_option
 @click.option("--session", "session_id", metavar="ID", help="Resume a saved conversation.")
 @click.option("--list", "list_only", is_flag=True, help="List saved conversations and exit.")
@@ -426,7 +468,16 @@ def _print_tables(rows: list[dict[str, Any]]) -> None:
     if not rows:
         click.echo("No tables yet; add one with 'kb table add FILE.csv' or 'kb db connect URL'.")
     for r in rows:
-        columns = ", ".join(f"{c['name']} {c['type']}" for c in r["columns"])
+        keys = set(r.get("primary_key") or [])
+        refs = {
+            f["column"]: f"{f['ref_table']}.{f['ref_column']}{'?' if f['inferred'] else ''}"
+            for f in r.get("foreign_keys", [])
+        }
+        columns = ", ".join(
+            f"{c['name']} {c['type']}{' PK' if c['name'] in keys else ''}"
+            f"{' -> ' + refs[c['name']] if c['name'] in refs else ''}"
+            for c in r["columns"]
+        )
         note = " (truncated)" if r.get("truncated") else ""
         click.echo(f"{r['source']}.{r['name']}  {r['rows']} rows{note}  ({columns})")
 
@@ -475,7 +526,7 @@ def db_group() -> None:
 @json_option
 @click.pass_obj
 def db_connect(ctx: Context, url: str, name: str, kb_name: str | None, as_json: bool) -> None:
-    """Connect a database by URL (sqlite:///path/to/file.db); it is only ever read."""
+    """Connect a database by URL (sqlite:///file.db or postgresql://user:pw@host/db); read-only."""
     with reported(as_json):
         rows = _table_rows(ctx.assistant().connect_database(url, name=name, kb=kb_name))
     emit(rows, as_json, lambda: _print_tables(rows))

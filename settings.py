@@ -152,6 +152,18 @@ class Settings(BaseSettings):
         ge=1,
         description="Rows read from one CSV file or spreadsheet sheet; the rest is truncated.",
     )
+    max_rows_per_query: int = Field(
+        default=200, ge=1, le=100_000, description="Rows one SQL query may return (the rest is cut)."
+    )
+    query_time_limit: float = Field(
+        default=10.0, gt=0, le=600, description="Seconds one SQL query may run before it is stopped."
+    )
+    agent_max_steps: int = Field(
+        default=6, ge=1, le=50, description="Tool calls the agent may make for one question."
+    )
+    agent_max_seconds: float = Field(
+        default=120.0, gt=0, description="Seconds the agent may spend on one question."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Logging level of the command line and the app."
     )

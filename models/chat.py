@@ -154,6 +154,28 @@ class ScriptedChatModel(_StreamingChatModel):
         return sum(self.get_num_tokens(str(m.content)) + 4 for m in messages)
 
 
+def form_filler(model: BaseChatModel) -> Callable[[list[dict[str, str]], dict[str, Any]], str]:
+    """How the agent has ``model`` fill a query form: llama.cpp constrained by the form's JSON
+    schema (a grammar), or the scripted fake's next reply."""
+    if isinstance(model, LlamaCppChatModel):
+        engine = model.engine
+        return lambda messages, schema: engine.complete_json(messages, schema)
+    if isinstance(model, ScriptedChatModel):
+        scripted = model
+
+        def scripted_fill(messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
+            from langchain_core.messages import HumanMessage, SystemMessage
+
+            as_messages: list[BaseMessage] = [
+                SystemMessage(m["content"]) if m["role"] == "system" else HumanMessage(m["content"])
+                for m in messages
+            ]
+            return str(scripted._reply(as_messages))
+
+        return scripted_fill
+    raise TypeError(f"{type(model).__name__} cannot fill query forms")
+
+
 def sampling_from(settings: Settings) -> Sampling:
     """The sampling settings."""
     return Sampling(

@@ -227,6 +227,28 @@ class LocalLLM:
             stats.seconds = time.perf_counter() - started
 
 
+    def complete_json(
+        self,
+        messages: list[dict[str, str]],
+        schema: dict[str, Any],
+        *,
+        max_tokens: int = 256,
+        on_wait: Callable[[], None] | None = None,
+    ) -> str:
+        """A reply constrained by ``schema``: llama.cpp compiles the JSON schema into a
+        grammar, so only text that parses and fits the schema (enums included) can be
+        sampled. Greedy, one caller at a time."""
+        llama = self._load()
+        with self.exclusive(on_wait):
+            reply = llama.create_chat_completion(
+                messages=messages,
+                response_format={"type": "json_object", "schema": schema},
+                temperature=0.0,
+                max_tokens=max_tokens,
+            )
+        return str(reply["choices"][0]["message"]["content"] or "")
+
+
 def _chat_formatter(llama: Any) -> Any:
     """The GGUF's own chat template as a formatter (ChatML if the file has none)."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter

@@ -1,9 +1,10 @@
-"""Tables of a knowledge base: CSV/Excel files as DuckDB tables, and connected SQLite files.
+"""Tables of a knowledge base: CSV/Excel files as DuckDB tables, and connected databases.
 
 ``<kb>/tables.duckdb`` holds the uploaded tables (one per CSV, one per Excel sheet; header row
 detected, column types inferred, Chinese column names kept and quoted); ``<kb>/databases.json``
-lists connected databases by name and SQLAlchemy-style URL. Queries never run here: they go
-through ``chains.tools.sql``, read-only.
+(mode 0600: a PostgreSQL URL may hold a password) lists connected databases by name and
+SQLAlchemy-style URL: ``sqlite:///path/file.db`` or ``postgresql://user:pw@host:port/db``.
+Queries never run here: they go through ``chains.tools.sql``, read-only.
 """
 
 from __future__ import annotations
@@ -11,41 +12,28 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from chains.tools.sql import (
+    INTERNAL_PREFIX,
+    DuckDBQueries,
+    PostgresQueries,
+    ReadOnlyQueries,
+    SQLiteQueries,
+    TableInfo,
+    redact_url,
+)
 from errors import QueryRejected, TableError
 from vectorstore.files import atomic_write_bytes
 
-if TYPE_CHECKING:
-    from chains.tools.sql import DuckDBQueries, SQLiteQueries
+__all__ = ["TableInfo", "TableRegistry", "table_json", "table_name"]
 
 TABLES_FILE = "tables.duckdb"
 DATABASES_FILE = "databases.json"
 MAX_TABLE_ROWS = 1_000_000
-INTERNAL_PREFIX = "_kb_"  # bookkeeping tables, hidden from listings and from queries
 _NAME = re.compile(r"[^\w]+", re.UNICODE)
-
-
-@dataclass(frozen=True)
-class Column:
-    """A column and its SQL type."""
-
-    name: str
-    type: str
-
-
-@dataclass(frozen=True)
-class TableInfo:
-    """One queryable table: where it lives and what it holds."""
-
-    name: str
-    source: str  # 'tables' (uploaded) or a connected database's name
-    columns: list[Column]
-    rows: int
-    origin: str = ""  # the file it came from, for uploads
-    truncated: bool = False
 
 
 def table_name(text: str) -> str:
@@ -136,28 +124,31 @@ class TableRegistry:
             raise TableError(f"{path}: no such file")
         sheets = _rows_of(path)
         base = table_name(name or path.stem)
-        added: list[TableInfo] = []
+        frames = []
+        for sheet, rows in sheets.items():
+            if not any(any(str(v).strip() for v in r) for r in rows):
+                continue
+            table = base if len(sheets) == 1 else table_name(f"{base}_{sheet}")
+            frames.append((table, *_frame(rows, f"{path}{f' [{sheet}]' if sheet else ''}")))
+        if not frames:
+            raise TableError(f"{path}: every sheet is empty")
         with duckdb.connect(str(self.tables_path)) as db:
-            for sheet, rows in sheets.items():
-                if not any(any(str(v).strip() for v in r) for r in rows):
-                    continue
-                table = base if len(sheets) == 1 else table_name(f"{base}_{sheet}")
-                frame, truncated = _frame(rows, f"{path}{f' [{sheet}]' if sheet else ''}")
+            db.execute("BEGIN")  # every sheet of the file, or none
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {INTERNAL_PREFIX}table_origin "
+                "(name VARCHAR PRIMARY KEY, origin VARCHAR, truncated BOOLEAN)"
+            )
+            for table, frame, truncated in frames:
                 db.register("incoming", frame)
                 db.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM incoming')
                 db.unregister("incoming")
                 db.execute(
-                    "CREATE TABLE IF NOT EXISTS _kb_table_origin (name VARCHAR PRIMARY KEY, "
-                    "origin VARCHAR, truncated BOOLEAN)"
-                )
-                db.execute(
-                    "INSERT OR REPLACE INTO _kb_table_origin VALUES (?, ?, ?)",
+                    f"INSERT OR REPLACE INTO {INTERNAL_PREFIX}table_origin VALUES (?, ?, ?)",
                     [table, str(path.resolve()), truncated],
                 )
-                added.append(self._describe(db, table, "tables"))
-        if not added:
-            raise TableError(f"{path}: every sheet is empty")
-        return added
+            db.execute("COMMIT")
+        added = {t for t, _, _ in frames}
+        return [t for t in DuckDBQueries(self.tables_path).describe() if t.name in added]
 
     def drop(self, name: str) -> None:
         """Remove an uploaded table or disconnect a database.
@@ -172,30 +163,14 @@ class TableRegistry:
             return
         import duckdb
 
-        if self.tables_path.is_file():
+        if self.tables_path.is_file() and name in DuckDBQueries(self.tables_path).tables():
             with duckdb.connect(str(self.tables_path)) as db:
-                if name in self._table_names(db):
-                    db.execute(f'DROP TABLE "{name}"')
-                    db.execute("DELETE FROM _kb_table_origin WHERE name = ?", [name])
-                    return
+                db.execute("BEGIN")
+                db.execute(f'DROP TABLE "{name}"')
+                db.execute(f"DELETE FROM {INTERNAL_PREFIX}table_origin WHERE name = ?", [name])
+                db.execute("COMMIT")
+            return
         raise TableError(f"no table or database named '{name}'; 'kb tables' lists them")
-
-    @staticmethod
-    def _table_names(db: Any) -> list[str]:
-        rows = db.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()
-        return [r[0] for r in rows if not r[0].startswith(INTERNAL_PREFIX)]
-
-    def _describe(self, db: Any, table: str, source: str) -> TableInfo:
-        columns = [Column(c[0], str(c[1])) for c in db.execute(f'DESCRIBE "{table}"').fetchall()]
-        # fetchall: DuckDB refuses new work on a connection with a half-read result.
-        rows = int(db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchall()[0][0])
-        found = db.execute(
-            "SELECT origin, truncated FROM _kb_table_origin WHERE name = ?", [table]
-        ).fetchall()
-        origin = found[0] if found else None
-        return TableInfo(
-            table, source, columns, rows, origin[0] if origin else "", bool(origin and origin[1])
-        )
 
     # --- connected databases ---------------------------------------------------------------
 
@@ -208,82 +183,74 @@ class TableRegistry:
 
     def _save_databases(self, databases: dict[str, str]) -> None:
         data = json.dumps(databases, indent=2, ensure_ascii=False).encode()
-        atomic_write_bytes(self.folder / DATABASES_FILE, data)
+        path = self.folder / DATABASES_FILE
+        atomic_write_bytes(path, data)
+        path.chmod(0o600)
 
     def connect(self, url: str, name: str) -> list[TableInfo]:
-        """Register a database by URL (``sqlite:///path/to/file.db``) under ``name``.
+        """Register a database by URL under ``name`` (checked by connecting and describing it).
 
         Raises:
-            TableError: an unsupported URL, a missing or invalid file, or a taken name.
+            TableError: an unsupported URL, a database that cannot be opened, or a name taken
+                by an uploaded table.
         """
-        from chains.tools.sql import SQLiteQueries
-
         name = table_name(name)
-        if not url.startswith("sqlite:///"):
-            raise TableError(
-                f"cannot connect '{url}': this version connects SQLite files "
-                "(sqlite:///path/to/file.db); PostgreSQL is not supported yet"
-            )
-        path = Path(url.removeprefix("sqlite:///")).expanduser().resolve()
+        if name == "tables":
+            raise TableError("'tables' names the uploaded tables; choose another name")
+        runner = _runner(url, name)
         try:
-            tables = SQLiteQueries(path).tables()
+            described = runner.describe()
         except (QueryRejected, OSError, sqlite3.DatabaseError) as exc:
-            raise TableError(f"cannot open {path} as a SQLite database ({exc})") from exc
+            raise TableError(f"cannot use database '{name}': {exc}") from exc
+        if isinstance(runner, SQLiteQueries):
+            url = f"sqlite:///{runner.path.resolve()}"
         databases = self._databases()
-        databases[name] = f"sqlite:///{path}"
+        databases[name] = url
         self.folder.mkdir(parents=True, exist_ok=True)
         self._save_databases(databases)
-        return self._describe_sqlite(path, name, sorted(tables))
-
-    @staticmethod
-    def _describe_sqlite(path: Path, source: str, tables: list[str]) -> list[TableInfo]:
-        import sqlite3
-        from urllib.parse import quote
-
-        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
-        try:
-            out = []
-            for table in tables:
-                quoted = table.replace('"', '""')
-                columns = [
-                    Column(r[1], r[2] or "") for r in db.execute(f'PRAGMA table_info("{quoted}")')
-                ]
-                rows = int(db.execute(f'SELECT COUNT(*) FROM "{quoted}"').fetchone()[0])
-                out.append(TableInfo(table, source, columns, rows))
-            return out
-        finally:
-            db.close()
+        return described
 
     # --- listing ------------------------------------------------------------------------
 
+    def sources(self) -> list[str]:
+        """'tables' (if any were uploaded) and the name of every connected database."""
+        return (["tables"] if self.tables_path.is_file() else []) + list(self._databases())
+
     def describe(self) -> list[TableInfo]:
         """Every uploaded table and every table of every connected database."""
-        import duckdb
+        return [t for source in self.sources() for t in self.queries(source).describe()]
 
-        out: list[TableInfo] = []
-        if self.tables_path.is_file():
-            with duckdb.connect(str(self.tables_path), read_only=True) as db:
-                out += [self._describe(db, t, "tables") for t in self._table_names(db)]
-        for name, url in self._databases().items():
-            from chains.tools.sql import SQLiteQueries
+    def queries(self, source: str | None = None) -> ReadOnlyQueries:
+        """The read-only query runner for the uploaded tables or a connected database.
 
-            path = Path(url.removeprefix("sqlite:///"))
-            out += self._describe_sqlite(path, name, sorted(SQLiteQueries(path).tables()))
-        return out
-
-    def queries(self, source: str | None = None) -> DuckDBQueries | SQLiteQueries:
-        """The read-only query runner for the uploaded tables or a connected database."""
-        from chains.tools.sql import DuckDBQueries, SQLiteQueries
-
+        With no ``source``: the uploaded tables, or else the only connected database.
+        """
+        if source is None and not self.tables_path.is_file() and len(self._databases()) == 1:
+            source = next(iter(self._databases()))
         if source in (None, "tables"):
             if not self.tables_path.is_file():
                 raise TableError("no tables yet; add one with 'kb table add FILE.csv'")
             return DuckDBQueries(self.tables_path)
         databases = self._databases()
         if source not in databases:
-            known = ", ".join(["tables", *databases]) or "none"
+            known = ", ".join(self.sources()) or "none"
             raise TableError(f"no database named '{source}' (known: {known})")
-        return SQLiteQueries(Path(databases[source].removeprefix("sqlite:///")))
+        return _runner(databases[source], source)
+
+
+def _runner(url: str, name: str) -> ReadOnlyQueries:
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///")).expanduser()
+        try:
+            return SQLiteQueries(path, name)
+        except QueryRejected as exc:
+            raise TableError(f"cannot open {path} as a SQLite database ({exc})") from exc
+    if url.split("://")[0].split("+")[0] in {"postgresql", "postgres"}:
+        return PostgresQueries(url, name)
+    raise TableError(
+        f"cannot connect '{redact_url(url)}': give sqlite:///path/to/file.db or "
+        "postgresql://user:password@host:port/database"
+    )
 
 
 def table_json(info: TableInfo) -> dict[str, Any]:

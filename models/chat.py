@@ -6,13 +6,14 @@ the internet, which would break offline use and count the wrong tokens anyway.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
@@ -26,8 +27,43 @@ _WORDISH = re.compile(r"[\u3400-\u9fff]|[^\W_]+|[^\w\s]", re.UNICODE)
 
 
 def as_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, str]]:
-    """LangChain messages as the role/content dicts chat templates take."""
-    return [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
+    """LangChain messages as the role/content dicts chat templates take (tool calls written
+    the Hermes way, ``<tool_call>{json}</tool_call>``; tool results as role ``tool``)."""
+    out = []
+    for m in messages:
+        content = str(m.content)
+        if isinstance(m, AIMessage) and m.tool_calls:
+            content += "".join(
+                f"<tool_call>{json.dumps({'name': c['name'], 'arguments': c['args']})}</tool_call>"
+                for c in m.tool_calls
+            )
+        role = "tool" if isinstance(m, ToolMessage) else _ROLES.get(m.type, "user")
+        out.append({"role": role, "content": content})
+    return out
+
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
+
+
+def parse_tool_calls(text: str) -> AIMessage:
+    """A completion as an AIMessage: ``<tool_call>{"name", "arguments"}</tool_call>`` blocks
+    (the Hermes/Qwen function-calling format) become tool calls; the rest is the content."""
+    calls = []
+    for i, match in enumerate(_TOOL_CALL.finditer(text)):
+        try:
+            data = json.loads(match.group(1))
+        except json.JSONDecodeError:
+            continue
+        args = data.get("arguments", data.get("parameters", {}))
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except json.JSONDecodeError:
+                args = {}
+        if isinstance(data.get("name"), str) and isinstance(args, dict):
+            calls.append({"name": data["name"], "args": args, "id": f"call_{i}"})
+    content = _TOOL_CALL.sub("", text).strip() if calls else text
+    return AIMessage(content=content, tool_calls=calls)
 
 
 class _StreamingChatModel(BaseChatModel):
@@ -55,10 +91,38 @@ class LlamaCppChatModel(_StreamingChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
     engine: LocalLLM
     sampling: Sampling = Field(default_factory=Sampling)
+    bound_tools: list[dict[str, Any]] = Field(default_factory=list)
 
     @property
     def _llm_type(self) -> str:
         return "llama-cpp"
+
+    @property
+    def native_tools(self) -> bool:
+        """Whether the GGUF's chat template takes tools (a function-calling model)."""
+        return self.engine.template_supports_tools()
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> LlamaCppChatModel:  # type: ignore[override]
+        """This model with ``tools`` rendered into its chat template on every call."""
+        from langchain_core.utils.function_calling import convert_to_openai_tool
+
+        return self.model_copy(update={"bound_tools": [convert_to_openai_tool(t) for t in tools]})
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if not self.bound_tools:
+            return super()._generate(messages, stop, run_manager, **kwargs)
+        stats: Generation = kwargs.get("stats") or Generation()
+        text = "".join(
+            self.engine.stream_chat(as_dicts(messages), self.sampling, stats,
+                                    kwargs.get("on_wait"), tools=self.bound_tools)
+        )  # fmt: skip
+        return ChatResult(generations=[ChatGeneration(message=parse_tool_calls(text))])
 
     @property
     def model_name(self) -> str:
@@ -103,9 +167,28 @@ class ScriptedChatModel(_StreamingChatModel):
     in the prompt, cited as [1] (so the UI and CLI can be exercised without a real model).
     """
 
-    responses: list[str] = Field(default_factory=list)
+    responses: list[str | AIMessage] = Field(default_factory=list)
     calls: list[list[BaseMessage]] = Field(default_factory=list)
     context_window: int = 4096
+    native_tools: bool = False  # True: scripted AIMessages with tool calls drive the agent
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
+        """The same fake (its script already holds the tool calls)."""
+        return self
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.responses and isinstance(self.responses[0], AIMessage):
+            self.calls.append(list(messages))
+            message = self.responses.pop(0)
+            assert isinstance(message, AIMessage)
+            return ChatResult(generations=[ChatGeneration(message=message)])
+        return super()._generate(messages, stop, run_manager, **kwargs)
 
     @property
     def _llm_type(self) -> str:
@@ -119,7 +202,8 @@ class ScriptedChatModel(_StreamingChatModel):
     def _reply(self, messages: list[BaseMessage]) -> str:
         self.calls.append(list(messages))
         if self.responses:
-            return self.responses.pop(0)
+            return str(self.responses.pop(0).content if isinstance(self.responses[0], AIMessage)
+                       else self.responses.pop(0))
         prompt = "\n".join(str(m.content) for m in messages)
         match = re.search(
             r'<source id="1"[^>]*>\s*(.+?)(?:(?<=[.!?。！？])\s|\n|</source>)', prompt, re.S

@@ -195,8 +195,10 @@ class LocalLLM:
         sampling: Sampling,
         stats: Generation | None = None,
         on_wait: Callable[[], None] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Iterator[str]:
-        """Stream the reply to ``messages`` piece by piece, one caller at a time."""
+        """Stream the reply to ``messages`` piece by piece, one caller at a time; ``tools``
+        (OpenAI-style schemas) are rendered by the chat template for function-calling GGUFs."""
         llama = self._load()
         stats = stats if stats is not None else Generation()
         with self.exclusive(on_wait) as waited:
@@ -212,6 +214,7 @@ class LocalLLM:
                 repeat_penalty=sampling.repeat_penalty,
                 max_tokens=sampling.max_tokens,
                 seed=sampling.seed,
+                **({"tools": tools} if tools else {}),
             )
             for chunk in stream:
                 choice = chunk["choices"][0]
@@ -226,6 +229,12 @@ class LocalLLM:
                 yield piece
             stats.seconds = time.perf_counter() - started
 
+
+    def template_supports_tools(self) -> bool:
+        """Whether the GGUF's chat template renders a ``tools`` list (function calling)."""
+        meta = read_gguf_metadata(self.path)
+        template = str(meta.get("tokenizer.chat_template") or "")
+        return "tools" in template and "tool_call" in template
 
     def complete_json(
         self,

@@ -99,3 +99,9 @@ def make_epub(path: Path, chapters: list[tuple[str, str]]) -> Path:
     book.spine = ["nav", *items]
     epub.write_epub(str(path), book)
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """A UTF-8 text file with ``text``; its path."""
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -40,7 +40,8 @@ _CJK = re.compile(r"[\u3400-\u9fff]")
 _YEAR = re.compile(r"(?<!\d)(1[89]\d\d|20\d\d)(?!\d)")
 
 _CUES: dict[str, tuple[str, ...]] = {
-    "count": ("how many", "number of", "count", "多少", "几个", "几位", "几张", "数量", "个数"),
+    "count": ("how many", "number of", "count", "多少个", "有多少", "几个", "几位", "几张", "数量",
+              "个数"),
     "sum": ("total", "sum", "revenue", "总额", "总和", "合计", "总计", "总共", "总收入", "收入"),
     "avg": ("average", "mean", "avg", "平均"),
     "max": ("highest", "largest", "biggest", "maximum", "longest", "top", "best",
@@ -54,6 +55,9 @@ _CUES: dict[str, tuple[str, ...]] = {
     "year": ("year", "年"),
     "month": ("month", "月"),
 }  # fmt: skip
+
+
+_AGGREGATING = {"count", "sum", "avg", "max", "min", "most", "fewest"}
 
 
 def _words(text: str) -> list[str]:
@@ -270,11 +274,14 @@ class QueryPlanner:
             links.columns += named or refs
         links.values = self._value_mentions(question)
         links.years = [int(y) for y in _YEAR.findall(question)]
+        # A column named "Total" is a column, not the cue word "total" — unless the question
+        # has no other aggregation cue ("the total of invoices in 2010").
         column_words = {w for c in links.columns for w in _name_words(c.column)}
-        links.cues = {
-            kind for kind in _CUES
-            if _has_cue(_drop_words(question, column_words), kind)
-        }  # fmt: skip
+        cues = {kind for kind in _CUES if _has_cue(question, kind)}
+        bare = {kind for kind in _CUES if _has_cue(_drop_words(question, column_words), kind)}
+        links.cues = bare if bare & _AGGREGATING else cues
+        if "count" in links.cues and links.cues & {"sum", "avg"} and "多少" in question:
+            links.cues.discard("count")  # 总和是多少: "how much is the sum"
         # The table right after "how many"/"most"/"fewest" is what is counted.
         for kind in ("count", "most", "fewest"):
             for cue in _CUES[kind]:

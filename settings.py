@@ -153,10 +153,16 @@ class Settings(BaseSettings):
         description="Rows read from one CSV file or spreadsheet sheet; the rest is truncated.",
     )
     max_rows_per_query: int = Field(
-        default=200, ge=1, le=100_000, description="Rows one SQL query may return (the rest is cut)."
+        default=200,
+        ge=1,
+        le=100_000,
+        description="Rows one SQL query may return (the rest is cut).",
     )
     query_time_limit: float = Field(
-        default=10.0, gt=0, le=600, description="Seconds one SQL query may run before it is stopped."
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds one SQL query may run before it is stopped.",
     )
     agent_max_steps: int = Field(
         default=6, ge=1, le=50, description="Tool calls the agent may make for one question."

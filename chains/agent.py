@@ -31,6 +31,7 @@ from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ConfigDict
 
@@ -299,7 +300,7 @@ def _cell(value: Any) -> str:
 # --- bounds ---------------------------------------------------------------------------------
 
 
-class AgentBounds(AgentMiddleware):  # type: ignore[type-arg]
+class AgentBounds(AgentMiddleware):
     """Steps and seconds are bounded; a tool error goes back to the model once."""
 
     def __init__(self, limits: AgentLimits) -> None:
@@ -369,7 +370,7 @@ class SlotFillingPolicy(BaseChatModel):
     def _llm_type(self) -> str:
         return "slot-filling-policy"
 
-    def bind_tools(self, tools: Any, **kwargs: Any) -> SlotFillingPolicy:  # type: ignore[override]
+    def bind_tools(self, tools: Any, **kwargs: Any) -> SlotFillingPolicy:
         return self
 
     def _generate(
@@ -387,17 +388,7 @@ class SlotFillingPolicy(BaseChatModel):
         sql_results = [m for m in results if m.name == "run_sql"]
         searched = any(m.name == "search_documents" for m in results)
         if not results:
-            try:
-                plan = self.tools.plan(question)
-            except QueryRejected as exc:
-                plan = None
-                if self.tools.search is None:
-                    return AIMessage(content=f"I could not turn the question into a query: {exc}")
-            if plan is not None:
-                return _call("run_sql", {"sql": plan[1], "database": plan[0]})
-            if self.tools.search is not None:
-                return _call("search_documents", {"query": question})
-            return AIMessage(content=_nothing(question))
+            return self._first_step(question)
         last = results[-1]
         if last.name == "run_sql" and last.status == "error" and len(sql_results) == 1:
             try:
@@ -411,6 +402,20 @@ class SlotFillingPolicy(BaseChatModel):
             return _call("search_documents", {"query": question})
         return AIMessage(content=self._compose(question, results))
 
+    def _first_step(self, question: str) -> AIMessage:
+        """Route: tables first when the question names something in them, else documents."""
+        try:
+            plan = self.tools.plan(question)
+        except QueryRejected as exc:
+            if self.tools.search is None:
+                return AIMessage(content=f"I could not turn the question into a query: {exc}")
+            plan = None
+        if plan is not None:
+            return _call("run_sql", {"sql": plan[1], "database": plan[0]})
+        if self.tools.search is not None:
+            return _call("search_documents", {"query": question})
+        return AIMessage(content=_nothing(question))
+
     def _compose(self, question: str, results: list[ToolMessage]) -> str:
         language = detect_language(question)
         parts = []
@@ -419,9 +424,7 @@ class SlotFillingPolicy(BaseChatModel):
             parts.append(table_answer(good[-1].artifact, language))
         elif any(m.name == "run_sql" for m in results):
             error = next(m for m in reversed(results) if m.name == "run_sql").content
-            parts.append(
-                f"查询失败：{error}" if language == "zh" else f"The query failed: {error}"
-            )
+            parts.append(f"查询失败：{error}" if language == "zh" else f"The query failed: {error}")
         if any(m.name == "search_documents" for m in results) and self.answer_documents:
             answer = self.answer_documents(question)
             if not answer.refused or not parts:
@@ -493,16 +496,17 @@ def run_agent(
     started = time.perf_counter()
     bounds = AgentBounds(tools.limits)
     native = supports_native_tools(chat_model)
-    model: BaseChatModel = chat_model if native else SlotFillingPolicy(
-        tools=tools, answer_documents=answer_documents
+    model: BaseChatModel = (
+        chat_model if native else SlotFillingPolicy(tools=tools, answer_documents=answer_documents)
     )
     agent = create_agent(
         model, tools.as_langchain(), system_prompt=SYSTEM_PROMPT, middleware=[bounds]
     )
-    config = {"recursion_limit": 4 * tools.limits.max_steps + 8}
+    config: RunnableConfig = {"recursion_limit": 4 * tools.limits.max_steps + 8}
     final: dict[str, Any] = {"messages": []}
     seen = 0
-    for state in agent.stream({"messages": [HumanMessage(question)]}, config, stream_mode="values"):
+    inputs: Any = {"messages": [HumanMessage(question)]}
+    for state in agent.stream(inputs, config, stream_mode="values"):
         final = state
         if on_step is not None:
             for step in _steps(state["messages"])[seen:]:
@@ -520,9 +524,9 @@ def _steps(messages: Sequence[BaseMessage]) -> list[AgentStep]:
     steps = []
     for m in messages:
         if isinstance(m, ToolMessage):
-            call = calls.get(m.tool_call_id, {"name": m.name or "", "args": {}})
-            steps.append(AgentStep(str(call["name"]), dict(call["args"]), str(m.content),
-                                   m.status == "error"))  # fmt: skip
+            call = calls.get(m.tool_call_id)
+            name, args = (call["name"], dict(call["args"])) if call else (m.name or "", {})
+            steps.append(AgentStep(str(name), args, str(m.content), m.status == "error"))
     return steps
 
 

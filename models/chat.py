@@ -102,7 +102,7 @@ class LlamaCppChatModel(_StreamingChatModel):
         """Whether the GGUF's chat template takes tools (a function-calling model)."""
         return self.engine.template_supports_tools()
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> LlamaCppChatModel:  # type: ignore[override]
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> LlamaCppChatModel:
         """This model with ``tools`` rendered into its chat template on every call."""
         from langchain_core.utils.function_calling import convert_to_openai_tool
 
@@ -172,7 +172,7 @@ class ScriptedChatModel(_StreamingChatModel):
     context_window: int = 4096
     native_tools: bool = False  # True: scripted AIMessages with tool calls drive the agent
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:
         """The same fake (its script already holds the tool calls)."""
         return self
 
@@ -202,8 +202,8 @@ class ScriptedChatModel(_StreamingChatModel):
     def _reply(self, messages: list[BaseMessage]) -> str:
         self.calls.append(list(messages))
         if self.responses:
-            return str(self.responses.pop(0).content if isinstance(self.responses[0], AIMessage)
-                       else self.responses.pop(0))
+            reply = self.responses.pop(0)
+            return str(reply.content) if isinstance(reply, AIMessage) else reply
         prompt = "\n".join(str(m.content) for m in messages)
         match = re.search(
             r'<source id="1"[^>]*>\s*(.+?)(?:(?<=[.!?。！？])\s|\n|</source>)', prompt, re.S
@@ -243,7 +243,7 @@ def form_filler(model: BaseChatModel) -> Callable[[list[dict[str, str]], dict[st
     schema (a grammar), or the scripted fake's next reply."""
     if isinstance(model, LlamaCppChatModel):
         engine = model.engine
-        return lambda messages, schema: engine.complete_json(messages, schema)
+        return engine.complete_json
     if isinstance(model, ScriptedChatModel):
         scripted = model
 

@@ -229,7 +229,6 @@ class LocalLLM:
                 yield piece
             stats.seconds = time.perf_counter() - started
 
-
     def template_supports_tools(self) -> bool:
         """Whether the GGUF's chat template renders a ``tools`` list (function calling)."""
         meta = read_gguf_metadata(self.path)

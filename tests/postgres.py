@@ -13,6 +13,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,18 +37,22 @@ def _free_port() -> int:
 
 
 @contextmanager
-def postgres_server(folder: Path) -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     """Run a server; yields the URL of its ``postgres`` database (user ``kb``, trust auth)."""
     binaries = server_bin()
     assert binaries is not None
     user = "nobody" if os.geteuid() == 0 else None  # initdb refuses to run as root
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="kb-test-pg-"))  # not under a root-only folder
     if user:
         shutil.chown(folder, user)
     data, port = folder / "data", _free_port()
 
     def run(*args: str) -> None:
-        subprocess.run(args, check=True, capture_output=True, user=user, cwd=folder)
+        done = subprocess.run(
+            args, capture_output=True, text=True, user=user, cwd=folder, check=False
+        )
+        if done.returncode:
+            raise RuntimeError(f"{args[0]} failed: {done.stderr.strip() or done.stdout.strip()}")
 
     run(str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "kb", "-E", "UTF8",
         "--no-locale")  # fmt: skip
@@ -58,6 +63,7 @@ def postgres_server(folder: Path) -> Iterator[str]:
         yield f"postgresql://kb@127.0.0.1:{port}/postgres"
     finally:
         run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_sqlite(source: Path, url: str, database: str) -> str:
@@ -82,11 +88,15 @@ def load_sqlite(source: Path, url: str, database: str) -> str:
             with pg.cursor().copy(f'COPY "{table}" FROM STDIN') as copy:
                 for row in lite.execute(f'SELECT * FROM "{table}"'):
                     copy.write_row(row)
-        for table in tables:
-            for fk in lite.execute(f'PRAGMA foreign_key_list("{table}")').fetchall():
+        # Chinook's SQLite file declares no foreign keys; declare the ones its names imply,
+        # so PostgreSQL's catalogue (not inference) is what the tests read back.
+        from chains.tools.sql import SQLiteQueries
+
+        for described in SQLiteQueries(source).describe():
+            for fk in described.foreign_keys:
                 pg.execute(
-                    f'ALTER TABLE "{table}" ADD FOREIGN KEY ("{fk[3]}") REFERENCES "{fk[2]}" '
-                    f'("{fk[4]}")'
+                    f'ALTER TABLE "{described.name}" ADD FOREIGN KEY ("{fk.column}") '
+                    f'REFERENCES "{fk.ref_table}" ("{fk.ref_column}")'
                 )
         pg.execute("ANALYZE")
     lite.close()

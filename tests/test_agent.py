@@ -84,9 +84,7 @@ def test_the_form_is_a_grammar_of_real_names(planner: QueryPlanner) -> None:
     assert props["value_1"]["enum"] == ["Customer.Country = USA", "Invoice.BillingCountry = USA"]
     assert form.schema["additionalProperties"] is False
     sql = planner.compile({"value_1": "Invoice.BillingCountry = USA"}, form)
-    assert sql == (
-        'SELECT COUNT(*) FROM "Invoice" WHERE "Invoice"."BillingCountry" = \'USA\''
-    )
+    assert sql == ('SELECT COUNT(*) FROM "Invoice" WHERE "Invoice"."BillingCountry" = \'USA\'')
     with pytest.raises(Exception, match="must be one of"):
         planner.compile({"value_1": "Invoice.BillingCountry = USA; DROP TABLE Invoice"}, form)
 
@@ -189,7 +187,7 @@ def _tools(assistant: Assistant, **limits: float) -> AgentTools:
 
 
 def test_native_tool_calling_path(chinook_kb: Assistant) -> None:
-    sql = 'SELECT COUNT(*) FROM Customer WHERE Country = \'Brazil\''
+    sql = "SELECT COUNT(*) FROM Customer WHERE Country = 'Brazil'"
     model = ScriptedChatModel(native_tools=True, responses=[
         call("list_tables"), call("describe_table", table="Customer"),
         call("run_sql", sql=sql, database="chinook"),
@@ -273,8 +271,7 @@ def test_native_tool_calls_parse_from_hermes_text() -> None:
     from models.chat import parse_tool_calls
 
     message = parse_tool_calls(
-        'Let me check.<tool_call>{"name": "run_sql", "arguments": {"sql": "SELECT 1"}}'
-        "</tool_call>"
+        'Let me check.<tool_call>{"name": "run_sql", "arguments": {"sql": "SELECT 1"}}</tool_call>'
     )
     assert message.content == "Let me check."
     assert message.tool_calls[0]["name"] == "run_sql"

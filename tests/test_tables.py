@@ -82,9 +82,11 @@ def test_drop_and_clear_errors(assistant: Assistant, weather: Path) -> None:
     assert assistant.tables() == []
     with pytest.raises(TableError, match="no table or database named 'nope'"):
         assistant.drop_table("nope")
-    with pytest.raises(TableError, match="give sqlite:///path/to/file.db or postgresql://"):
+    with pytest.raises(TableError, match=r"give sqlite:///path/to/file\.db or postgresql://"):
         assistant.connect_database("mysql://localhost/db", name="my")
-    with pytest.raises(TableError, match=r"cannot connect to postgresql://kb:\*\*\*@127\.0\.0\.1:1/"):
+    with pytest.raises(
+        TableError, match=r"cannot connect to postgresql://kb:\*\*\*@127\.0\.0\.1:1/"
+    ):
         assistant.connect_database("postgresql://kb:secret@127.0.0.1:1/db", name="pg")
     assert assistant.tables() == []  # nothing registered by a failed connect
     with pytest.raises(TableError, match=r"from \.csv, \.tsv or \.xlsx"):

@@ -245,7 +245,7 @@ def _runner(url: str, name: str) -> ReadOnlyQueries:
             return SQLiteQueries(path, name)
         except QueryRejected as exc:
             raise TableError(f"cannot open {path} as a SQLite database ({exc})") from exc
-    if url.split("://")[0].split("+")[0] in {"postgresql", "postgres"}:
+    if url.split("://", maxsplit=1)[0].split("+", maxsplit=1)[0] in {"postgresql", "postgres"}:
         return PostgresQueries(url, name)
     raise TableError(
         f"cannot connect '{redact_url(url)}': give sqlite:///path/to/file.db or "

@@ -195,7 +195,7 @@ class QueryPlanner:
                 self._values += [(v, ref) for v in values if 2 <= len(v.strip()) <= 60]
 
     def label_columns(self, table: str) -> list[ColumnRef]:
-        """The columns that name a row: ``*name*`` columns, else ``*title*``, else the first text."""
+        """The columns that name a row: ``*name*``, else ``*title*``, else the first text one."""
         text = [c for c in self.columns[table] if not (c.numeric or c.key or c.date)]
         for word in ("name", "title"):
             named = [c for c in text if word in c.column.lower()]
@@ -352,33 +352,13 @@ class QueryPlanner:
         dates = [c for t in scope for c in self.columns[t] if c.date]
         text_links = [c for c in links.columns if not c.numeric and not c.date]
 
-        dims: list[str] = []
-        if grain:
-            dims += [f"{grain}({c.label})" for c in dates]
+        dims: list[str] = [f"{grain}({c.label})" for c in dates] if grain else []
         dims += [c.label for c in text_links]
         for table in links.tables:
             if table != base_choices[0]:
                 dims += [c.label for c in self.label_columns(table)]
         dims = list(dict.fromkeys(dims))
-
-        simple = [a for a in ("count", "sum", "avg") if a in cues]
-        if "count" in simple:
-            aggregations = ["count"]
-        elif quantity and (which or grain):
-            aggregations = ["count"]  # "which artist has the most albums"
-        elif extreme and (which or grain):
-            # "which year had the highest revenue" groups; "the longest track" ranks rows.
-            aggregations = (simple or ["sum", "avg", "max", "count"]) + ["none"]
-            if linked_numeric and not grain and not simple:
-                aggregations = ["none", "max", "sum", "avg"]
-        elif simple:
-            aggregations = simple
-        elif extreme:
-            aggregations = ["max" if "max" in cues else "min", "none"]
-        elif which:
-            aggregations = ["none"]  # "which employee is the general manager": list rows
-        else:
-            aggregations = list(AGGREGATIONS)
+        aggregations = _aggregations(cues, bool(linked_numeric), grain)
 
         properties: dict[str, Any] = {
             "table": {"enum": base_choices},
@@ -396,9 +376,7 @@ class QueryPlanner:
             properties[f"value_{i + 1}"] = {"enum": [f"{r.label} = {value}" for r in refs]}
         for i, year in enumerate(links.years):
             if dates:
-                properties[f"year_{i + 1}"] = {
-                    "enum": [f"year({c.label}) = {year}" for c in dates]
-                }
+                properties[f"year_{i + 1}"] = {"enum": [f"year({c.label}) = {year}" for c in dates]}
         fixed = {k: v["enum"][0] for k, v in properties.items() if len(v["enum"]) == 1}
         schema = {
             "type": "object",
@@ -422,9 +400,7 @@ class QueryPlanner:
                 m = re.match(r"(?:\w+\()?([^.()=]+)\.", str(choice))
                 if m and m.group(1) in self.tables:
                     tables.add(m.group(1))
-        lines = [
-            f"{t}({', '.join(c.column for c in self.columns[t])})" for t in sorted(tables)
-        ]
+        lines = [f"{t}({', '.join(c.column for c in self.columns[t])})" for t in sorted(tables)]
         system = (
             "You fill in a query form for a SQL database. Pick, for every field, the choice "
             "that answers the question. aggregation: count rows, sum/avg/min/max of the "
@@ -434,6 +410,40 @@ class QueryPlanner:
         return [{"role": "system", "content": system}, {"role": "user", "content": question}]
 
     # --- compiling ------------------------------------------------------------------------
+
+    def _conditions(self, slots: dict[str, Any], tables_used: list[str]) -> list[str]:
+        """WHERE conditions of the value and year slots (their tables added to the joins)."""
+        conditions = []
+        for key, choice in slots.items():
+            if key.startswith("value_"):
+                ref, value = str(choice).split(" = ", 1)
+                table, column = ref.split(".", 1)
+                conditions.append(f"{_col(table, column)} = {quote_literal(value)}")
+            elif key.startswith("year_"):
+                ref, year = str(choice)[len("year(") :].split(") = ", 1)
+                table, column = ref.split(".", 1)
+                part = _date_part("year", _col(table, column), self.runner.dialect)
+                conditions.append(f"{part} = {int(year)}")
+            else:
+                continue
+            tables_used.append(table)
+        return list(dict.fromkeys(conditions))
+
+    def _grouping(self, group: str, tables_used: list[str]) -> tuple[str, list[str]]:
+        """The GROUP BY expression and keys (an entity's key too: same names stay apart)."""
+        if group == "none":
+            return "", []
+        m = re.fullmatch(r"(year|month)\((.+)\)", group)
+        table, column = (m.group(2) if m else group).split(".", 1)
+        tables_used.append(table)
+        expr = _col(table, column)
+        if m:
+            return _date_part(m.group(1), expr, self.runner.dialect), [
+                _date_part(m.group(1), expr, self.runner.dialect)
+            ]
+        labels = {c.column for c in self.label_columns(table)}
+        keys = [_col(table, k) for k in self.tables[table].primary_key[:1] if column in labels]
+        return expr, [expr, *keys]
 
     def compile(self, filled: dict[str, Any], form: Form) -> str:
         """SQL for a filled form (slots validated against the form's choices).
@@ -449,21 +459,8 @@ class QueryPlanner:
             slots[key] = value
         base = str(slots["table"])
         agg = str(slots["aggregation"])
-        dialect = self.runner.dialect
         tables_used = [base]
-        conditions: list[str] = []
-        for key, choice in slots.items():
-            if key.startswith("value_"):
-                ref, value = str(choice).split(" = ", 1)
-                table, column = ref.split(".", 1)
-                tables_used.append(table)
-                conditions.append(f"{_col(table, column)} = {quote_literal(value)}")
-            elif key.startswith("year_"):
-                ref, year = str(choice)[len("year(") :].split(") = ", 1)
-                table, column = ref.split(".", 1)
-                tables_used.append(table)
-                conditions.append(f"{_date_part('year', _col(table, column), dialect)} = {year}")
-
+        conditions = self._conditions(slots, tables_used)
         measure_ref = str(slots.get("measure", "*"))
         measure = "*"
         ranked = "order" in slots
@@ -472,61 +469,79 @@ class QueryPlanner:
             tables_used.append(table)
             measure = _col(table, column)
         group = str(slots.get("group_by", "none"))
-        group_sql = ""
-        group_keys: list[str] = []
-        if group != "none":
-            m = re.fullmatch(r"(year|month)\((.+)\)", group)
-            ref = m.group(2) if m else group
-            table, column = ref.split(".", 1)
-            tables_used.append(table)
-            group_sql = _col(table, column)
-            if m:
-                group_sql = _date_part(m.group(1), group_sql, dialect)
-            labels = {c.column for c in self.label_columns(table)}
-            group_keys = [group_sql] + [  # same-named rows of an entity stay apart
-                _col(table, k) for k in self.tables[table].primary_key[:1]
-                if not m and column in labels
-            ]
+        group_sql, group_keys = self._grouping(group, tables_used)
         order = str(slots.get("order", "desc"))
 
         if agg == "none":
-            labels = [c for c in self.label_columns(base)]
-            shown = [_col(c.table, c.column) for c in labels]
+            shown = [_col(c.table, c.column) for c in self.label_columns(base)]
             text_links = [c for c in form.links.columns if not c.numeric and c.table == base]
             shown = list(dict.fromkeys([_col(c.table, c.column) for c in text_links] + shown))
             select = ", ".join(shown + ([measure] if measure != "*" else []))
-            tail = f" ORDER BY {measure} {order.upper()} LIMIT 1" if (
-                measure != "*" and "order" in slots) else " LIMIT 50"
+            tail = (
+                f" ORDER BY {measure} {order.upper()} LIMIT 1"
+                if (measure != "*" and ranked)
+                else " LIMIT 50"
+            )
         elif group == "none":
             select = f"{'COUNT' if agg == 'count' else agg.upper()}({measure})"
             tail = ""
         else:
-            value = "COUNT(*)" if agg in ("count", "none") or measure == "*" else (
-                f"{agg.upper()}({measure})")
+            value = (
+                "COUNT(*)"
+                if agg in ("count", "none") or measure == "*"
+                else (f"{agg.upper()}({measure})")
+            )
             select = f"{group_sql}, {value} AS value"
             tail = f" GROUP BY {', '.join(group_keys)}"
-            tail += f" ORDER BY value {order.upper()}" if "order" in slots else " ORDER BY value DESC"
-            tail += " LIMIT 1" if "order" in slots else " LIMIT 50"
+            tail += (
+                f" ORDER BY value {order.upper()} LIMIT 1"
+                if ranked
+                else (" ORDER BY value DESC LIMIT 50")
+            )
         joins = self.join_path(base, tables_used[1:])
         sql = f"SELECT {select} FROM {quote_ident(base)}"
         for here, mine, there, theirs in joins:
             sql += f" JOIN {quote_ident(there)} ON {_col(here, mine)} = {_col(there, theirs)}"
         if conditions:
-            sql += " WHERE " + " AND ".join(dict.fromkeys(conditions))
+            sql += " WHERE " + " AND ".join(conditions)
         return sql + tail
+
+
+def _aggregations(cues: set[str], linked_numeric: bool, grain: str | None) -> list[str]:
+    """The aggregations a question's cue words leave open, likeliest first."""
+    simple: list[str] = [a for a in ("count", "sum", "avg") if a in cues]
+    grouping = "which" in cues or grain is not None
+    if "count" in simple or (cues & {"most", "fewest"} and grouping):
+        return ["count"]  # "how many …", "which artist has the most albums"
+    if cues & {"max", "min"} and grouping:
+        # "which year had the highest revenue" groups; "the longest track" ranks rows.
+        if linked_numeric and not grain and not simple:
+            return ["none", "max", "sum", "avg"]
+        return list(dict.fromkeys([*(simple or ["sum", "avg", "max", "count"]), "none"]))
+    if simple:
+        return simple
+    if cues & {"max", "min"}:
+        return ["max" if "max" in cues else "min", "none"]
+    # "which employee is the general manager": list rows; no cue at all: the model chooses.
+    return ["none"] if "which" in cues else list(AGGREGATIONS)
 
 
 def _col(table: str, column: str) -> str:
     return f"{quote_ident(table)}.{quote_ident(column)}"
 
 
+_DATE_PARTS = {
+    "sqlite": "CAST(strftime('{fmt}', {col}) AS INTEGER)",
+    "postgres": "CAST(EXTRACT({PART} FROM CAST({col} AS TIMESTAMP)) AS INTEGER)",
+    "duckdb": "{PART}(TRY_CAST({col} AS TIMESTAMP))",
+}
+
+
 def _date_part(part: str, column: str, dialect: str) -> str:
-    if dialect == "sqlite":
-        fmt = "%Y" if part == "year" else "%m"
-        return f"CAST(strftime('{fmt}', {column}) AS INTEGER)"
-    if dialect == "postgres":
-        return f"CAST(EXTRACT({part.upper()} FROM CAST({column} AS TIMESTAMP)) AS INTEGER)"
-    return f"{part.upper()}(TRY_CAST({column} AS TIMESTAMP))"
+    fmt = "%Y" if part == "year" else "%m"
+    return _DATE_PARTS.get(dialect, _DATE_PARTS["duckdb"]).format(
+        fmt=fmt, col=column, PART=part.upper()
+    )
 
 
 def parse_filled(text: str) -> dict[str, Any]:

@@ -157,8 +157,6 @@ def validate_select(sql: str, tables: set[str], dialect: str) -> str:
     return str(tree.sql(dialect=dialect))
 
 
-
-
 def _plain(value: Any) -> Any:
     """Decimals (PostgreSQL NUMERIC) as floats, so results are plain JSON-able numbers."""
     from decimal import Decimal
@@ -393,8 +391,8 @@ class DuckDBQueries(_FileQueries):
             names = sorted(self.tables())
             origins: dict[str, tuple[str, bool]] = {}
             if f"{INTERNAL_PREFIX}table_origin" in {
-                r[0] for r in db.execute("SELECT table_name FROM information_schema.tables")
-                .fetchall()
+                r[0]
+                for r in db.execute("SELECT table_name FROM information_schema.tables").fetchall()
             }:
                 origins = {
                     r[0]: (r[1], bool(r[2]))
@@ -409,7 +407,9 @@ class DuckDBQueries(_FileQueries):
             for table in names:
                 described = db.execute(f"DESCRIBE {quote_ident(table)}").fetchall()
                 # fetchall: DuckDB refuses new work on a connection with a half-read result.
-                rows = int(db.execute(f"SELECT COUNT(*) FROM {quote_ident(table)}").fetchall()[0][0])
+                rows = int(
+                    db.execute(f"SELECT COUNT(*) FROM {quote_ident(table)}").fetchall()[0][0]
+                )
                 mine = [c for c in constraints if c[0] == table]
                 keys = next((list(c[2]) for c in mine if c[1] == "PRIMARY KEY"), [])
                 fks = [ForeignKey(col, c[3], ref) for c in mine if c[1] == "FOREIGN KEY"

@@ -1,0 +1,89 @@
+"""PostgreSQL: a real server started for the session (see ``tests/postgres.py``), Chinook loaded
+into it with its keys declared; connected, described, queried read-only, and asked by the agent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from assistant import Assistant
+from chains.tools.sql import PostgresQueries
+from errors import QueryRejected, QueryTimeout
+from tests.postgres import load_sqlite, postgres_server, server_bin
+
+CHINOOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "chinook.sqlite"
+pytestmark = [
+    pytest.mark.skipif(
+        server_bin() is None,
+        reason="no PostgreSQL server binary (initdb, pg_ctl); .ci/run installs Debian's postgresql",
+    ),
+    pytest.mark.skipif(not CHINOOK.is_file(), reason=f"{CHINOOK} not found"),
+]
+
+
+@pytest.fixture(scope="session")
+def pg_chinook() -> Iterator[str]:
+    with postgres_server() as url:
+        yield load_sqlite(CHINOOK, url, "chinook")
+
+
+def _count(url: str, table: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url) as db:
+        row = db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()
+        return int(row[0]) if row else -1
+
+
+def test_connect_describe_and_query(assistant: Assistant, pg_chinook: str) -> None:
+    tables = {t.name: t for t in assistant.connect_database(pg_chinook, name="pg")}
+    assert tables["Customer"].rows == 59 and tables["Customer"].primary_key == ["CustomerId"]
+    [fk] = tables["Album"].foreign_keys
+    assert (fk.column, fk.ref_table, fk.inferred) == ("ArtistId", "Artist", False)  # declared
+    result = assistant.sql('SELECT COUNT(*) FROM "Customer" WHERE "Country" = \'Brazil\'')
+    assert result.rows == [(5,)]
+    invoice = assistant.sql('SELECT ROUND(SUM("Total"), 2) FROM "Invoice"')
+    assert invoice.rows == [(2328.6,)] and isinstance(invoice.rows[0][0], float)
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ('DROP TABLE "Customer"', "only SELECT"),
+        ('SELECT 1; DELETE FROM "Customer"', "exactly one statement"),
+        ('WITH d AS (DELETE FROM "Customer" RETURNING *) SELECT * FROM d', "DELETE is not allowed"),
+        ("SELECT pg_read_file('/etc/passwd')", r"pg_read_file\(\) is not allowed"),
+        ("SELECT set_config('default_transaction_read_only', 'off', false)", "set_config"),
+        ("COPY \"Customer\" TO '/tmp/out.csv'", "COPY"),
+    ],
+)
+def test_writes_and_escapes_are_refused(pg_chinook: str, sql: str, message: str) -> None:
+    runner = PostgresQueries(pg_chinook, "pg")
+    with pytest.raises(QueryRejected, match=message):
+        runner.run(sql)
+    assert _count(pg_chinook, "Customer") == 59
+
+
+def test_the_server_refuses_writes_even_past_the_validator(pg_chinook: str) -> None:
+    runner = PostgresQueries(pg_chinook, "pg")
+    for sql in ('DELETE FROM "Customer"', "CREATE TABLE x (a int)", "SELECT nextval('s')"):
+        with pytest.raises(QueryRejected, match="refused"):
+            runner._execute(sql, 10, 5.0)  # the read-only transaction itself says no
+    assert _count(pg_chinook, "Customer") == 59
+
+
+def test_a_cross_join_is_stopped_at_the_time_limit(pg_chinook: str) -> None:
+    runner = PostgresQueries(pg_chinook, "pg")
+    with pytest.raises(QueryTimeout, match="longer than 1 s"):
+        runner.run('SELECT COUNT(*) FROM "Track" a, "Track" b, "Track" c', time_limit=1.0)
+
+
+def test_the_agent_answers_from_postgres(assistant: Assistant, pg_chinook: str) -> None:
+    assistant.connect_database(pg_chinook, name="pg")
+    result = assistant.agent("Which genre has the most tracks?")
+    assert result.rows == [["Rock", 1297]] and result.steps[0].input["database"] == "pg"
+    year = assistant.agent("What is the total of invoices in 2010?")
+    assert year.rows == [[463.67]] or round(year.rows[0][0], 2) == 463.67

@@ -96,3 +96,22 @@ def test_a_missing_model_file_is_a_clear_error(kb_home: Path, tmp_path: Path) ->
     (tmp_path / "fake.gguf").write_bytes(b"not a model")
     result = CliRunner().invoke(main, ["doctor", "--model", str(tmp_path / "fake.gguf")])
     assert "is not a GGUF model file" in result.stderr
+
+
+CHINOOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "chinook.sqlite"
+
+
+@pytest.mark.skipif(not CHINOOK.is_file(), reason=f"{CHINOOK} not found")
+def test_the_embedded_model_fills_query_forms_through_the_grammar(kb_home: Path) -> None:
+    """The real tiny model picks the open slots (here: which column 'USA' belongs to, and
+    which aggregation of which measure) and its output always parses."""
+    from assistant import build_assistant
+    from settings import load_settings
+
+    assistant = build_assistant(load_settings(kb_home, chat_backend="llama-cpp"))
+    assistant.connect_database(f"sqlite:///{CHINOOK}", name="chinook")
+    usa = assistant.agent("How many invoices were billed to customers in the USA?")
+    assert usa.rows == [[91]] and usa.answer == "The answer is 91."
+    year = assistant.agent("In which year was the invoice revenue highest?")
+    assert year.rows and year.rows[0][0] == 2009
+    assistant.close()

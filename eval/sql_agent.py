@@ -87,7 +87,8 @@ def run(questions: list[dict[str, Any]], database: Path, mode: str) -> list[dict
 
 def report(mode: str, results: list[dict[str, Any]]) -> str:
     """A Markdown table and a summary line."""
-    lines = [f"### {mode}", "", "| id | question | pass | steps | s | SQL |", "|---|---|---|---|---|---|"]
+    lines = [f"### {mode}", "", "| id | question | pass | steps | s | SQL |"]
+    lines.append("|---|---|---|---|---|---|")
     for r in results:
         sql = r["sql"].replace("|", "\\|")
         lines.append(

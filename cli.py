@@ -353,7 +353,7 @@ def agent(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> No
 
     The SQL that ran and the rows it returned are shown with the answer.
     """
-    from chains.agent import AgentStep, result_text
+    from chains.agent import AgentStep, rows_text
 
     def step(s: AgentStep) -> None:
         shown = ", ".join(f"{k}={v!r}" for k, v in s.input.items())
@@ -372,11 +372,8 @@ def agent(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> No
     for sql in result.sql:
         click.echo(f"\nSQL: {sql}")
     if result.rows:
-        from chains.tools.sql import QueryResult
-
-        shown = QueryResult(result.sql[-1], result.columns, [tuple(r) for r in result.rows],
-                            False, 0.0)  # fmt: skip
-        click.echo("Rows:\n" + "\n".join("  " + line for line in result_text(shown).splitlines()))
+        lines = rows_text(result.columns, result.rows).splitlines()
+        click.echo("Rows:\n" + "\n".join("  " + line for line in lines))
     for c in result.citations:
         where = c["source"] + (f", page {c['page']}" if c.get("page") else "")
         click.echo(f"  [{c['n']}] {where}")

@@ -37,7 +37,7 @@ from pydantic import ConfigDict
 
 from chains.language import detect_language
 from chains.rag import Answer, fence
-from chains.tools.query_plan import FormFiller, QueryPlanner, parse_filled
+from chains.tools.query_plan import FormFiller, Links, QueryPlanner, parse_filled
 from chains.tools.sql import QueryResult, ReadOnlyQueries, TableInfo
 from errors import KBError, QueryRejected
 from vectorstore.knowledge_base import SearchHit
@@ -246,18 +246,20 @@ class AgentTools:
         Raises:
             QueryRejected: the form could not be filled or compiled.
         """
-        best: tuple[int, str] | None = None
+        best: tuple[int, str, Links] | None = None
         for source in self.sources():
-            strength = self.planner(source).link(question).strength
-            if strength and (best is None or strength > best[0]):
-                best = (strength, source)
+            links = self.planner(source).link(question)
+            if links.strength and (best is None or links.strength > best[0]):
+                best = (links.strength, source, links)
         if best is None:
             if self.search is not None or not self.sources():
                 return None
-            best = (0, self.sources()[0])  # no documents: the tables are all there is
-        source = best[1]
+            # No documents: the tables are all there is.
+            first = self.sources()[0]
+            best = (0, first, self.planner(first).link(question))
+        _, source, links = best
         planner = self.planner(source)
-        form = planner.form(question)
+        form = planner.form(question, links)
         messages = planner.prompt(question, form)
         if feedback:
             messages.append({"role": "user", "content": f"The last query failed: {feedback}"})
@@ -272,13 +274,20 @@ class AgentTools:
 
 def result_text(result: QueryResult) -> str:
     """A query result as the model and the user read it."""
-    lines = [" | ".join(result.columns)]
-    lines += [_row_text(None, r) for r in result.rows[:SHOWN_ROWS]]
-    more = len(result.rows) - SHOWN_ROWS
+    return rows_text(result.columns, result.rows, result.truncated)
+
+
+def rows_text(
+    columns: Sequence[str], rows: Sequence[Sequence[Any]], truncated: bool = False
+) -> str:
+    """Columns and rows as lines of ``a | b``, the first ``SHOWN_ROWS`` of them."""
+    lines = [" | ".join(columns)]
+    lines += [_row_text(None, r) for r in rows[:SHOWN_ROWS]]
+    more = len(rows) - SHOWN_ROWS
     if more > 0:
         lines.append(f"... {more} more rows")
-    if result.truncated:
-        lines.append(f"(cut at {len(result.rows)} rows)")
+    if truncated:
+        lines.append(f"(cut at {len(rows)} rows)")
     return "\n".join(lines)
 
 
@@ -509,9 +518,10 @@ def run_agent(
     for state in agent.stream(inputs, config, stream_mode="values"):
         final = state
         if on_step is not None:
-            for step in _steps(state["messages"])[seen:]:
+            steps = _steps(state["messages"])
+            for step in steps[seen:]:
                 on_step(step)
-            seen = len(_steps(state["messages"]))
+            seen = len(steps)
     messages = final["messages"]
     result = _result(messages, native, bounds, started)
     if isinstance(model, SlotFillingPolicy) and model.documents_answer is not None:

@@ -111,6 +111,7 @@ class LocalLLM:
         self.prompt_cache_bytes = prompt_cache_bytes
         self._llama: Any = None
         self._formatter: Any = None
+        self._supports_tools: bool | None = None
         self._load_lock = threading.Lock()
         self._call_lock = threading.Lock()
 
@@ -230,10 +231,13 @@ class LocalLLM:
             stats.seconds = time.perf_counter() - started
 
     def template_supports_tools(self) -> bool:
-        """Whether the GGUF's chat template renders a ``tools`` list (function calling)."""
-        meta = read_gguf_metadata(self.path)
-        template = str(meta.get("tokenizer.chat_template") or "")
-        return "tools" in template and "tool_call" in template
+        """Whether the GGUF's chat template renders a ``tools`` list (function calling);
+        the header is read once per model, not on every agent question."""
+        if self._supports_tools is None:
+            meta = read_gguf_metadata(self.path)
+            template = str(meta.get("tokenizer.chat_template") or "")
+            self._supports_tools = "tools" in template and "tool_call" in template
+        return self._supports_tools
 
     def complete_json(
         self,

@@ -23,6 +23,7 @@ from chains.tools.sql import (
     ReadOnlyQueries,
     SQLiteQueries,
     TableInfo,
+    quote_ident,
     redact_url,
 )
 from errors import QueryRejected, TableError
@@ -140,7 +141,9 @@ class TableRegistry:
             )
             for table, frame, truncated in frames:
                 db.register("incoming", frame)
-                db.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM incoming')
+                db.execute(
+                    f"CREATE OR REPLACE TABLE {quote_ident(table)} AS SELECT * FROM incoming"
+                )
                 db.unregister("incoming")
                 db.execute(
                     f"INSERT OR REPLACE INTO {INTERNAL_PREFIX}table_origin VALUES (?, ?, ?)",
@@ -166,7 +169,7 @@ class TableRegistry:
         if self.tables_path.is_file() and name in DuckDBQueries(self.tables_path).tables():
             with duckdb.connect(str(self.tables_path)) as db:
                 db.execute("BEGIN")
-                db.execute(f'DROP TABLE "{name}"')
+                db.execute(f"DROP TABLE {quote_ident(name)}")
                 db.execute(f"DELETE FROM {INTERNAL_PREFIX}table_origin WHERE name = ?", [name])
                 db.execute("COMMIT")
             return

@@ -24,11 +24,13 @@ No tool ever executes model-written Python or shell.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -159,8 +161,6 @@ def validate_select(sql: str, tables: set[str], dialect: str) -> str:
 
 def _plain(value: Any) -> Any:
     """Decimals (PostgreSQL NUMERIC) as floats, so results are plain JSON-able numbers."""
-    from decimal import Decimal
-
     return float(value) if isinstance(value, Decimal) else value
 
 
@@ -254,14 +254,16 @@ class SQLiteQueries(_FileQueries):
     def __init__(self, path: Path, source: str = "") -> None:
         super().__init__(path, source or path.stem)
 
-    def _plain(self) -> sqlite3.Connection:
+    @property
+    def _uri(self) -> str:
+        return f"file:{quote(str(self.path.resolve()))}?mode=ro"
+
+    def _catalog_connection(self) -> sqlite3.Connection:
         """A read-only connection for the system's own catalogue queries."""
-        return sqlite3.connect(f"file:{quote(str(self.path.resolve()))}?mode=ro", uri=True)
+        return sqlite3.connect(self._uri, uri=True)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(
-            f"file:{quote(str(self.path.resolve()))}?mode=ro", uri=True, check_same_thread=False
-        )
+        db = sqlite3.connect(self._uri, uri=True, check_same_thread=False)
         db.execute("PRAGMA query_only = ON")  # before the authorizer, which forbids PRAGMA
         db.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         db.set_authorizer(_sqlite_authorizer)
@@ -269,7 +271,7 @@ class SQLiteQueries(_FileQueries):
 
     def tables(self) -> set[str]:
         """Names of tables and views."""
-        db = self._plain()
+        db = self._catalog_connection()
         try:
             rows = db.execute(
                 "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
@@ -281,7 +283,7 @@ class SQLiteQueries(_FileQueries):
 
     def describe(self) -> list[TableInfo]:
         """Tables with columns, keys (from the schema's declarations) and row counts."""
-        db = self._plain()
+        db = self._catalog_connection()
         try:
             out = []
             for table in sorted(self.tables()):
@@ -483,9 +485,7 @@ def postgres_conninfo(url: str) -> str:
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ***."""
-    import re as _re
-
-    return _re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 class PostgresQueries(ReadOnlyQueries):

@@ -632,38 +632,106 @@ def kb_delete(ctx: Context, name: str, yes: bool, as_json: bool) -> None:
 # --- settings and the app -----------------------------------------------------------------
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @json_option
-@click.pass_obj
-def config(ctx: Context, as_json: bool) -> None:
-    """Print the effective settings and where they can be changed."""
+@click.pass_context
+def config(click_ctx: click.Context, as_json: bool) -> None:
+    """Print the effective settings; 'kb config set/unset' change the config file."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx: Context = click_ctx.obj
     with reported(as_json):
         settings = ctx.settings()
-    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.model_dump().items()}
+    data = {k: _shown(v) for k, v in settings.model_dump().items()}
     data["config_file"] = str(settings.config_file)
 
     def human() -> None:
         for key, value in data.items():
             click.echo(f"{key} = {value!r}")
-        click.echo("# change with KB_<NAME> environment variables or the config file above")
+        click.echo("# change with 'kb config set NAME VALUE', KB_<NAME> environment variables, "
+                   "or the config file above")  # fmt: skip
 
     emit(data, as_json, human)
 
 
-@main.command()
-@click.option("--port", default=8501, show_default=True, help="Port on 127.0.0.1.")
+def _shown(value: Any) -> Any:
+    from pydantic import SecretStr
+
+    if isinstance(value, SecretStr):
+        return "********"
+    return str(value) if isinstance(value, Path) else value
+
+
+@config.command("set")
+@click.argument("name")
+@click.argument("value")
+@json_option
 @click.pass_obj
-def app(ctx: Context, port: int) -> None:
-    """Start the Streamlit app in the browser (listens on 127.0.0.1 only)."""
+def config_set(ctx: Context, name: str, value: str, as_json: bool) -> None:
+    """Save one setting in the config file (validated first; the app uses it on its next run)."""
+    from settings import save_settings
+
+    with reported(as_json):
+        settings = save_settings(ctx.settings().home, {name: _parse_value(value)})
+    shown = _shown(getattr(settings, name))
+    emit({name: shown}, as_json, lambda: click.echo(f"{name} = {shown!r} (saved)"))
+
+
+@config.command("unset")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def config_unset(ctx: Context, name: str, as_json: bool) -> None:
+    """Remove one setting from the config file (its default applies again)."""
+    from settings import save_settings
+
+    with reported(as_json):
+        settings = save_settings(ctx.settings().home, {}, remove=[name])
+    shown = _shown(getattr(settings, name))
+    emit({name: shown}, as_json, lambda: click.echo(f"{name} = {shown!r} (default)"))
+
+
+def _parse_value(text: str) -> Any:
+    """A command-line value as TOML would read it (numbers, true/false), else the string."""
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@main.command()
+@click.option("--port", default=8501, show_default=True, help="Port to listen on.")
+@click.option(
+    "--address",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Anything but loopback publishes your documents to the network "
+    "and needs the app_password setting.",
+)
+@click.pass_obj
+def app(ctx: Context, port: int, address: str) -> None:
+    """Start the Streamlit app in the browser (listens on 127.0.0.1 unless told otherwise)."""
     import os
     import subprocess
 
+    with reported(False):
+        settings = ctx.settings()
+    if address not in _LOOPBACK and settings.app_password is None:
+        raise click.UsageError(
+            f"listening on {address} would let anyone on the network read your documents; "
+            "set a password first ('kb config set app_password ...' or KB_APP_PASSWORD)"
+        )
     script = Path(__file__).with_name("app.py")
     env = dict(os.environ)
     if ctx.home is not None:
         env["KB_HOME"] = str(ctx.home)
     command = [
-        sys.executable, "-m", "streamlit", "run", str(script), "--server.address", "127.0.0.1",
+        sys.executable, "-m", "streamlit", "run", str(script), "--server.address", address,
         "--server.port", str(port), "--browser.gatherUsageStats", "false",
     ]  # fmt: skip
     sys.exit(subprocess.call(command, env=env, cwd=script.parent))

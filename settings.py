@@ -6,13 +6,15 @@ variables, explicit arguments (command-line options, test overrides).
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+from collections.abc import Sequence
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -133,6 +135,10 @@ class Settings(BaseSettings):
             "the previous prompt instead of evaluating it again."
         ),
     )  # fmt: skip
+    retrieval_k: int = Field(
+        default=8, ge=1, le=100,
+        description="Passages retrieved and scored for each question (shown in the trace).",
+    )  # fmt: skip
     max_sources: int = Field(
         default=4, ge=1, le=20, description="Most retrieved passages put into one prompt."
     )
@@ -170,6 +176,20 @@ class Settings(BaseSettings):
     agent_max_seconds: float = Field(
         default=120.0, gt=0, description="Seconds the agent may spend on one question."
     )
+    answer_language: Literal["auto", "en", "zh"] = Field(
+        default="auto",
+        description="Language of answers: 'auto' answers in the language of the question.",
+    )
+    ui_language: Literal["en", "zh"] = Field(
+        default="en", description="Language of the app's own text: 'en' or 'zh' (中文)."
+    )
+    app_password: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Password the app asks for before showing anything; required by 'kb app' when it "
+            "listens on an address other than 127.0.0.1/localhost."
+        ),
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="WARNING", description="Logging level of the command line and the app."
     )
@@ -187,6 +207,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"chunk_overlap ({self.chunk_overlap}) must be smaller than "
                 f"chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _sources_within_retrieved(self) -> Settings:
+        if self.max_sources > self.retrieval_k:
+            raise ValueError(
+                f"max_sources ({self.max_sources}) must not exceed retrieval_k ({self.retrieval_k})"
             )
         return self
 
@@ -254,16 +282,72 @@ def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
     try:
         return Settings(**explicit)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
         raise ConfigError(
-            f"invalid settings ({problems}); check KB_* environment variables, "
+            f"invalid settings ({_problems(exc)}); check KB_* environment variables, "
             f"{resolved / CONFIG_FILE_NAME} and the command-line options"
         ) from exc
     finally:
         _config_file.reset(token)
+
+
+def save_settings(
+    home: Path | str, updates: dict[str, Any], *, remove: Sequence[str] = ()
+) -> Settings:
+    """Write ``updates`` into ``<home>/config.toml`` (and drop the keys in ``remove``).
+
+    The merged file is validated before it replaces the old one (written to a temporary file
+    and renamed), so an invalid value leaves the previous configuration untouched.
+
+    Raises:
+        ConfigError: an unknown key or an invalid value, named.
+    """
+    home = Path(home).expanduser()
+    path = home / CONFIG_FILE_NAME
+    unknown = sorted(
+        k for k in [*updates, *remove] if k not in Settings.model_fields or k == "home"
+    )
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; 'kb config' lists them")
+    current: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            current = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc}); fix or delete it") from exc
+    merged = {k: v for k, v in {**current, **updates}.items() if k not in remove}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    try:
+        Settings(**{**merged, "home": home})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings ({_problems(exc)}); nothing was saved") from exc
+    home.mkdir(parents=True, exist_ok=True)
+    text = "# kb-assistant settings (written by the app / 'kb config set')\n" + "".join(
+        f"{key} = {_toml_value(value)}\n" for key, value in sorted(merged.items())
+    )
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    if "app_password" in merged:
+        temp.chmod(0o600)  # it holds a secret
+    temp.replace(path)
+    return load_settings(home)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    # A JSON string is a valid TOML basic string (same escapes).
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+        for err in exc.errors()
+    )
 
 
 def physical_cores() -> int:
@@ -271,3 +355,9 @@ def physical_cores() -> int:
     import psutil
 
     return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+def set_in_environment(names: Sequence[str]) -> list[str]:
+    """The settings among ``names`` that a ``KB_*`` environment variable overrides (the config
+    file cannot change those)."""
+    return [n for n in names if f"KB_{n.upper()}" in os.environ]

@@ -50,6 +50,7 @@ class RagParams:
     min_dense: float = 0.35  # abstain below this cosine ...
     min_coverage: float = 0.75  # ... unless this share of the question's words is found
     condense_tokens: int = 64
+    language: Language | None = None  # answer in this language; None: the question's
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ class RagChain:
     ) -> Answer:
         """Answer ``question`` (a follow-up of ``history``), streaming through ``on_token``."""
         started = time.perf_counter()
-        language = detect_language(question)
+        language = self.params.language or detect_language(question)
         trace: dict[str, Any] = {"question": question, "language": language}
         previous = self._previous_sources(history)
         query = self._condense(question, history, previous, language, trace=trace, on_wait=on_wait)

@@ -1,0 +1,55 @@
+"""The app over a scripted chat model, for AppTest (``tests/test_app.py`` sets the script).
+
+Run by AppTest in the test process, so the module-level script below is the test's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage
+
+from assistant import Assistant, build_assistant
+from models.chat import ScriptedChatModel
+from models.embeddings import HashEmbedder
+from settings import Settings
+
+REPLIES: list[str | AIMessage] = []
+NATIVE_TOOLS = False
+WAIT_FIRST = False  # the first answer finds the model busy (as with two browser tabs)
+
+
+class QueuedChatModel(ScriptedChatModel):
+    """Scripted, but its first call waits for the model as a second tab's question would."""
+
+    waited: bool = False
+
+    def _stream(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> Any:
+        stats = kwargs.get("stats")
+        if not self.waited and kwargs.get("on_wait") is not None:
+            self.waited = True
+            kwargs["on_wait"]()
+            if stats is not None:
+                stats.waited = 1.5
+        for chunk in super()._stream(messages, stop, run_manager, **kwargs):
+            if stats is not None and not stats.waited:
+                stats.waited = 1.5
+            yield chunk
+
+
+def build(settings: Settings) -> Assistant:
+    """An Assistant whose model replies with ``REPLIES`` (then extractively)."""
+    kind = QueuedChatModel if WAIT_FIRST else ScriptedChatModel
+    model = kind(responses=list(REPLIES), native_tools=NATIVE_TOOLS)
+    return build_assistant(settings, embeddings=HashEmbedder(), chat_model=model)
+
+
+if __name__ == "__main__":
+    # Run as a script, this file's globals are not the module's: use the module, whose
+    # REPLIES the test has set.
+    from tests.scripted_app import build as scripted_build
+    from ui.shell import run
+
+    run(build=scripted_build)

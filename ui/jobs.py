@@ -1,0 +1,160 @@
+"""Ingests that run off the Streamlit script thread, so the page stays responsive.
+
+A ``JobBoard`` (one per server process) starts each upload batch in a thread and keeps its
+progress; pages poll it. No Streamlit here: the board is plain Python, testable alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from errors import KBError
+
+if TYPE_CHECKING:
+    from assistant import Assistant
+    from ingest import IngestProgress, IngestReport
+
+logger = logging.getLogger(__name__)
+JobState = Literal["queued", "waiting", "running", "done", "failed"]
+FileOutcome = Literal["added", "updated", "unchanged", "failed", "skipped"]
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What happened to one uploaded file."""
+
+    name: str
+    outcome: FileOutcome
+    reason: str = ""
+
+
+@dataclass
+class IngestJob:
+    """One upload batch being ingested into a knowledge base."""
+
+    job_id: int
+    kb: str
+    uploads: dict[str, str]  # stored path -> the name the user uploaded
+    state: JobState = "queued"
+    files_done: int = 0
+    chunks_done: int = 0
+    current: str | None = None
+    results: list[FileResult] = field(default_factory=list)
+    error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def files_total(self) -> int:
+        """Files in the batch."""
+        return len(self.uploads)
+
+    @property
+    def active(self) -> bool:
+        """Still queued or running."""
+        return self.state in ("queued", "waiting", "running")
+
+    @property
+    def fraction(self) -> float:
+        """Share of the files finished, 0..1."""
+        return 1.0 if not self.active else self.files_done / max(1, self.files_total)
+
+    @property
+    def seconds(self) -> float:
+        """Time since the batch started (until it finished)."""
+        return (self.finished or time.monotonic()) - self.started
+
+    def name_of(self, path: str) -> str:
+        """The uploaded name of a stored path."""
+        return (
+            self.uploads.get(path)
+            or self.uploads.get(str(Path(path).resolve()))
+            or (Path(path).name)
+        )
+
+
+class JobBoard:
+    """Every ingest started from the app in this server process."""
+
+    def __init__(self, keep: int = 20) -> None:
+        self._jobs: list[IngestJob] = []
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._keep = keep
+
+    def start(self, assistant: Assistant, kb: str, uploads: dict[Path, str]) -> IngestJob:
+        """Ingest the stored ``uploads`` (path -> uploaded name) into ``kb`` in a thread."""
+        names = {str(p): n for p, n in uploads.items()}
+        names.update({str(p.resolve()): n for p, n in uploads.items()})
+        with self._lock:
+            job = IngestJob(next(self._ids), kb, names)
+            self._jobs.append(job)
+            finished = [j for j in self._jobs if not j.active]
+            for old in finished[: max(0, len(finished) - self._keep)]:
+                self._jobs.remove(old)
+        paths = list(uploads)
+        thread = threading.Thread(
+            target=self._run, args=(job, assistant, paths), name=f"ingest-{job.job_id}", daemon=True
+        )
+        thread.start()
+        return job
+
+    def jobs(self, kb: str) -> list[IngestJob]:
+        """The jobs of one knowledge base, newest first."""
+        with self._lock:
+            return [j for j in reversed(self._jobs) if j.kb == kb]
+
+    def active(self, kb: str | None = None) -> list[IngestJob]:
+        """Jobs still running (of one knowledge base, or all)."""
+        with self._lock:
+            return [j for j in self._jobs if j.active and (kb is None or j.kb == kb)]
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Block until no job is running (for tests and shutdown); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.active():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    @staticmethod
+    def _run(job: IngestJob, assistant: Assistant, paths: list[Path]) -> None:
+        def progress(p: IngestProgress) -> None:
+            job.state = "running"
+            job.files_done, job.chunks_done = p.files_done, p.chunks_done
+            job.current = job.name_of(p.current) if p.current else None
+
+        def waiting() -> None:
+            job.state = "waiting"
+
+        job.state = "running"
+        try:
+            report = assistant.ingest(paths, kb=job.kb, progress=progress, on_wait=waiting)
+            job.results = _results(job, report)
+            job.files_done = job.files_total
+            job.state = "done"
+        except KBError as exc:
+            job.error, job.state = str(exc), "failed"
+        except Exception as exc:  # a bug must not vanish with the thread: show it on the page
+            logger.exception("ingest job %s failed", job.job_id)
+            job.error, job.state = f"unexpected error: {type(exc).__name__}: {exc}", "failed"
+        finally:
+            job.current = None
+            job.finished = time.monotonic()
+
+
+def _results(job: IngestJob, report: IngestReport) -> list[FileResult]:
+    groups: list[tuple[FileOutcome, list[str]]] = [
+        ("added", report.added), ("updated", report.updated), ("unchanged", report.unchanged),
+    ]  # fmt: skip
+    results = [FileResult(job.name_of(p), outcome) for outcome, paths in groups for p in paths]
+    results += [FileResult(job.name_of(f.path), "failed", f.error) for f in report.failed]
+    results += [FileResult(job.name_of(f.path), "skipped", f.error) for f in report.skipped]
+    return results

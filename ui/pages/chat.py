@@ -1,0 +1,188 @@
+"""Chat with a knowledge base: streamed answers, source cards, the trace, saved conversations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from chains.sessions import SessionInfo, StoredTurn
+from errors import KBError
+from ui.i18n import Text
+from ui.render import format_seconds, highlight_terms, highlighted, plain, where
+from ui.state import PageContext, current_context
+
+CURSOR = "▌"
+
+
+def render(ctx: PageContext) -> None:
+    """The chat page."""
+    t = ctx.t
+    st.title(t("chat.title", kb=ctx.kb))
+    if not ctx.assistant.library.exists(ctx.kb):
+        st.info(t("chat.no_kb", kb=ctx.kb))
+        st.page_link(
+            "ui/pages/documents.py", label=t("nav.documents"), icon=":material/folder_open:"
+        )
+        return
+    current = _conversations(ctx)
+    if current is not None:
+        for turn in ctx.assistant.chats.turns(current):
+            with st.chat_message("user"):
+                st.markdown(plain(turn.question))
+            with st.chat_message("assistant"):
+                show_answer(t, turn)
+    if question := st.chat_input(t("chat.placeholder")):
+        _ask(ctx, question, current)
+
+
+def _ask(ctx: PageContext, question: str, current: str | None) -> None:
+    t = ctx.t
+    with st.chat_message("user"):
+        st.markdown(plain(question))
+    with st.chat_message("assistant"):
+        box = st.empty()
+        box.caption(t("chat.thinking"))
+        pieces: list[str] = []
+
+        def on_token(piece: str) -> None:
+            pieces.append(piece)
+            box.markdown(plain("".join(pieces)) + CURSOR)
+
+        def on_wait() -> None:
+            box.info(t("chat.waiting_model"), icon=":material/hourglass_top:")
+
+        try:
+            if current is None:
+                current = ctx.assistant.new_session(ctx.kb)
+                st.session_state["chat"] = current
+            answer = ctx.assistant.ask(
+                question, kb=ctx.kb, session=current, on_token=on_token, on_wait=on_wait
+            )
+        except KBError as exc:
+            box.error(str(exc))
+            return
+        box.empty()
+        citations = answer.to_json()["citations"]
+        show_answer(t, StoredTurn(question, answer.answer, answer.refused, citations,
+                                  answer.trace, ""))  # fmt: skip
+    st.rerun()  # the conversation list shows the new title and order
+
+
+def show_answer(t: Text, turn: StoredTurn) -> None:
+    """An answer with its source cards and its trace (live and reopened alike)."""
+    if turn.refused:
+        st.warning(plain(turn.answer), icon=":material/block:")
+        st.caption(t("chat.refused_note"))
+    else:
+        st.markdown(plain(turn.answer))
+        terms = highlight_terms(turn.question, turn.answer)
+        if turn.citations:
+            st.caption(t("chat.sources", n=len(turn.citations)))
+        for c in turn.citations:
+            _source_card(t, c, terms)
+        if not turn.citations:
+            st.caption(t("chat.no_citations"))
+    _trace(t, turn.trace)
+
+
+def _source_card(t: Text, c: dict[str, Any], terms: list[str]) -> None:
+    name = Path(c["source"]).name
+    label = f"[{c['n']}] " + where(name, c.get("page"), c.get("sheet"), t("where.page"),
+                                   t("where.sheet"))  # fmt: skip
+    if c.get("inferred"):
+        label += " · " + t("chat.inferred")
+    with st.expander(plain(label), icon=":material/description:"):
+        if c.get("heading"):
+            st.markdown(f"**{plain(c['heading'])}**")
+        st.markdown(highlighted(c.get("text", ""), terms))
+
+
+def _trace(t: Text, trace: dict[str, Any]) -> None:
+    with st.expander(t("trace.title"), icon=":material/troubleshoot:"):
+        st.markdown(f"**{t('trace.query')}:** {plain(str(trace.get('standalone_query', '')))}")
+        cols = st.columns(4)
+        cols[0].metric(t("trace.prompt_tokens"), trace.get("prompt_tokens", "—"))
+        cols[1].metric(t("trace.ttft"), format_seconds(trace.get("time_to_first_token_s")))
+        speed = trace.get("tokens_per_s")
+        cols[2].metric(t("trace.speed"), "—" if speed is None else f"{speed:.1f}")
+        cols[3].metric(t("trace.total"), format_seconds(trace.get("total_s")))
+        if trace.get("waited_for_model_s"):
+            st.caption(t("trace.waited", seconds=f"{trace['waited_for_model_s']:.1f}"))
+        if reason := trace.get("refused_because"):
+            ev = trace.get("evidence", {})
+            st.caption(t("trace.refused", reason=reason, dense=ev.get("dense"),
+                         coverage=ev.get("coverage")))  # fmt: skip
+        in_prompt = {s["chunk_id"]: s["n"] for s in trace.get("in_prompt", [])}
+        rows = [
+            {t("trace.rank"): c["rank"], t("trace.file"): Path(c["source"]).name,
+             t("trace.page"): c.get("page") or "", t("trace.dense"): c.get("dense"),
+             t("trace.keyword"): c.get("keyword"), t("trace.fused"): c.get("fused"),
+             t("trace.in_prompt"): f"[{in_prompt[c['chunk_id']]}]"
+             if c["chunk_id"] in in_prompt else ""}
+            for c in trace.get("candidates", [])
+        ]  # fmt: skip
+        if rows:
+            st.caption(t("trace.retrieved"))
+            st.dataframe(rows, hide_index=True, width="stretch")
+        if dropped := trace.get("dropped"):
+            st.caption(t("trace.dropped", n=len(dropped)))
+
+
+def _conversations(ctx: PageContext) -> str | None:
+    """The sidebar's conversation list; returns the open conversation (None: a new one)."""
+    t = ctx.t
+    sessions = [s for s in ctx.assistant.chats.sessions() if s.kb == ctx.kb]
+    ids = [s.session_id for s in sessions]
+    current = st.session_state.get("chat")
+    if current not in ids:
+        current = None
+    side = st.sidebar
+    side.subheader(t("chat.conversations"))
+    if side.button(t("chat.new"), icon=":material/add:", width="stretch"):
+        st.session_state["chat"] = None
+        st.rerun()
+    if not sessions:
+        side.caption(t("chat.none_saved"))
+        return None
+    by_id = {s.session_id: s for s in sessions}
+    options = [None, *ids]
+    chosen = side.radio(
+        t("chat.open"), options, index=options.index(current),
+        format_func=lambda i: t("chat.new_label") if i is None else _label(by_id[i]),
+    )  # fmt: skip
+    if chosen != current:
+        st.session_state["chat"] = chosen
+        st.rerun()
+    if chosen is not None:
+        _manage(ctx, by_id[chosen])
+    return chosen
+
+
+def _label(info: SessionInfo) -> str:
+    when = datetime.fromisoformat(info.updated_at).astimezone().strftime("%m-%d %H:%M")
+    return f"{info.title or '…'} · {when}"
+
+
+def _manage(ctx: PageContext, info: SessionInfo) -> None:
+    t = ctx.t
+    with st.sidebar.expander(t("chat.manage")):
+        title = st.text_input(t("chat.rename"), value=info.title, key=f"rename-{info.session_id}")
+        if st.button(t("chat.save_title")) and title.strip() and title != info.title:
+            ctx.assistant.chats.rename(info.session_id, title)
+            st.rerun()
+        st.download_button(
+            t("chat.export"), ctx.assistant.chats.export_markdown(info.session_id),
+            file_name=f"conversation-{info.session_id}.md", mime="text/markdown",
+            icon=":material/download:",
+        )  # fmt: skip
+        if st.button(t("chat.delete"), icon=":material/delete:"):
+            ctx.assistant.chats.delete(info.session_id)
+            st.session_state["chat"] = None
+            st.rerun()
+
+
+if __name__ == "__main__":  # run by st.navigation as a page
+    render(current_context())

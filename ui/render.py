@@ -1,0 +1,93 @@
+"""Text that is safe to show, and small decisions about how to show results (no Streamlit).
+
+Model output and document text go through ``plain``: every Markdown and HTML character is
+escaped, so an answer or a passage cannot inject markup, and an ``![](http://host/?q=...)`` in
+it stays text: the browser fetches nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from vectorstore.keywords import content_words
+
+# Every ASCII punctuation character may be backslash-escaped in CommonMark; escaping them all
+# leaves no way to open a link, an image, HTML, emphasis, a table, maths or a colour directive.
+_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+HIGHLIGHT = ":orange-background[{}]"
+
+
+def plain(text: str) -> str:
+    """``text`` as Markdown that renders exactly as written (line breaks kept)."""
+    escaped = _PUNCTUATION.sub(r"\\\1", text)
+    return escaped.replace("\r\n", "\n").replace("\n", "  \n")
+
+
+def highlight_terms(*texts: str) -> list[str]:
+    """The words worth highlighting in a passage: content words of the question and answer."""
+    words = {w for t in texts for w in content_words(t) if len(w) > 1 or _CJK.match(w)}
+    return sorted(words, key=len, reverse=True)
+
+
+def highlighted(passage: str, terms: Iterable[str]) -> str:
+    """``passage`` as safe Markdown with every occurrence of ``terms`` highlighted."""
+    patterns = [
+        re.escape(t) if _CJK.search(t) else rf"(?<![^\W_]){re.escape(t)}(?![^\W_])" for t in terms
+    ]
+    if not patterns:
+        return plain(passage)
+    finder = re.compile("|".join(patterns), re.IGNORECASE)
+    out: list[str] = []
+    position = 0
+    for match in finder.finditer(passage):
+        out.append(plain(passage[position : match.start()]))
+        out.append(HIGHLIGHT.format(plain(match.group())))
+        position = match.end()
+    out.append(plain(passage[position:]))
+    return "".join(out)
+
+
+def where(name: str, page: int | None, sheet: str | None, page_word: str, sheet_word: str) -> str:
+    """``file — page 2`` / ``file — sheet Sales``."""
+    parts = [name]
+    if page:
+        parts.append(page_word.format(page=page))
+    if sheet:
+        parts.append(sheet_word.format(sheet=sheet))
+    return " — ".join(parts)
+
+
+ChartKind = Literal["bar", "line"]
+MAX_CHART_ROWS = 50
+
+
+def chart_kind(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> ChartKind | None:
+    """A chart for a small numeric series: labels in the first column, numbers in the others.
+
+    A line when the labels are ordered quantities (years, dates, numbers), bars otherwise;
+    None when the result is not such a series (one row, too many rows, non-numeric values).
+    """
+    if len(columns) < 2 or not 2 <= len(rows) <= MAX_CHART_ROWS:
+        return None
+    values = [r[1:] for r in rows]
+    if not all(_is_number(v) for row in values for v in row):
+        return None
+    labels = [r[0] for r in rows]
+    if any(v is None for v in labels):
+        return None
+    ordered = all(_is_number(v) or isinstance(v, date | datetime) for v in labels)
+    return "line" if ordered else "bar"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal) and not isinstance(value, bool)
+
+
+def format_seconds(value: float | None) -> str:
+    """``1.23 s`` or an em dash."""
+    return "—" if value is None else f"{value:.2f} s"

@@ -18,7 +18,9 @@ PAGES = Path(__file__).parent / "pages"
 
 def run(build: Build = build_assistant) -> None:
     """Draw the app (``app.py`` calls this; tests pass their own ``build``)."""
-    st.set_page_config(page_title="kb-assistant", page_icon=":material/menu_book:", layout="wide")
+    # Page icons become the favicon: emoji are drawn locally (a data: URL), whereas a
+    # ":material/...:" icon would make the browser fetch it from fonts.gstatic.com.
+    st.set_page_config(page_title="kb-assistant", page_icon="📚", layout="wide")
     try:
         settings = load_settings()
     except KBError as exc:  # a broken config file must not hide the app behind a traceback
@@ -32,12 +34,12 @@ def run(build: Build = build_assistant) -> None:
     kb = _kb_picker(assistant, t)
     set_context(PageContext(assistant, settings, kb, t, job_board(str(settings.home))))
     pages = [
-        st.Page(PAGES / "documents.py", title=t("nav.documents"), icon=":material/folder_open:",
+        st.Page(PAGES / "documents.py", title=t("nav.documents"), icon="📁",
                 url_path="documents", default=True),
-        st.Page(PAGES / "chat.py", title=t("nav.chat"), icon=":material/chat:", url_path="chat"),
-        st.Page(PAGES / "tables.py", title=t("nav.tables"), icon=":material/table:",
+        st.Page(PAGES / "chat.py", title=t("nav.chat"), icon="💬", url_path="chat"),
+        st.Page(PAGES / "tables.py", title=t("nav.tables"), icon="📊",
                 url_path="tables"),
-        st.Page(PAGES / "settings_page.py", title=t("nav.settings"), icon=":material/settings:",
+        st.Page(PAGES / "settings_page.py", title=t("nav.settings"), icon="⚙️",
                 url_path="settings"),
     ]  # fmt: skip
     st.navigation(pages).run()

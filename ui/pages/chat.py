@@ -56,7 +56,7 @@ def _ask(ctx: PageContext, question: str, current: str | None) -> None:
 
         try:
             if current is None:
-                current = ctx.assistant.new_session(ctx.kb)
+                current = ctx.assistant.new_session(ctx.kb, title=question)
                 st.session_state["chat"] = current
             answer = ctx.assistant.ask(
                 question, kb=ctx.kb, session=current, on_token=on_token, on_wait=on_wait

@@ -1,0 +1,111 @@
+"""End to end in a real browser with the embedded models: upload a PDF, ask, see the source.
+
+Debian's chromium driven by Playwright against ``streamlit run app.py`` on a loopback port.
+The screenshot is kept in ``test-artifacts/`` (CI keeps it; git ignores it).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser import ROOT, RequestLog, browser_missing, chromium, serve_app, wait_idle
+from tests.files import make_pdf
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or ""),
+]
+ARTIFACTS = ROOT / "test-artifacts"
+QUESTION = "What is the maximum pressure of the Zephyr-9 pump?"
+TWO_QUESTIONS = ["How often must the Zephyr-9 pump be serviced?", "Zephyr-9 pump maximum pressure?"]
+PAGES = [
+    "Cafeteria hours. The staff cafeteria opens at 8 in the morning and closes at 3 in the "
+    "afternoon. Coffee is free on Fridays.",
+    "Pump specifications. The Zephyr-9 pump has a maximum pressure of 42 bar. It must be "
+    "serviced every 500 hours. Logo: ![logo](http://203.0.113.9/pixel.png?leak=zephyr)",
+]
+
+
+def test_upload_a_pdf_ask_and_see_the_page_2_source(kb_home: Path, model_cache: Path) -> None:
+    pdf = make_pdf(kb_home.parent / "pump.pdf", PAGES)
+    env = {"KB_MODEL_CACHE": str(model_cache), "KB_TEMPERATURE": "0", "KB_SEED": "1"}
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serve_app(kb_home, env) as server, chromium() as browser:
+        requests = RequestLog()
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        context.on("request", requests.record)
+        page = context.new_page()
+        page.goto(server.url)
+        page.get_by_text("Documents in default").wait_for(timeout=60_000)
+        page.locator('input[type="file"]').first.set_input_files(str(pdf))
+        page.get_by_role("button", name=re.compile(r"Add 1 file")).click()
+        page.get_by_text(re.compile(r"Indexed in .* 1 added")).wait_for(timeout=180_000)
+        page.get_by_role("link", name="Chat").click()
+        chat = page.get_by_placeholder("Ask a question about your documents")
+        chat.fill(QUESTION)
+        chat.press("Enter")
+        card = page.get_by_text(re.compile(r"\[\d\] pump\.pdf — page 2"))
+        card.first.wait_for(timeout=180_000)
+        wait_idle(page)
+        page.screenshot(path=str(ARTIFACTS / "browser-answer.png"), full_page=True)
+        answers = page.locator('[data-testid="stChatMessage"]').all_inner_texts()
+        assert len(answers) >= 2
+        answer = answers[1]
+        assert "do not cover" not in answer and "don't cover" not in answer, answer
+        assert len(answer.strip()) > 20, answer
+        card.first.click()  # open the card: the passage shows, the image link stays text
+        page.get_by_text(re.compile(r"!\[logo\]\(http://203\.0\.113\.9")).first.wait_for()
+        time.sleep(0.5)
+        page.screenshot(path=str(ARTIFACTS / "browser-source-card.png"), full_page=True)
+        assert requests.off_machine() == [], requests.off_machine()
+        _two_tabs_queue(context, server.url)
+        assert requests.off_machine() == [], requests.off_machine()
+        context.close()
+    waits = [t.trace.get("waited_for_model_s", 0) for t in _stored_turns(kb_home)]
+    assert len(waits) == 3 and max(waits) > 0, waits
+
+
+def _two_tabs_queue(context: Any, url: str) -> None:
+    """Two tabs ask at once: both are answered, one after the other, and one says it waits."""
+    tabs = [context.new_page(), context.new_page()]
+    for tab in tabs:
+        tab.goto(f"{url}/chat")
+        tab.get_by_placeholder("Ask a question about your documents").wait_for(timeout=60_000)
+    for tab, question in zip(tabs, TWO_QUESTIONS, strict=True):
+        box = tab.get_by_placeholder("Ask a question about your documents")
+        box.fill(question)
+    for tab in tabs:
+        tab.get_by_placeholder("Ask a question about your documents").press("Enter")
+    saw_waiting = False
+    deadline = time.monotonic() + 240
+    done = [False, False]
+    while not all(done) and time.monotonic() < deadline:
+        for i, tab in enumerate(tabs):
+            saw_waiting |= tab.get_by_text("Waiting for the model").count() > 0
+            done[i] = tab.get_by_text("Why this answer").count() > 0
+        time.sleep(0.1)
+    for i, tab in enumerate(tabs):
+        if all(done):
+            wait_idle(tab)
+        tab.screenshot(path=str(ARTIFACTS / f"browser-tab-{i + 1}.png"), full_page=True)
+    assert all(done), "both tabs get their answer"
+    assert saw_waiting, "the second tab says it is waiting for the model"
+    for tab, question in zip(tabs, TWO_QUESTIONS, strict=True):
+        messages = tab.locator('[data-testid="stChatMessage"]').all_inner_texts()
+        assert question in messages[0] and "Why this answer" in messages[1], messages
+        assert len(messages[1].split("Why this answer")[0].strip()) > 20, messages
+
+
+def _stored_turns(home: Path) -> list[Any]:
+    from chains.sessions import ChatStore
+
+    store = ChatStore(home / "chats.sqlite")
+    try:
+        return [t for s in store.sessions() for t in store.turns(s.session_id)]
+    finally:
+        store.close()

@@ -405,7 +405,10 @@ def chat(
                 click.echo(f"you> {turn.question}\n{turn.answer}\n")
         else:
             session_id = assistant.new_session(kb_name)
-    click.echo(f"Session {session_id} — ask a question; /exit or Ctrl-D to leave.", err=True)
+    click.echo(
+        f"Session {session_id} — ask a question; /new starts another conversation, "
+        "/exit or Ctrl-D leaves.", err=True,
+    )  # fmt: skip
     while True:
         try:
             question = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
@@ -413,6 +416,12 @@ def chat(
             break
         if question.strip() in {"/exit", "/quit"}:
             break
+        if question.strip() == "/new":
+            click.echo(f"Saved. Resume with: kb chat --session {session_id}", err=True)
+            with reported(False):
+                session_id = assistant.new_session(assistant.chats.get(session_id).kb)
+            click.echo(f"Session {session_id}", err=True)
+            continue
         if not question.strip():
             continue
         with reported(False):

@@ -130,8 +130,11 @@ def chromium() -> Iterator[Any]:
 
 
 def wait_idle(page: Any, timeout: float = 120_000) -> None:
-    """Wait until the app's script run has finished (Streamlit's running indicator is gone)."""
-    page.wait_for_timeout(300)  # let a rerun that was just triggered start
+    """Wait until the app's script has stopped running (Streamlit marks its state on stApp)."""
+    page.wait_for_timeout(200)  # let a rerun that was just triggered start
     page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout
+        """() => { const app = document.querySelector('[data-testid="stApp"]');
+                   const state = app && app.getAttribute('data-test-script-state');
+                   return state === 'notRunning'; }""",
+        timeout=timeout,
     )

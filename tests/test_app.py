@@ -187,9 +187,10 @@ def test_conversations_reopen_rename_export_and_delete(kb_home: Path, tmp_path: 
     # A new browser session: the conversation is listed and reopens with its answer.
     st.cache_resource.clear()
     at = open_app(CHAT)
-    radio = at.sidebar.radio[0]
-    assert len(radio.options) == 2
-    radio.set_value(radio.options[1]).run()
+    listed = [b for b in at.sidebar.button if (b.key or "").startswith("open-")]
+    assert len(listed) == 1 and listed[0].label.startswith("How are network interfaces")
+    assert "ifupdown" not in markdown(at), "a new browser session starts a new conversation"
+    listed[0].click().run()
     assert "ifupdown configures network interfaces" in markdown(at)
     at.sidebar.text_input[-1].input("Interfaces").run()
     next(b for b in at.sidebar.button if b.label == "Rename").click().run()

@@ -158,3 +158,54 @@ def _results(job: IngestJob, report: IngestReport) -> list[FileResult]:
     results += [FileResult(job.name_of(f.path), "failed", f.error) for f in report.failed]
     results += [FileResult(job.name_of(f.path), "skipped", f.error) for f in report.skipped]
     return results
+
+
+@dataclass
+class AnswerJob:
+    """One question being answered in a thread: the page streams ``text`` as it grows, and a
+    rerun of the page (a click, a new question, leaving the page) does not lose the answer."""
+
+    question: str
+    kb: str
+    session: str
+    text: str = ""
+    waiting: bool = False  # another question holds the model
+    done: bool = False
+    refused: bool = False
+    error: str | None = None
+    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
+
+    def wait_for_change(self, seen: int, timeout: float = 0.5) -> None:
+        """Block until the text is longer than ``seen`` characters, the job ends, or timeout."""
+        with self._changed:
+            self._changed.wait_for(
+                lambda: self.done or len(self.text) > seen or self.waiting, timeout
+            )
+
+    def _update(self, **changes: object) -> None:
+        with self._changed:
+            for name, value in changes.items():
+                setattr(self, name, value)
+            self._changed.notify_all()
+
+
+def start_answer(assistant: Assistant, kb: str, session: str, question: str) -> AnswerJob:
+    """Answer ``question`` in conversation ``session`` in a thread (the turn is saved by it)."""
+    job = AnswerJob(question, kb, session)
+
+    def run() -> None:
+        try:
+            answer = assistant.ask(
+                question, kb=kb, session=session,
+                on_token=lambda piece: job._update(text=job.text + piece, waiting=False),
+                on_wait=lambda: job._update(waiting=True),
+            )  # fmt: skip
+            job._update(text=answer.answer, refused=answer.refused, done=True, waiting=False)
+        except KBError as exc:
+            job._update(error=str(exc), done=True, waiting=False)
+        except Exception as exc:  # shown on the page rather than lost with the thread
+            logger.exception("answer failed")
+            job._update(error=f"unexpected error: {type(exc).__name__}: {exc}", done=True)
+
+    threading.Thread(target=run, name="answer", daemon=True).start()
+    return job

@@ -9,8 +9,8 @@ from typing import Any
 import streamlit as st
 
 from chains.sessions import SessionInfo, StoredTurn
-from errors import KBError
 from ui.i18n import Text
+from ui.jobs import AnswerJob, start_answer
 from ui.render import format_seconds, highlight_terms, highlighted, plain, where
 from ui.state import PageContext, current_context
 
@@ -23,52 +23,58 @@ def render(ctx: PageContext) -> None:
     st.title(t("chat.title", kb=ctx.kb))
     if not ctx.assistant.library.exists(ctx.kb):
         st.info(t("chat.no_kb", kb=ctx.kb))
-        st.page_link(
-            "ui/pages/documents.py", label=t("nav.documents"), icon=":material/folder_open:"
-        )
+        st.page_link("ui/pages/documents.py", label=t("nav.documents"), icon="📁")
         return
-    current = _conversations(ctx)
+    current = st.session_state.get("chat")
+    if current not in {s.session_id for s in _sessions(ctx)}:
+        current = None
+    job: AnswerJob | None = st.session_state.get("answering")
+    busy = job is not None and not job.done
+    # One question at a time per tab: while it is answered the box is disabled.
+    question = st.chat_input(t("chat.placeholder"), disabled=busy)
+    if question and not busy and current is None:
+        current = ctx.assistant.new_session(ctx.kb, title=question)
+        st.session_state["chat"] = current
+    _conversations(ctx, current)
     if current is not None:
         for turn in ctx.assistant.chats.turns(current):
             with st.chat_message("user"):
                 st.markdown(plain(turn.question))
             with st.chat_message("assistant"):
                 show_answer(t, turn)
-    if question := st.chat_input(t("chat.placeholder")):
-        _ask(ctx, question, current)
+    if question and not busy and current is not None:
+        # Started after the conversation is drawn: drawing it while llama.cpp reads the
+        # prompt slowed the first token by ~20% on 2 cores (bench/ui_latency.py).
+        job = start_answer(ctx.assistant, ctx.kb, current, question)
+        st.session_state["answering"] = job
+    if job is not None and job.session == current:
+        _follow(t, job)
 
 
-def _ask(ctx: PageContext, question: str, current: str | None) -> None:
-    t = ctx.t
+def _sessions(ctx: PageContext) -> list[SessionInfo]:
+    return [s for s in ctx.assistant.chats.sessions() if s.kb == ctx.kb]
+
+
+def _follow(t: Text, job: AnswerJob) -> None:
+    """Stream a running answer as it grows; when it is done, show the saved conversation."""
     with st.chat_message("user"):
-        st.markdown(plain(question))
+        st.markdown(plain(job.question))
     with st.chat_message("assistant"):
         box = st.empty()
         box.caption(t("chat.thinking"))
-        pieces: list[str] = []
-
-        def on_token(piece: str) -> None:
-            pieces.append(piece)
-            box.markdown(plain("".join(pieces)) + CURSOR)
-
-        def on_wait() -> None:
-            box.info(t("chat.waiting_model"), icon=":material/hourglass_top:")
-
-        try:
-            if current is None:
-                current = ctx.assistant.new_session(ctx.kb, title=question)
-                st.session_state["chat"] = current
-            answer = ctx.assistant.ask(
-                question, kb=ctx.kb, session=current, on_token=on_token, on_wait=on_wait
-            )
-        except KBError as exc:
-            box.error(str(exc))
-            return
-        box.empty()
-        citations = answer.to_json()["citations"]
-        show_answer(t, StoredTurn(question, answer.answer, answer.refused, citations,
-                                  answer.trace, ""))  # fmt: skip
-    st.rerun()  # the conversation list shows the new title and order
+        shown = 0
+        while not job.done:
+            job.wait_for_change(shown)
+            if job.waiting and not job.text:
+                box.info(t("chat.waiting_model"), icon=":material/hourglass_top:")
+            elif len(job.text) > shown:
+                shown = len(job.text)
+                box.markdown(plain(job.text) + CURSOR)
+        if job.error:
+            box.error(job.error)
+    del st.session_state["answering"]
+    if job.error is None:
+        st.rerun()  # the turn is saved: show it with its sources and trace
 
 
 def show_answer(t: Text, turn: StoredTurn) -> None:
@@ -131,34 +137,27 @@ def _trace(t: Text, trace: dict[str, Any]) -> None:
             st.caption(t("trace.dropped", n=len(dropped)))
 
 
-def _conversations(ctx: PageContext) -> str | None:
-    """The sidebar's conversation list; returns the open conversation (None: a new one)."""
+def _conversations(ctx: PageContext, current: str | None) -> None:
+    """The sidebar: a new conversation, the saved ones (the open one highlighted)."""
     t = ctx.t
-    sessions = [s for s in ctx.assistant.chats.sessions() if s.kb == ctx.kb]
-    ids = [s.session_id for s in sessions]
-    current = st.session_state.get("chat")
-    if current not in ids:
-        current = None
+    sessions = _sessions(ctx)
     side = st.sidebar
     side.subheader(t("chat.conversations"))
-    if side.button(t("chat.new"), icon=":material/add:", width="stretch"):
+    if side.button(t("chat.new"), icon=":material/add:", width="stretch", key="new-chat"):
         st.session_state["chat"] = None
         st.rerun()
     if not sessions:
         side.caption(t("chat.none_saved"))
-        return None
-    by_id = {s.session_id: s for s in sessions}
-    options = [None, *ids]
-    chosen = side.radio(
-        t("chat.open"), options, index=options.index(current),
-        format_func=lambda i: t("chat.new_label") if i is None else _label(by_id[i]),
-    )  # fmt: skip
-    if chosen != current:
-        st.session_state["chat"] = chosen
-        st.rerun()
-    if chosen is not None:
-        _manage(ctx, by_id[chosen])
-    return chosen
+        return
+    # Buttons, not a radio: a radio's value lives in the browser too, and a stale one would
+    # switch conversations behind the user's back after "New conversation" or a new question.
+    for info in sessions:
+        kind: Any = "primary" if info.session_id == current else "tertiary"
+        if side.button(_label(info), key=f"open-{info.session_id}", type=kind, width="stretch"):
+            st.session_state["chat"] = info.session_id
+            st.rerun()
+        if info.session_id == current:
+            _manage(ctx, info)
 
 
 def _label(info: SessionInfo) -> str:

@@ -325,7 +325,7 @@ class Assistant:
         """The answering chain over one knowledge base."""
         s = self.settings
         params = RagParams(
-            candidates=s.retrieval_k, max_sources=s.max_sources,
+            candidates=max(s.retrieval_k, s.max_sources), max_sources=s.max_sources,
             source_token_budget=s.source_token_budget, answer_tokens=s.max_tokens,
             min_dense=s.abstain_min_dense, min_coverage=s.abstain_min_coverage,
             language=None if s.answer_language == "auto" else s.answer_language,

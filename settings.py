@@ -210,14 +210,6 @@ class Settings(BaseSettings):
             )
         return self
 
-    @model_validator(mode="after")
-    def _sources_within_retrieved(self) -> Settings:
-        if self.max_sources > self.retrieval_k:
-            raise ValueError(
-                f"max_sources ({self.max_sources}) must not exceed retrieval_k ({self.retrieval_k})"
-            )
-        return self
-
     @property
     def config_file(self) -> Path:
         """Where persistent settings live."""

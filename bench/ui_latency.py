@@ -32,7 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import machine  # noqa: E402
+from measure import machine  # noqa: E402
+
 from tests.browser import chromium, serve_app, wait_idle  # noqa: E402
 from tests.files import make_pdf  # noqa: E402
 

@@ -51,9 +51,9 @@ class AppServer:
 
 
 @contextmanager
-def serve_app(home: Path, env: dict[str, str] | None = None, timeout: float = 120) -> Iterator[
-    AppServer
-]:
+def serve_app(
+    home: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[AppServer]:
     """Start the app on a free loopback port with ``KB_HOME=home``; stop it afterwards."""
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KB_")}

@@ -121,9 +121,7 @@ def test_kb_app_refuses_the_network_without_a_password(kb_home: Path) -> None:
     assert out.exit_code == 2 and "password" in out.output
 
 
-def test_the_answer_language_setting_overrides_the_question(
-    kb_home: Path, tmp_path: Path
-) -> None:
+def test_the_answer_language_setting_overrides_the_question(kb_home: Path, tmp_path: Path) -> None:
     from assistant import build_assistant
     from models.embeddings import HashEmbedder
 

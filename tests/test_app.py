@@ -256,7 +256,6 @@ def test_a_database_url_that_does_not_open_is_reported(kb_home: Path, tmp_path: 
 def test_settings_persist_between_runs(kb_home: Path) -> None:
     at = open_app(SETTINGS)
     assert any(m.label == "RAM needed" for m in at.metric), "memory estimate before loading"
-    at.number_input(key=None) if False else None
     inputs = {n.label: n for n in at.number_input}
     inputs["Context size (tokens)"].set_value(2048)
     inputs["Passages retrieved (k)"].set_value(12)

@@ -243,12 +243,7 @@ class _ConfigFileSource(PydanticBaseSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls)
         path = _config_file.get()
-        self._data: dict[str, Any] = {}
-        if path is not None and path.is_file():
-            try:
-                self._data = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{path}: not valid TOML ({exc}); fix or delete it") from exc
+        self._data = _read_config(path) if path is not None else {}
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return self._data.get(field_name), field_name, False
@@ -300,13 +295,7 @@ def save_settings(
     )
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(unknown)}; 'kb config' lists them")
-    current: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            current = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc}); fix or delete it") from exc
-    merged = {k: v for k, v in {**current, **updates}.items() if k not in remove}
+    merged = {k: v for k, v in {**_read_config(path), **updates}.items() if k not in remove}
     merged = {k: v for k, v in merged.items() if v is not None}
     try:
         Settings(**{**merged, "home": home})
@@ -322,6 +311,20 @@ def save_settings(
         temp.chmod(0o600)  # it holds a secret
     temp.replace(path)
     return load_settings(home)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The config file's values ({} when there is none).
+
+    Raises:
+        ConfigError: it is not valid TOML.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix or delete it") from exc
 
 
 def _toml_value(value: Any) -> str:

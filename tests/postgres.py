@@ -10,13 +10,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.ports import free_port
 
 _TYPES = {"INTEGER": "integer", "NUMERIC": "numeric", "DATETIME": "timestamp"}
 
@@ -30,12 +31,6 @@ def server_bin() -> Path | None:
     return Path(folders[-1]) if folders else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def postgres_server() -> Iterator[str]:
     """Run a server; yields the URL of its ``postgres`` database (user ``kb``, trust auth)."""
@@ -45,7 +40,7 @@ def postgres_server() -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="kb-test-pg-"))  # not under a root-only folder
     if user:
         shutil.chown(folder, user)
-    data, port = folder / "data", _free_port()
+    data, port = folder / "data", free_port()
 
     def run(*args: str) -> None:
         done = subprocess.run(

@@ -25,8 +25,9 @@ def render(ctx: PageContext) -> None:
         st.info(t("chat.no_kb", kb=ctx.kb))
         st.page_link("ui/pages/documents.py", label=t("nav.documents"), icon="📁")
         return
+    sessions = [s for s in ctx.assistant.chats.sessions() if s.kb == ctx.kb]
     current = st.session_state.get("chat")
-    if current not in {s.session_id for s in _sessions(ctx)}:
+    if current not in {s.session_id for s in sessions}:
         current = None
     job: AnswerJob | None = st.session_state.get("answering")
     busy = job is not None and not job.done
@@ -35,7 +36,8 @@ def render(ctx: PageContext) -> None:
     if question and not busy and current is None:
         current = ctx.assistant.new_session(ctx.kb, title=question)
         st.session_state["chat"] = current
-    _conversations(ctx, current)
+        sessions = [ctx.assistant.chats.get(current), *sessions]
+    _conversations(ctx, sessions, current)
     if current is not None:
         for turn in ctx.assistant.chats.turns(current):
             with st.chat_message("user"):
@@ -49,10 +51,6 @@ def render(ctx: PageContext) -> None:
         st.session_state["answering"] = job
     if job is not None and job.session == current:
         _follow(t, job)
-
-
-def _sessions(ctx: PageContext) -> list[SessionInfo]:
-    return [s for s in ctx.assistant.chats.sessions() if s.kb == ctx.kb]
 
 
 def _follow(t: Text, job: AnswerJob) -> None:
@@ -137,10 +135,9 @@ def _trace(t: Text, trace: dict[str, Any]) -> None:
             st.caption(t("trace.dropped", n=len(dropped)))
 
 
-def _conversations(ctx: PageContext, current: str | None) -> None:
+def _conversations(ctx: PageContext, sessions: list[SessionInfo], current: str | None) -> None:
     """The sidebar: a new conversation, the saved ones (the open one highlighted)."""
     t = ctx.t
-    sessions = _sessions(ctx)
     side = st.sidebar
     side.subheader(t("chat.conversations"))
     if side.button(t("chat.new"), icon=":material/add:", width="stretch", key="new-chat"):

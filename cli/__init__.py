@@ -1,0 +1,11 @@
+"""The ``kb`` command: a thin client of ``assistant.Assistant``.
+
+Exit codes: 0 success; 1 an error (message on stderr, and ``{"error": ...}`` on stdout with
+``--json``); 2 a usage error; 3 ``ingest`` finished but some files failed; 130 interrupted.
+Each module registers its commands on ``main`` when imported.
+"""
+
+from cli import admin, answers, documents, tables  # noqa: F401  (register the commands)
+from cli.base import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL, main
+
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_PARTIAL", "main"]

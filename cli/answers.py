@@ -1,0 +1,185 @@
+"""``kb ask``, ``agent``, ``chat``, ``doctor``: answers from the chat model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cli.base import (
+    Context,
+    emit,
+    json_option,
+    kb_option,
+    main,
+    model_options,
+    reported,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+def _waiting() -> None:
+    click.echo("(waiting for the model: another question is being answered)", err=True)
+
+
+@main.command()
+@click.argument("question")
+@kb_option
+@json_option
+@model_options
+@click.pass_obj
+def ask(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> None:
+    """Answer QUESTION from a knowledge base, citing sources as [1], [2]..."""
+    with reported(as_json):
+        stream = None if as_json else _echo_stream
+        answer = ctx.assistant().ask(question, kb=kb_name, on_token=stream, on_wait=_waiting)
+    if as_json:
+        emit(answer.to_json(), True, lambda: None)
+    else:
+        click.echo()
+        _print_sources(answer)
+
+
+def _echo_stream(piece: str) -> None:
+    click.echo(piece, nl=False)
+
+
+def _print_sources(answer: Any) -> None:
+    if answer.refused or not answer.sources:
+        return
+    if answer.citations:
+        click.echo("\nSources:")
+    else:
+        click.echo("\nThe answer cites no source; the passages it was given:")
+    for c in answer.citations or answer.sources:
+        where = (
+            c.name
+            + (f", page {c.page}" if c.page else "")
+            + (f", sheet {c.sheet}" if c.sheet else "")
+        )
+        where += f" — {c.heading}" if c.heading else ""
+        note = " (not cited inline; its words are in the answer)" if c.inferred else ""
+        snippet = " ".join(c.text.split())
+        click.echo(f"  [{c.n}] {where}{note}")
+        click.echo(f"      {snippet[:160]}{'…' if len(snippet) > 160 else ''}")
+
+
+@main.command()
+@click.argument("question")
+@kb_option
+@json_option
+@model_options
+@click.pass_obj
+def agent(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> None:
+    """Answer QUESTION with tools: document search, table listing and read-only SQL.
+
+    The SQL that ran and the rows it returned are shown with the answer.
+    """
+    from chains.agent import AgentStep, rows_text
+
+    def step(s: AgentStep) -> None:
+        shown = ", ".join(f"{k}={v!r}" for k, v in s.input.items())
+        first = s.output.strip().splitlines()[0] if s.output.strip() else ""
+        mark = "✗" if s.error else "→"
+        click.echo(f"{mark} {s.tool}({shown})", err=True)
+        if s.error:
+            click.echo(f"  {first}", err=True)
+
+    with reported(as_json):
+        result = ctx.assistant().agent(question, kb=kb_name, on_step=None if as_json else step)
+    if as_json:
+        emit(result.to_json(), True, lambda: None)
+        return
+    click.echo(result.answer)
+    for sql in result.sql:
+        click.echo(f"\nSQL: {sql}")
+    if result.rows:
+        lines = rows_text(result.columns, result.rows).splitlines()
+        click.echo("Rows:\n" + "\n".join("  " + line for line in lines))
+    for c in result.citations:
+        where = c["source"] + (f", page {c['page']}" if c.get("page") else "")
+        click.echo(f"  [{c['n']}] {where}")
+    if result.stopped:
+        click.echo(f"(stopped: {result.stopped})", err=True)
+
+
+@main.command()
+@kb_option
+@click.option("--session", "session_id", metavar="ID", help="Resume a saved conversation.")
+@click.option("--list", "list_only", is_flag=True, help="List saved conversations and exit.")
+@json_option
+@model_options
+@click.pass_obj
+def chat(
+    ctx: Context, kb_name: str | None, session_id: str | None, list_only: bool, as_json: bool
+) -> None:
+    """A conversation with follow-up questions; saved, and resumable with --session."""
+    with reported(as_json):
+        assistant = ctx.assistant()
+        if list_only:
+            rows = [vars(s) for s in assistant.chats.sessions()]
+            emit(rows, as_json, lambda: _print_sessions(rows))
+            return
+        if session_id:
+            info = assistant.chats.get(session_id)
+            session_id = info.session_id
+            for turn in assistant.chats.turns(session_id):
+                click.echo(f"you> {turn.question}\n{turn.answer}\n")
+        else:
+            session_id = assistant.new_session(kb_name)
+    click.echo(
+        f"Session {session_id} — ask a question; /new starts another conversation, "
+        "/exit or Ctrl-D leaves.", err=True,
+    )  # fmt: skip
+    while True:
+        try:
+            question = click.prompt("you", prompt_suffix="> ", default="", show_default=False)
+        except (EOFError, click.exceptions.Abort):
+            break
+        if question.strip() in {"/exit", "/quit"}:
+            break
+        if question.strip() == "/new":
+            click.echo(f"Saved. Resume with: kb chat --session {session_id}", err=True)
+            with reported(False):
+                session_id = assistant.new_session(assistant.chats.get(session_id).kb)
+            click.echo(f"Session {session_id}", err=True)
+            continue
+        if not question.strip():
+            continue
+        with reported(False):
+            answer = assistant.ask(
+                question, session=session_id, on_token=_echo_stream, on_wait=_waiting
+            )
+        click.echo()
+        _print_sources(answer)
+        click.echo()
+    click.echo(f"Saved. Resume with: kb chat --session {session_id}", err=True)
+
+
+def _print_sessions(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("No conversations yet; 'kb chat' starts one.")
+    for r in rows:
+        click.echo(
+            f"{r['session_id']}  {r['updated_at']}  {r['kb']}  {r['turns']} turns  {r['title']}"
+        )
+
+
+@main.command()
+@json_option
+@model_options
+@click.pass_obj
+def doctor(ctx: Context, as_json: bool) -> None:
+    """Check the chat model and the hardware: GPU offload, memory needed, threads."""
+    from models.hardware import doctor_report
+
+    with reported(as_json):
+        report = doctor_report(ctx.settings())
+
+    def human() -> None:
+        for key, value in report.items():
+            click.echo(f"{key.replace('_', ' ')}: {value}")
+
+    emit(report, as_json, human)

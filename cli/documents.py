@@ -1,0 +1,180 @@
+"""``kb ingest``, ``docs``, ``remove``, ``search``: documents in a knowledge base."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cli.base import (
+    EXIT_PARTIAL,
+    Context,
+    emit,
+    json_option,
+    kb_option,
+    main,
+    reported,
+)
+
+if TYPE_CHECKING:
+    from ingest import IngestProgress, IngestReport
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@kb_option
+@json_option
+@click.pass_obj
+def ingest(ctx: Context, paths: tuple[Path, ...], kb_name: str | None, as_json: bool) -> None:
+    """Ingest files and folders (recursively) into a knowledge base."""
+    with reported(as_json):
+        assistant = ctx.assistant()
+
+        def waiting() -> None:
+            click.echo("Another ingest is writing to this knowledge base; waiting...", err=True)
+
+        with _progress_bar(enabled=not as_json and sys.stderr.isatty()) as progress:
+            report = assistant.ingest(paths, kb=kb_name, progress=progress, on_wait=waiting)
+    emit(report.to_json(), as_json, lambda: _print_ingest(report))
+    if report.failed:
+        sys.exit(EXIT_PARTIAL)
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[chunks]} chunks"), TimeRemainingColumn(),
+    )  # fmt: skip
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("Ingesting", total=None, chunks=0)
+
+        def update(p: IngestProgress) -> None:
+            name = Path(p.current).name if p.current else "Ingesting"
+            bar.update(task, total=p.files_total, completed=p.files_done, chunks=p.chunks_done,
+                       description=name[:40])  # fmt: skip
+
+        yield update
+
+
+def _print_ingest(report: IngestReport) -> None:
+    click.echo(
+        f"{len(report.added)} added, {len(report.updated)} updated, "
+        f"{len(report.unchanged)} unchanged, {len(report.failed)} failed"
+        + (f", {len(report.skipped)} skipped" if report.skipped else "")
+        + f" — {report.chunks_added} chunks in {report.seconds:.1f} s"
+        + f" (knowledge base '{report.kb}')"
+    )
+    for problem in report.failed:
+        click.echo(f"  failed: {problem.path}: {problem.error}")
+    if report.skipped:
+        kinds = Counter(Path(p.path).suffix.lower() or "(no extension)" for p in report.skipped)
+        listed = ", ".join(f"{ext} x{n}" if n > 1 else ext for ext, n in kinds.most_common())
+        click.echo(f"  skipped (unsupported types inside folders): {listed}; --json lists them")
+
+
+@main.command()
+@kb_option
+@json_option
+@click.pass_obj
+def docs(ctx: Context, kb_name: str | None, as_json: bool) -> None:
+    """List the documents of a knowledge base."""
+    with reported(as_json):
+        records = ctx.assistant().documents(kb_name)
+    rows: list[dict[str, Any]] = [
+        {
+            "doc_id": d.doc_id, "source": d.source, "name": d.name, "format": d.format,
+            "pages": d.pages, "chunks": d.chunks, "sha256": d.sha256, "size": d.size,
+            "added_at": d.added_at, "notes": d.notes,
+        }
+        for d in records
+    ]  # fmt: skip
+
+    def human() -> None:
+        if not rows:
+            click.echo("No documents yet; add some with 'kb ingest PATH'.")
+        for r in rows:
+            pages = "-" if r["pages"] is None else r["pages"]
+            click.echo(
+                f"{r['doc_id']:>5}  {r['name']}  pages {pages}  chunks {r['chunks']}  "
+                f"{r['sha256'][:12]}  {r['added_at']}  {r['source']}"
+            )
+
+    emit(rows, as_json, human)
+
+
+@main.command()
+@click.argument("refs", nargs=-1, required=True, metavar="DOC...")
+@kb_option
+@json_option
+@click.pass_obj
+def remove(ctx: Context, refs: tuple[str, ...], kb_name: str | None, as_json: bool) -> None:
+    """Remove documents (by id, source path or file name) with their chunks and vectors."""
+    with reported(as_json):
+        removed = ctx.assistant().remove(list(refs), kb=kb_name)
+    data = [{"doc_id": d.doc_id, "source": d.source, "chunks": d.chunks} for d in removed]
+
+    def human() -> None:
+        for d in removed:
+            click.echo(f"removed {d.doc_id}: {d.source} ({d.chunks} chunks)")
+
+    emit(data, as_json, human)
+
+
+@main.command()
+@click.argument("query")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 100), help="Results.")
+@kb_option
+@json_option
+@click.pass_obj
+def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool) -> None:
+    """Show the chunks most similar to QUERY, with source, page and score."""
+    with reported(as_json):
+        hits = ctx.assistant().search(query, k=k, kb=kb_name)
+    rows: list[dict[str, Any]] = [
+        {
+            "rank": h.rank, "text": h.chunk.text, "source": h.chunk.source, "page": h.chunk.page,
+            "score": round(h.score, 4), "dense_score": _rounded(h.dense_score),
+            "keyword_score": _rounded(h.keyword_score), "heading": h.chunk.heading,
+            "sheet": h.chunk.sheet, "doc_id": h.chunk.doc_id, "chunk_id": h.chunk.chunk_id,
+        }
+        for h in hits
+    ]  # fmt: skip
+
+    def human() -> None:
+        if not rows:
+            click.echo("No results: the knowledge base is empty.")
+        for r in rows:
+            where = Path(r["source"]).name + (f" p.{r['page']}" if r["page"] else "")
+            where += f" [{r['sheet']}]" if r["sheet"] else ""
+            parts = [f"fused {r['score']:.4f}"]
+            parts += [f"dense {r['dense_score']:.3f}"] if r["dense_score"] is not None else []
+            parts += [f"keyword {r['keyword_score']:.2f}"] if r["keyword_score"] is not None else []
+            click.echo(
+                f"[{r['rank']}] {where}  ({', '.join(parts)})"
+                + (f"  § {r['heading']}" if r["heading"] else "")
+            )
+            snippet = " ".join(r["text"].split())
+            click.echo(f"    {snippet[:300]}{'…' if len(snippet) > 300 else ''}")
+
+    emit(rows, as_json, human)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

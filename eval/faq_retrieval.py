@@ -1,7 +1,8 @@
-"""Retrieval quality on a FAQ question set, scored exactly as ../shared/eval/score_retrieval.py.
+"""Retrieval quality of a configuration, on a FAQ, from a fresh knowledge base.
 
-Ingests the FAQ's HTML files into a fresh knowledge base, asks every question through the same
-search ``kb search`` uses, writes the run file, and prints recall@1, recall@5, MRR@10.
+``kb eval retrieval`` scores an existing knowledge base; this script is for comparing settings
+(backends, chunk sizes, retrieval modes): it ingests the FAQ's HTML files into a fresh home with
+the overrides given, runs the same evaluation, writes the run file, and prints one JSON line.
 
 Usage:
     python eval/faq_retrieval.py QA.jsonl RUN.jsonl HTML_FILE... [--home DIR] [--set KEY=VALUE]
@@ -13,30 +14,21 @@ Build QA.jsonl with ../shared/eval/build_faq_qa.py.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _scorer(path: Path) -> Any:
-    spec = importlib.util.spec_from_file_location("score_retrieval", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
     """Run the evaluation and print one JSON line."""
     from assistant import build_assistant
+    from eval.questions import read_questions
+    from eval.retrieval import evaluate_retrieval
     from settings import load_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,9 +37,6 @@ def main() -> None:
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--home", type=Path, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument(
-        "--scorer", type=Path, default=ROOT.parent / "shared/eval/score_retrieval.py"
-    )
     args = parser.parse_args()
     overrides = dict(item.split("=", 1) for item in args.set)
     home = args.home or Path(tempfile.mkdtemp(prefix="kb-eval-"))
@@ -55,18 +44,18 @@ def main() -> None:
     started = time.perf_counter()
     report = assistant.ingest(args.files, kb="faq-eval")
     ingest_s = time.perf_counter() - started
-    questions = [json.loads(line) for line in args.qa.open(encoding="utf-8")]
-    started = time.perf_counter()
+    questions = read_questions(args.qa, ("id", "question", "gold_text"))
+    result = evaluate_retrieval(
+        lambda q, k: assistant.search(q, k=k, kb="faq-eval"), questions, k=10
+    )
     with args.run.open("w", encoding="utf-8") as fh:
-        for q in questions:
-            hits = assistant.search(q["question"], k=10, kb="faq-eval")
-            fh.write(json.dumps({"id": q["id"], "retrieved": [h.chunk.text for h in hits]}) + "\n")
-    query_ms = 1000 * (time.perf_counter() - started) / max(1, len(questions))
-    scores = _scorer(args.scorer).score(str(args.qa), str(args.run))
+        for line in result.run_lines():
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+    scores = result.scores
     settings = assistant.settings
     print(json.dumps({
         **scores, "chunks": report.chunks_added, "ingest_s": round(ingest_s, 2),
-        "query_ms": round(query_ms, 1), "backend": settings.embedding_backend,
+        "backend": settings.embedding_backend,
         "quantize": settings.embedding_quantize, "chunk_tokens": settings.chunk_tokens,
         "chunk_overlap": settings.chunk_overlap,
     }))  # fmt: skip

@@ -8,8 +8,8 @@ Two runs over the same knowledge base (the database connected as ``db``):
 * ``embedded``: the default embedded GGUF through the slot-filling policy (routing + the
   grammar-constrained query form), with no question-specific rules.
 
-A question passes when the rows of the agent's last successful query contain the gold answer:
-a number equal after rounding to 2 decimals, or a text whose words all appear in one row.
+A question passes by the rule of ``kb eval sql`` (``eval.sql.matches``). ``kb eval sql`` runs the
+configured model alone; this script also runs the gold-SQL script, for the comparison.
 
 Usage: python eval/sql_agent.py QUESTIONS.jsonl DATABASE.sqlite [--runs gold,embedded]
 Prints a Markdown table per run (question, pass, steps, seconds, SQL) and a summary line.
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
@@ -30,28 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def matches(rows: list[list[Any]], answer: Any) -> bool:
-    """Whether the gold answer is in the result rows."""
-    for row in rows[:50]:
-        for value in row:
-            if isinstance(answer, int | float) and isinstance(value, int | float):
-                if round(float(value), 2) == round(float(answer), 2):
-                    return True
-            elif str(value).strip().casefold() == str(answer).strip().casefold():
-                return True
-        words = set(re.findall(r"\w+", " ".join(str(v) for v in row).casefold()))
-        wanted = set(re.findall(r"\w+", str(answer).casefold()))
-        if wanted and wanted <= words and not isinstance(answer, int | float):
-            return True
-    return False
-
-
 def run(questions: list[dict[str, Any]], database: Path, mode: str) -> list[dict[str, Any]]:
     """Ask every question; one result per question."""
     from langchain_core.messages import AIMessage
 
     from assistant import build_assistant
     from chains.agent import AgentLimits, AgentTools, run_agent
+    from eval.sql import matches
     from models.chat import ScriptedChatModel
     from settings import Settings
     from vectorstore.tables import TableRegistry

@@ -105,3 +105,8 @@ def write_text(path: Path, text: str) -> Path:
     """A UTF-8 text file with ``text``; its path."""
     path.write_text(text, encoding="utf-8")
     return path
+
+
+# Material shared by the project (../shared): a real database and the evaluation scripts.
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+CHINOOK = SHARED / "data" / "chinook.sqlite"

@@ -1,0 +1,90 @@
+"""``kb eval answers``: abstention and citation correctness of ``kb ask``.
+
+Answerable questions carry the gold section (``gold_text``); off-topic ones only a question.
+For each answer: did it abstain; which passages did it cite (inline ``[n]`` marks, and the
+passages the citation check attributes uncited sentences to); is each cited passage from the
+gold section (the retrieval rule of ``scoring.is_hit``); was any gold passage in the prompt at
+all (the most a citation could get right).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chains.rag import Answer
+from eval.questions import Progress, each
+from eval.scoring import grams, is_hit
+
+Ask = Callable[[str], Answer]
+
+
+@dataclass
+class AnswersEval:
+    """Rates over the two sets, and one row per question."""
+
+    scores: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _row(q: dict[str, Any], answer: Answer, seconds: float, answerable: bool) -> dict[str, Any]:
+    gold = grams(str(q.get("gold_text", ""))) if answerable else set()
+    inline = [is_hit(c.text, gold) for c in answer.citations if not c.inferred]
+    inferred = [is_hit(c.text, gold) for c in answer.citations if c.inferred]
+    trace = answer.trace
+    return {
+        "id": str(q.get("id", "")), "question": q["question"], "answerable": answerable,
+        "refused": answer.refused, "answer": answer.answer,
+        "citations": len(inline) + len(inferred),
+        "correct_citations": sum(inline) + sum(inferred),
+        "inline_citations": len(inline), "correct_inline": sum(inline),
+        "gold_in_prompt": any(is_hit(s.text, gold) for s in answer.sources),
+        "sources_listed": len(answer.sources) + len(answer.citations) if answer.refused else 0,
+        "dense": trace.get("evidence", {}).get("dense"),
+        "ttft_s": trace.get("time_to_first_token_s"), "seconds": round(seconds, 2),
+    }  # fmt: skip
+
+
+def evaluate_answers(
+    ask: Ask, answerable: list[dict[str, Any]], offtopic: list[dict[str, Any]],
+    progress: Progress | None = None,
+) -> AnswersEval:  # fmt: skip
+    """Ask every question; score abstention on both sets and citations on the answerable."""
+    tagged = [(q, True) for q in answerable] + [(q, False) for q in offtopic]
+    rows = []
+    for q, is_answerable in each(tagged, progress):
+        started = time.perf_counter()
+        answer = ask(str(q["question"]))
+        rows.append(_row(q, answer, time.perf_counter() - started, is_answerable))
+    return AnswersEval(score(rows), rows)
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def score(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary figures of a set of answer rows."""
+    ans = [r for r in rows if r["answerable"]]
+    off = [r for r in rows if not r["answerable"]]
+    answered = [r for r in ans if not r["refused"]]
+    citations = sum(r["citations"] for r in answered)
+    correct = sum(r["correct_citations"] for r in answered)
+    inline = sum(r["inline_citations"] for r in answered)
+    return {
+        "answerable": len(ans), "offtopic": len(off),
+        "false_abstention": _rate(sum(r["refused"] for r in ans), len(ans)),
+        "offtopic_abstention": _rate(sum(r["refused"] for r in off), len(off)),
+        "abstained_with_sources": sum(r["refused"] and r["sources_listed"] > 0 for r in rows),
+        "answers_with_citation": _rate(sum(r["citations"] > 0 for r in answered), len(answered)),
+        "citation_precision": _rate(correct, citations),
+        "answers_citing_inline": _rate(sum(r["inline_citations"] > 0 for r in answered),
+                                       len(answered)),
+        "inline_citation_precision": _rate(sum(r["correct_inline"] for r in answered), inline),
+        "answers_citing_gold": _rate(sum(r["correct_citations"] > 0 for r in answered),
+                                     len(answered)),
+        "gold_in_prompt": _rate(sum(r["gold_in_prompt"] for r in answered), len(answered)),
+        "median_seconds": sorted(r["seconds"] for r in rows)[len(rows) // 2] if rows else None,
+    }  # fmt: skip

@@ -20,7 +20,7 @@ bench:
 EVAL_HOME ?= /tmp/kb-eval-home
 eval:
 	.venv/bin/python ../shared/eval/build_faq_qa.py $(EVAL_HOME)/debfaq.jsonl /usr/share/doc/debian/FAQ/*.en.html
-	.venv/bin/kb --home $(EVAL_HOME) ingest /usr/share/doc/debian/FAQ/ --kb faq
+	.venv/bin/kb --home $(EVAL_HOME) ingest /usr/share/doc/debian/FAQ/*.en.html --kb faq
 	.venv/bin/kb --home $(EVAL_HOME) eval retrieval $(EVAL_HOME)/debfaq.jsonl --kb faq --out $(EVAL_HOME)/retrieval
 	.venv/bin/kb --home $(EVAL_HOME) eval answers $(EVAL_HOME)/debfaq.jsonl --kb faq --out $(EVAL_HOME)/answers
 	.venv/bin/kb --home $(EVAL_HOME) eval sql ../shared/eval/chinook_questions.jsonl --database sqlite:///$(abspath ../shared/data/chinook.sqlite) --out $(EVAL_HOME)/sql

@@ -7,8 +7,14 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 # Runs in a middle process so that RUSAGE_CHILDREN is the measured command's peak RSS alone.
 _PROBE = (
@@ -49,3 +55,39 @@ def machine() -> str:
     return (
         f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, Python {platform.python_version()}"
     )
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (linear interpolation), rounded to 2 decimals."""
+    return round(float(np.percentile(np.asarray(values, dtype=float), q)), 2)
+
+
+def markdown_table(rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table; the first row is the header."""
+
+    def cell(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(cell(v) for v in rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+def record_entry(
+    title: str, command: str, rows: Sequence[Sequence[Any]], notes: Sequence[str] = (), *,
+    write: bool = False,
+) -> str:  # fmt: skip
+    """Print a benchmark's table; with ``write``, append it to docs/benchmarks.md as well.
+
+    The entry names the date, the machine and the command, so every figure can be rerun.
+    """
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = "\n".join([
+        f"### {title} — {stamp}", "", f"Machine: {machine()}  ", f"Command: `{command}`", "",
+        markdown_table(rows), "", *[f"{n}\n" for n in notes],
+    ])  # fmt: skip
+    print(text)
+    if write:
+        with BENCHMARKS.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + text.rstrip() + "\n")
+    return text

@@ -84,6 +84,10 @@ class OnnxEmbedder(Embedder):
                 # Memory patterns are planned per input shape; with every batch a new shape
                 # they only pile up (peak RSS 1054 -> 721 MB on the benchmark, and faster).
                 options.enable_mem_pattern = False
+                # Idle pool threads would spin for a while after each call, taking the cores
+                # FAISS, SQLite and the parser need next (a query's dense search ran 2-4x
+                # slower right after embedding it).
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 try:
                     session = ort.InferenceSession(
                         str(self.onnx_path), options, providers=["CPUExecutionProvider"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from errors import CorruptKnowledgeBase
+from vectorstore.keywords import any_of, quoted
 
 CATALOG_NAME = "catalog.sqlite"
+POSTINGS_BUDGET = 30_000  # chunks a keyword query may score (see Catalog.keyword_search)
 SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -230,15 +232,44 @@ class Catalog:
             ).fetchall()
         return {r[0]: ChunkRecord(*r) for r in rows}
 
-    def keyword_search(self, query: str, k: int) -> list[tuple[int, float]]:
-        """Chunk ids best matching an FTS5 query, with BM25 scores (higher is better)."""
+    def keyword_search(
+        self, terms: Sequence[str], k: int, budget: int = POSTINGS_BUDGET
+    ) -> list[tuple[int, float]]:
+        """Chunk ids best matching any of ``terms``, with BM25 scores (higher is better).
+
+        BM25 over an OR query costs time in proportion to the chunks holding any of the terms
+        (~0.8 us each here: "table" is in 238,000 of 10^6 chunks, 180 ms). So the terms are
+        counted first, cheaply and only up to ``budget``, and the rarest are kept while their
+        chunks add up to at most ``budget``: the words left out are the commonest, whose weight
+        in BM25 is the lowest. Below ``budget`` chunks in all nothing is ever left out.
+        """
+        if not terms:
+            return []
         with self._lock:
+            counted = sorted((self._postings(t, budget), t) for t in terms)
+            chosen: list[str] = []
+            total = 0
+            for count, term in counted:
+                if total + count > budget:
+                    break
+                chosen.append(term)
+                total += count
+            if not chosen:
+                return []
             rows = self._db.execute(
                 "SELECT rowid, bm25(chunks_fts) FROM chunks_fts WHERE chunks_fts MATCH ? "
                 "ORDER BY bm25(chunks_fts) LIMIT ?",
-                (query, k),
+                (any_of(chosen), k),
             ).fetchall()
         return [(int(i), -float(score)) for i, score in rows]
+
+    def _postings(self, term: str, cap: int) -> int:
+        """How many chunks hold ``term``, counted up to ``cap + 1``."""
+        row = self._db.execute(
+            "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT ?)",
+            (quoted(term), cap + 1),
+        ).fetchone()
+        return int(row[0])
 
     def cached_embeddings(self, hashes: Iterable[str]) -> dict[str, bytes]:
         """Stored embeddings of chunks whose embedded text has one of these hashes."""
@@ -267,6 +298,25 @@ class Catalog:
                 ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
                 vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
                 yield ids, vectors.reshape(len(rows), -1)
+
+    def sample_embeddings(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` stored vectors drawn at random (by id), for training an index."""
+        with self._lock:
+            low, high = self._db.execute("SELECT min(id), max(id) FROM chunks").fetchone()
+            if low is None:
+                return np.zeros((0, 0), dtype=np.float32)
+            span = high - low + 1
+            rng = np.random.default_rng(seed)
+            wanted = rng.choice(span, min(n, span), replace=False) + low
+            blobs: list[bytes] = []
+            for start in range(0, len(wanted), 500):
+                part = [int(i) for i in wanted[start : start + 500]]
+                blobs += [r[0] for r in self._db.execute(
+                    f"SELECT embedding FROM chunks WHERE id IN ({','.join('?' * len(part))})",
+                    part,
+                )]  # fmt: skip
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32)
+        return vectors.reshape(len(blobs), -1)
 
     def removed_since(self, version: int) -> list[int]:
         """Chunk ids removed after ``version``."""

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from vectorstore.keywords import keyword_tokens, match_query
+from vectorstore.keywords import keyword_tokens, query_terms
 from vectorstore.knowledge_base import KnowledgeBase, SearchHit
 
 RetrievalMode = Literal["hybrid", "dense", "keyword"]
@@ -85,8 +85,7 @@ def hybrid_search(
     """
     pool = max(pool, k)
     dense = kb.search(vector, pool) if vector is not None and mode != "keyword" else []
-    fts = match_query(query) if mode != "dense" else None
-    keyword = kb.keyword_search(fts, pool) if fts else []
+    keyword = kb.keyword_search(query_terms(query), pool) if mode != "dense" else []
     dense_by_id = {h.chunk.chunk_id: (h.rank, h.score) for h in dense}
     keyword_by_id = {chunk_id: (rank, score) for rank, (chunk_id, score) in enumerate(keyword, 1)}
     fused = reciprocal_rank_fusion(

@@ -54,9 +54,22 @@ def index_text(text: str) -> str:
     return " ".join(keyword_tokens(text))
 
 
+def query_terms(text: str) -> list[str]:
+    """The distinct meaningful words of a query, in order."""
+    return list(dict.fromkeys(content_words(text)))
+
+
+def any_of(terms: list[str]) -> str:
+    """An FTS5 query matching any of ``terms`` (each quoted: no FTS5 syntax gets through)."""
+    return " OR ".join(quoted(t) for t in terms)
+
+
+def quoted(term: str) -> str:
+    """One term as an FTS5 string."""
+    return '"' + term.replace('"', '""') + '"'
+
+
 def match_query(text: str) -> str | None:
     """An FTS5 query matching any meaningful word of ``text`` (None if it has none)."""
-    words = list(dict.fromkeys(content_words(text)))
-    if not words:
-        return None
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+    terms = query_terms(text)
+    return any_of(terms) if terms else None

@@ -66,10 +66,16 @@ def load_index(catalog: Catalog, folder: Path, dimension: int) -> tuple[VectorIn
         if index is None or index.count != catalog.chunk_count():
             if index is not None:
                 logger.warning("%s disagrees with the catalog; rebuilding it", folder / INDEX_NAME)
-            index = VectorIndex(dimension)
-            for ids, vectors in catalog.embeddings():
-                index.add(ids, vectors)
+            index = None
+            index = build_index(catalog, dimension)
     return index, version
+
+
+def build_index(catalog: Catalog, dimension: int) -> VectorIndex:
+    """A new vector index of every chunk in the catalog (the caller holds a snapshot)."""
+    return VectorIndex.build(
+        dimension, catalog.chunk_count(), catalog.embeddings(), catalog.sample_embeddings
+    )
 
 
 class KnowledgeBase:
@@ -115,9 +121,9 @@ class KnowledgeBase:
         hits = [(rows[i], score) for i, score in found if i in rows][:k]
         return [SearchHit(rank, s, chunk, s) for rank, (chunk, s) in enumerate(hits, 1)]
 
-    def keyword_search(self, fts_query: str, k: int) -> list[tuple[int, float]]:
-        """Chunk ids and BM25 scores for an FTS5 query (see ``keywords.match_query``)."""
-        return self.catalog.keyword_search(fts_query, k)
+    def keyword_search(self, terms: list[str], k: int) -> list[tuple[int, float]]:
+        """Chunk ids and BM25 scores for query terms (see ``keywords.query_terms``)."""
+        return self.catalog.keyword_search(terms, k)
 
     @contextmanager
     def locked(
@@ -243,6 +249,17 @@ class KnowledgeBaseWriter:
         self.changed = True
         return len(removed)
 
+    def rebuild_index(self) -> None:
+        """Rebuild the vector index from the catalog (type chosen by size); saved on close.
+
+        The old index is freed first, so the two never sit in memory together.
+        """
+        dimension = self.index.dimension
+        del self.index
+        with self.catalog.snapshot():
+            self.index = build_index(self.catalog, dimension)
+        self.changed = True
+
     def _reset(self) -> None:
         self._version = self._doc_id = None
         self._replaced = []
@@ -253,6 +270,8 @@ class KnowledgeBaseWriter:
         if self._version is not None:
             self.abort_document()
         try:
+            if self.changed and self.index.needs_rebuild():
+                self.rebuild_index()  # flat -> IVF past the threshold, or retrained
             if self.changed:
                 self.index.save(self.kb.folder / INDEX_NAME, self.catalog.version())
         finally:

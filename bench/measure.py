@@ -20,14 +20,14 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 _PROBE = (
     "import json,resource,subprocess,sys,time;t=time.perf_counter();"
     "p=subprocess.run(sys.argv[1:],capture_output=True,text=True);"
+    "r=resource.getrusage(resource.RUSAGE_CHILDREN);"
     "print(json.dumps({'rc':p.returncode,'out':p.stdout,'err':p.stderr[-2000:],"
-    "'wall':time.perf_counter()-t,"
-    "'rss_mb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024}))"
+    "'wall':time.perf_counter()-t,'rss_mb':r.ru_maxrss/1024,'cpu':r.ru_utime+r.ru_stime}))"
 )
 
 
 def measure(command: list[str], env: dict[str, str], cwd: Path | None = None) -> dict[str, Any]:
-    """Wall seconds (``wall``), peak RSS (``rss_mb``), stdout (``out``) of ``command``.
+    """Wall seconds (``wall``), CPU seconds (``cpu``), peak RSS (``rss_mb``), stdout (``out``).
 
     Exit codes 0 and 3 (kb: done, some files failed) count as success.
     """

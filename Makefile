@@ -13,8 +13,19 @@ test:
 lint:
 	.venv/bin/python -m ruff check . && .venv/bin/python -m ruff format --check . && .venv/bin/python -m mypy .
 
+# Every benchmark, each appending its table to docs/benchmarks.md (about an hour on 2 cores;
+# needs debian-reference-en, debian-faq, postgresql-doc-15 and, for the last, chromium).
+PY = $(abspath .venv/bin/python)
 bench:
-	.venv/bin/python bench/ingest_compare.py --record
+	cd bench && $(PY) cli_start.py --record
+	cd bench && $(PY) embedding_backends.py --record
+	cd bench && $(PY) ingest_compare.py --corpus debian-reference --record
+	cd bench && $(PY) ingest_compare.py --corpus postgresql --record
+	cd bench && $(PY) large_text.py --mb 200 --backend fake --record
+	cd bench && $(PY) large_text.py --mb 20 --backend onnx --record
+	cd bench && $(PY) retrieval_scale.py --record
+	cd bench && $(PY) answer_latency.py --record
+	cd bench && $(PY) ui_latency.py --record
 
 # The Debian FAQ dev set and Chinook, through `kb eval` into a scratch home (needs debian-faq).
 EVAL_HOME ?= /tmp/kb-eval-home

@@ -3,13 +3,15 @@
 For each question, the Assistant answers (the prompt it sends is captured), then a separate
 ``Llama`` with the same settings is called directly with that identical prompt. Both start cold
 (KV cache reset) and the two are interleaved, so the machine's noise hits both alike. Then a
-follow-up question in a session measures the prefix-cache effect. Prints a Markdown table.
+few follow-up questions in sessions (the prompt cache on, as users run it) measure the
+prefix-cache effect: the time from asking to the first answer token, cold and as a follow-up.
 
-Usage: python bench/answer_latency.py [N_QUESTIONS]   (needs debian-faq; see eval/README)
+Usage: python bench/answer_latency.py [--questions 8] [--record]   (needs debian-faq)
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
 import statistics
 import sys
@@ -17,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from measure import record_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,6 +34,13 @@ QUESTIONS = [
     "How do I upgrade my Debian release?",
     "What does dpkg do?",
     "Where can I get the Debian source code?",
+]
+
+
+FOLLOW_UPS = [
+    ("What is a Debian control file?", "And what fields does it contain?"),
+    ("How do I install a package with apt?", "And how do I remove it again?"),
+    ("What is the difference between stable and testing?", "Which one should I run on a server?"),
 ]
 
 
@@ -52,7 +63,7 @@ def raw_call(llama: Any, messages: list[dict[str, str]], sampling: Any) -> tuple
     return first, (tokens - 1) / (total - first), tokens
 
 
-def main(n: int) -> None:
+def main(n: int, record: bool) -> None:
     """Run the comparison and print the table."""
     from llama_cpp import Llama
 
@@ -87,32 +98,50 @@ def main(n: int) -> None:
         ours.append((trace["time_to_first_token_s"], trace["tokens_per_s"], trace["prompt_tokens"]))
         ttft, speed, _ = raw_call(raw, sent[-1], model.sampling)  # type: ignore[attr-defined]
         direct.append((ttft, speed))
-    # Follow-ups as users run them: the prompt cache on, a question not asked before.
+    # Follow-ups as users run them: the prompt cache on, questions not asked before.
     chatting = build_assistant(load_settings(home, seed=7, max_tokens=96))
-    session = chatting.new_session("faq")
-    cold = chatting.ask("What is a Debian control file?", session=session).trace
-    follow = chatting.ask("And what fields does it contain?", session=session).trace
+    pairs = []
+    for first, second in FOLLOW_UPS:
+        session = chatting.new_session("faq")
+        cold = chatting.ask(first, session=session).trace
+        pairs.append((cold, chatting.ask(second, session=session).trace))
     med = statistics.median
-    rows = {
-        "kb ask": (med(o[0] for o in ours), med(o[1] for o in ours)),
-        "llama-cpp-python direct": (med(d[0] for d in direct), med(d[1] for d in direct)),
-    }
-    print(f"{n} questions, median prompt {med(o[2] for o in ours):.0f} tokens, max_tokens 96\n")
-    print("| path | TTFT s (median) | decode tok/s (median) |")
-    print("|---|---|---|")
-    for name, (ttft, speed) in rows.items():
-        print(f"| {name} | {ttft:.3f} | {speed:.1f} |")
-    ratio_ttft = rows["kb ask"][0] / rows["llama-cpp-python direct"][0]
-    ratio_speed = rows["kb ask"][1] / rows["llama-cpp-python direct"][1]
-    print(f"\nkb/direct: TTFT x{ratio_ttft:.3f}, decode speed x{ratio_speed:.3f}")
-    keys = ("first_token_after_s", "time_to_first_token_s", "prompt_tokens", "condense_s")
-    print("\n| question | " + " | ".join(keys) + " |\n|---|---|---|---|---|")
-    for name, trace in (("first (cold)", cold), ("follow-up", follow)):
-        print(f"| {name} | " + " | ".join(str(trace.get(k)) for k in keys) + " |")
-    print(f"\nfollow-up standalone query: {follow['standalone_query']!r}")
-    speedup = cold["first_token_after_s"] / follow["first_token_after_s"]
-    print(f"first token, cold / follow-up: x{speedup:.2f}")
+    ttfts = (med(o[0] for o in ours), med(d[0] for d in direct))
+    speeds = (med(o[1] for o in ours), med(d[1] for d in direct))
+    record_entry(
+        "Answer latency: kb ask vs llama-cpp-python", f"python bench/answer_latency.py "
+        f"--questions {n}",
+        [["path", "TTFT s (median)", "decode tok/s (median)"],
+         ["kb ask", round(ttfts[0], 3), round(speeds[0], 1)],
+         ["llama-cpp-python direct", round(ttfts[1], 3), round(speeds[1], 1)],
+         ["ratio", f"x{ttfts[0] / ttfts[1]:.3f}", f"x{speeds[0] / speeds[1]:.3f}"]],
+        [f"{n} FAQ questions, median prompt {med(o[2] for o in ours):.0f} tokens; SmolLM2-135M "
+         "Q4_1, max_tokens 96, seed 7; both cold (KV cache reset, prompt cache off), "
+         "interleaved. Target: within 5%."],
+        write=record,
+    )  # fmt: skip
+    rows: list[list[Any]] = [["question", "first token s", "answer TTFT s", "prompt tokens",
+                              "condense s", "kept sources"]]  # fmt: skip
+    for cold, follow in pairs:
+        for trace in (cold, follow):
+            rows.append([trace["question"], trace["first_token_after_s"],
+                         trace["time_to_first_token_s"], trace["prompt_tokens"],
+                         trace.get("condense_s", "—"),
+                         "yes" if trace.get("kept_previous_sources") else "—"])  # fmt: skip
+    ratio = med(c["first_token_after_s"] for c, _ in pairs) / med(
+        f["first_token_after_s"] for _, f in pairs
+    )
+    record_entry(
+        "Follow-up questions: prefix-cache reuse", "(same run)", rows,
+        [f"First token = from asking to the first answer token (condensing, retrieval and the "
+         f"prompt included). Median cold / median follow-up: **x{ratio:.2f}** (target >= 3)."],
+        write=record,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=8)
+    parser.add_argument("--record", action="store_true")
+    arguments = parser.parse_args()
+    main(arguments.questions, arguments.record)

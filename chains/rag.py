@@ -318,6 +318,9 @@ class RagChain:
         on_wait: Callable[[], None] | None,
         started: float,
     ) -> Answer:
+        if _still_best(previous, hits):
+            hits = _previous_first(previous, hits)
+            trace["kept_previous_sources"] = True
         chosen, kept = self._budget(language, history, question, hits, trace)
         sources = _prefix_stable(chosen, previous)
         blocks = "\n".join(source_block(n, h) for n, h in enumerate(sources, start=1))
@@ -358,6 +361,27 @@ def _prefix_stable(chosen: list[SearchHit], previous: list[SearchHit]) -> list[S
     first = [found[p.chunk.chunk_id] for p in previous if p.chunk.chunk_id in found]
     ids = {h.chunk.chunk_id for h in first}
     return first + [h for h in chosen if h.chunk.chunk_id not in ids]
+
+
+def _still_best(previous: list[SearchHit], hits: list[SearchHit]) -> bool:
+    """Whether a follow-up's retrieval still finds every previous source, the best one among them.
+
+    Then the follow-up keeps the previous prompt's sources as they were, so its prompt repeats
+    the previous one up to the new question and llama.cpp evaluates only that (measured: first
+    token 1.0 s -> 0.1 s). When the best passage is a new one, sources are chosen by rank.
+    """
+    if not previous or not hits:
+        return False
+    found = {h.chunk.chunk_id for h in hits}
+    before = {p.chunk.chunk_id for p in previous}
+    return before <= found and hits[0].chunk.chunk_id in before
+
+
+def _previous_first(previous: list[SearchHit], hits: list[SearchHit]) -> list[SearchHit]:
+    """The hits, the previous sources first in their previous order (each keeps its scores)."""
+    by_id = {h.chunk.chunk_id: h for h in hits}
+    first = [by_id[p.chunk.chunk_id] for p in previous]
+    return first + [h for h in hits if h.chunk.chunk_id not in {p.chunk.chunk_id for p in first}]
 
 
 def _candidate(hit: SearchHit) -> dict[str, Any]:

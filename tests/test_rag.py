@@ -206,18 +206,22 @@ def test_history_is_trimmed_to_its_share_of_the_context(settings: Settings, corp
     assert "question 9" in str(human_turns[-2].content)  # the latest turns are the ones kept
 
 
-def test_follow_up_keeps_previous_sources_first_for_prefix_reuse(
+def test_follow_up_with_a_new_best_passage_chooses_sources_by_rank(
     settings: Settings, corpus: Path
 ) -> None:
     rewrite = "How do I install and upgrade the Linux kernel package with apt?"
-    assistant, model = make(settings, corpus, "Use apt install NAME [1].", rewrite, "Use apt [1].")
+    assistant, model = make(
+        settings, corpus, "Use apt install NAME [1].", rewrite, "Reboot [1].", max_sources=2
+    )
     session = assistant.new_session()
     first = assistant.ask("How do I install a package with apt?", session=session)
     second = assistant.ask("and the kernel?", session=session)
     before = [s["chunk_id"] for s in first.trace["in_prompt"]]
     after = [s["chunk_id"] for s in second.trace["in_prompt"]]
     ranked = [c["chunk_id"] for c in second.trace["candidates"]]
-    assert set(after) == set(ranked[: len(after)])  # chosen by rank alone
+    # The kernel passage is now the best and was not in the first prompt: rank decides ...
+    assert ranked[0] not in before and "kept_previous_sources" not in second.trace
+    assert set(after) == set(ranked[: len(after)])
     shared = [i for i in before if i in after]
     assert shared and after[: len(shared)] == shared  # ... ordered so the prefix repeats
     first_system, second_system = str(model.calls[0][0].content), str(model.calls[-1][0].content)
@@ -236,3 +240,20 @@ def test_condense_falls_back_to_a_short_prompt_when_the_continuation_would_not_f
     assistant.ask("and the kernel?", session=session)
     condense = model.calls[1]
     assert [m.type for m in condense] == ["human"] and "and the kernel?" in str(condense[0].content)
+
+
+def test_follow_up_on_the_same_passages_keeps_the_whole_prompt_prefix(
+    settings: Settings, corpus: Path
+) -> None:
+    rewrite = "How do I install a package with apt, and which command does it?"
+    assistant, model = make(settings, corpus, "Use apt install NAME [1].", rewrite, "apt [1].")
+    session = assistant.new_session()
+    first = assistant.ask("How do I install a package with apt?", session=session)
+    second = assistant.ask("Which command does it?", session=session)
+    # The follow-up still ranks a previous passage first: the sources stay exactly as they
+    # were, so the second prompt repeats the first up to the new turn.
+    assert second.trace.get("kept_previous_sources") is True
+    assert second.trace["in_prompt"] == first.trace["in_prompt"]
+    assert str(model.calls[-1][0].content) == str(model.calls[0][0].content)
+    best = second.trace["candidates"][0]["chunk_id"]
+    assert best in [s["chunk_id"] for s in first.trace["in_prompt"]]

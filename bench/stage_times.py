@@ -8,7 +8,7 @@
 3. One question through ``kb ask``: retrieval, prompt processing and decoding from its trace,
    with the work each did (FLOPs per prompt token, bytes per decoded token).
 
-Usage: python bench/profile.py   (needs debian-reference-en and debian-faq)
+Usage: python bench/stage_times.py   (needs debian-reference-en and debian-faq)
 """
 
 from __future__ import annotations

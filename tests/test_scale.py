@@ -27,7 +27,8 @@ def clustered(n: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((50, DIM))
     x = centres[rng.integers(0, 50, n)] + 0.5 * rng.standard_normal((n, DIM))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    unit: np.ndarray = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def add_documents(kb: KnowledgeBase, texts: list[str], vectors: np.ndarray, per_doc: int) -> None:

@@ -127,3 +127,21 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def main(ctx: click.Context, home: Path | None, verbose: int) -> None:
     """kb-assistant: a private knowledge base on your own machine."""
     ctx.obj = Context(home, verbose)
+
+
+def progress_bar(*extra: str) -> Any:
+    """A transient rich progress bar on stderr: description, bar, done/total, the ``extra``
+    text columns (task fields), elapsed time and ETA. Imported only when one is shown."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               *(TextColumn(e) for e in extra), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())  # fmt: skip
+    return Progress(*columns, transient=True)

@@ -18,6 +18,7 @@ from cli.base import (
     json_option,
     kb_option,
     main,
+    progress_bar,
     reported,
 )
 
@@ -50,19 +51,7 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None] | 
     if not enabled:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[chunks]} chunks"), TimeRemainingColumn(),
-    )  # fmt: skip
-    with Progress(*columns, transient=True) as bar:
+    with progress_bar("{task.fields[chunks]} chunks") as bar:
         task = bar.add_task("Ingesting", total=None, chunks=0)
 
         def update(p: IngestProgress) -> None:

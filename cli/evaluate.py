@@ -12,7 +12,16 @@ from typing import Any
 
 import click
 
-from cli.base import Context, emit, json_option, kb_option, main, model_options, reported
+from cli.base import (
+    Context,
+    emit,
+    json_option,
+    kb_option,
+    main,
+    model_options,
+    progress_bar,
+    reported,
+)
 
 _out_option = click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path),
@@ -32,18 +41,7 @@ def counting(enabled: bool, what: str) -> Iterator[Callable[[int, int], None] | 
     if not enabled:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, transient=True) as bar:
+    with progress_bar() as bar:
         task = bar.add_task(what, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
 

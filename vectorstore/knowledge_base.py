@@ -66,7 +66,7 @@ def load_index(catalog: Catalog, folder: Path, dimension: int) -> tuple[VectorIn
         if index is None or index.count != catalog.chunk_count():
             if index is not None:
                 logger.warning("%s disagrees with the catalog; rebuilding it", folder / INDEX_NAME)
-            index = None
+            index = None  # freed before the new one is built: at 10^6 chunks each is 1.5 GB
             index = build_index(catalog, dimension)
     return index, version
 

@@ -63,11 +63,14 @@ def _progress(ctx: PageContext) -> None:
 
     @st.fragment(run_every=1.0 if running else None)
     def jobs_view() -> None:
+        if running and not ctx.jobs.active(ctx.kb):
+            # The batch is in: rerun the whole page (document list) *before* showing the
+            # result, so that nothing reruns after "Indexed" appears — a click on another
+            # page right then was lost to this rerun.
+            st.rerun(scope="app")
         jobs = ctx.jobs.jobs(ctx.kb)
         for job in jobs[:3]:
             _job(ctx, job, latest=job is jobs[0])
-        if running and not ctx.jobs.active(ctx.kb):
-            st.rerun(scope="app")  # refresh the document list once the batch is in
 
     jobs_view()
 

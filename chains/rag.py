@@ -2,8 +2,10 @@
 
 ``RagChain`` is built from parts it is given (a retrieve function, a LangChain chat model,
 parameters) and reads no settings. The prompt puts static text first (the system rules), then
-the sources, then the conversation, then the question, so llama.cpp reuses its cached prefix.
-Sources are fenced as data; text in them cannot close the fence.
+the sources, then the conversation, then the question. A follow-up continues the previous
+prompt: that prompt and its answer are repeated exactly, and the follow-up's message brings the
+passages new to the conversation (numbered after the others) with the question, so llama.cpp
+evaluates only that message. Sources are fenced as data; text in them cannot close the fence.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ class Turn:
 
     question: str
     answer: str
-    sources: tuple[int, ...] = ()  # chunk ids that were in the prompt, in order
+    sources: tuple[int, ...] = ()  # chunk ids that were in the prompt, numbered from 1
+    # None: the turn's prompt was new (all sources in the system message). A number: it
+    # continued the previous turn's prompt, adding that many of ``sources`` (the last ones)
+    # in its own message.
+    appended: int | None = None
+    earlier: int = 0  # a new prompt: how many of the turns before it were in it
+    language: Language | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class RagParams:
 
     candidates: int = 8  # retrieved, scored and shown in the trace
     max_sources: int = 4  # at most this many go into the prompt
+    follow_up_sources: int = 2  # a follow-up adds those of its best this many not yet shown
     source_token_budget: int = 700  # and at most this many tokens of them
     answer_tokens: int = 384  # reserved for the answer
     history_share: float = 0.25  # of the context, at most, for earlier turns
@@ -124,6 +133,16 @@ def evidence(question: str, hits: Sequence[SearchHit]) -> tuple[float, float]:
     return dense, coverage
 
 
+@dataclass(frozen=True)
+class Prior:
+    """The previous turn's prompt and answer, rebuilt message for message."""
+
+    messages: list[BaseMessage]
+    sources: list[SearchHit]  # every passage in it, numbered from 1
+    base: int  # how many of them are in the system message
+    turns: int  # how many earlier turns it holds
+
+
 class RagChain:
     """Answers questions from a knowledge base with a chat model."""
 
@@ -138,7 +157,7 @@ class RagChain:
         retrieve: ``(query, k) -> hits``, best first.
         chat_model: any LangChain chat model that counts its own tokens.
         params: budgets and thresholds.
-        fetch: chunk ids -> hits, to rebuild the previous turn's sources (prefix reuse).
+        fetch: chunk ids -> hits, to rebuild the previous turn's prompt (prefix reuse).
         """
         self.retrieve = retrieve
         self.chat_model = chat_model
@@ -157,8 +176,8 @@ class RagChain:
         started = time.perf_counter()
         language = self.params.language or detect_language(question)
         trace: dict[str, Any] = {"question": question, "language": language}
-        previous = self._previous_sources(history)
-        query = self._condense(question, history, previous, language, trace=trace, on_wait=on_wait)
+        prior = self._replay(history, language)
+        query = self._condense(question, history, prior, language, trace=trace, on_wait=on_wait)
         hits = self.retrieve(query, self.params.candidates)
         trace["retrieval_s"] = round(time.perf_counter() - started, 4)
         trace["candidates"] = [_candidate(h) for h in hits]
@@ -170,26 +189,60 @@ class RagChain:
         if dense < self.params.min_dense and coverage < self.params.min_coverage:
             return self._refuse(language, trace, on_token, started)
         return self._generate(
-            question, history, language, hits, previous=previous,
+            question, history, language, hits, prior=prior,
             trace=trace, on_token=on_token, on_wait=on_wait, started=started,
         )  # fmt: skip
 
     # --- steps --------------------------------------------------------------------------
 
-    def _previous_sources(self, history: Sequence[Turn]) -> list[SearchHit]:
+    def _replay(self, history: Sequence[Turn], language: Language) -> Prior | None:
+        """The previous turn's prompt followed by its answer, as sent; None when it cannot be
+        rebuilt exactly (no history, a passage deleted since, another answer language)."""
         if not history or not history[-1].sources or self.fetch is None:
-            return []
-        return self.fetch(history[-1].sources)
+            return None
+        start = len(history) - 1
+        while start > 0 and history[start].appended is not None:
+            start -= 1
+        head, chain = history[start], history[start:]
+        if head.appended is not None or head.language not in (None, language):
+            return None  # the conversation's first prompt is not in the history given
+        wanted = history[-1].sources
+        hits = self.fetch(wanted)
+        base = len(head.sources)
+        appended = sum(t.appended or 0 for t in chain[1:])
+        if [h.chunk.chunk_id for h in hits] != list(wanted) or base + appended != len(wanted):
+            return None
+        blocks = "\n".join(source_block(n, h) for n, h in enumerate(hits[:base], start=1))
+        earlier = history[max(0, start - head.earlier) : start]
+        messages = self._messages(language, blocks, earlier, head.question)
+        messages.append(AIMessage(head.answer))
+        shown = base
+        for turn in chain[1:]:
+            added = hits[shown : shown + (turn.appended or 0)]
+            messages += [
+                HumanMessage(self._follow_up(language, added, shown + 1, turn.question)),
+                AIMessage(turn.answer),
+            ]
+            shown += len(added)
+        return Prior(messages, hits, base, len(earlier) + len(chain))
+
+    def _follow_up(
+        self, language: Language, added: Sequence[SearchHit], first: int, question: str
+    ) -> str:
+        """A follow-up's message: the passages it adds (numbered from ``first``), the question."""
+        if not added:
+            return question
+        blocks = "\n".join(source_block(n, h) for n, h in enumerate(added, start=first))
+        return render("follow_up", language, sources=blocks, question=question).rstrip()
 
     def _condense_messages(
-        self, question: str, history: Sequence[Turn], previous: list[SearchHit], language: Language
+        self, question: str, history: Sequence[Turn], prior: Prior | None, language: Language
     ) -> list[BaseMessage]:
-        if previous:
-            # The previous turn's prompt plus one instruction: llama.cpp resumes from its
+        if prior is not None:
+            # The previous prompt and answer plus one instruction: llama.cpp resumes from its
             # cached state and evaluates only the new tail.
-            blocks = "\n".join(source_block(n, h) for n, h in enumerate(previous, start=1))
             instruction = render("condense_turn", language, question=question)
-            messages = self._messages(language, blocks, history, instruction)
+            messages = [*prior.messages, HumanMessage(instruction)]
             window = int(getattr(self.chat_model, "context_window", 4096))
             size = self.chat_model.get_num_tokens_from_messages(messages)
             if size + self.params.condense_tokens <= window:
@@ -204,7 +257,7 @@ class RagChain:
         self,
         question: str,
         history: Sequence[Turn],
-        previous: list[SearchHit],
+        prior: Prior | None,
         language: Language,
         *,
         trace: dict[str, Any],
@@ -215,7 +268,7 @@ class RagChain:
         if not history:
             return question
         recent = history[-3:]
-        messages = self._condense_messages(question, history, previous, language)
+        messages = self._condense_messages(question, history, prior, language)
         stats = Generation()
         pieces = []
         began = time.perf_counter()
@@ -305,6 +358,40 @@ class RagChain:
         trace["context_window"] = window
         return chosen, kept_history
 
+    def _continue(
+        self,
+        prior: Prior,
+        language: Language,
+        question: str,
+        hits: list[SearchHit],
+        *,
+        given: int,
+        trace: dict[str, Any],
+    ) -> tuple[list[BaseMessage], list[SearchHit], int] | None:
+        """The previous prompt and answer, then a message with the passages among the
+        follow-up's best ones that the conversation has not shown, then the question.
+
+        Returns the messages, every source in them (numbered from 1) and how many were added;
+        None when the conversation has grown too long for them, so that a new prompt is built.
+        """
+        window = int(getattr(self.chat_model, "context_window", 4096))
+        shown = {h.chunk.chunk_id for h in prior.sources}
+        best = hits[: self.params.follow_up_sources]
+        new = [h for h in best if h.chunk.chunk_id not in shown]
+        message = self._follow_up(language, new, len(shown) + 1, question)
+        messages = [*prior.messages, HumanMessage(message)]
+        size = self.chat_model.get_num_tokens_from_messages(messages)
+        if size + self.params.answer_tokens > window:
+            return None
+        trace["dropped"] = [
+            {"chunk_id": h.chunk.chunk_id, "reason": "follow_up"}
+            for h in hits[len(best) : self.params.max_sources]
+            if h.chunk.chunk_id not in shown
+        ]
+        trace["history_turns"] = {"given": given, "kept": prior.turns}
+        trace["context_window"] = window
+        return messages, [*prior.sources, *new], len(new)
+
     def _generate(
         self,
         question: str,
@@ -312,19 +399,24 @@ class RagChain:
         language: Language,
         hits: list[SearchHit],
         *,
-        previous: list[SearchHit],
+        prior: Prior | None,
         trace: dict[str, Any],
         on_token: Callable[[str], None] | None,
         on_wait: Callable[[], None] | None,
         started: float,
     ) -> Answer:
-        if _still_best(previous, hits):
-            hits = _previous_first(previous, hits)
-            trace["kept_previous_sources"] = True
-        chosen, kept = self._budget(language, history, question, hits, trace)
-        sources = _prefix_stable(chosen, previous)
-        blocks = "\n".join(source_block(n, h) for n, h in enumerate(sources, start=1))
-        messages = self._messages(language, blocks, kept, question)
+        plan = None
+        if prior is not None:
+            plan = self._continue(prior, language, question, hits, given=len(history), trace=trace)
+        if plan is not None:
+            messages, sources, added = plan
+            trace["prompt"] = {"continues_previous": True, "appended_sources": added}
+        else:
+            chosen, kept = self._budget(language, history, question, hits, trace)
+            sources = _prefix_stable(chosen, [] if prior is None else prior.sources[: prior.base])
+            blocks = "\n".join(source_block(n, h) for n, h in enumerate(sources, start=1))
+            messages = self._messages(language, blocks, kept, question)
+            trace["prompt"] = {"continues_previous": False, "appended_sources": 0}
         trace["in_prompt"] = [
             {"n": n, "chunk_id": h.chunk.chunk_id} for n, h in enumerate(sources, start=1)
         ]
@@ -361,27 +453,6 @@ def _prefix_stable(chosen: list[SearchHit], previous: list[SearchHit]) -> list[S
     first = [found[p.chunk.chunk_id] for p in previous if p.chunk.chunk_id in found]
     ids = {h.chunk.chunk_id for h in first}
     return first + [h for h in chosen if h.chunk.chunk_id not in ids]
-
-
-def _still_best(previous: list[SearchHit], hits: list[SearchHit]) -> bool:
-    """Whether a follow-up's retrieval still finds every previous source, the best one among them.
-
-    Then the follow-up keeps the previous prompt's sources as they were, so its prompt repeats
-    the previous one up to the new question and llama.cpp evaluates only that (measured: first
-    token 1.0 s -> 0.1 s). When the best passage is a new one, sources are chosen by rank.
-    """
-    if not previous or not hits:
-        return False
-    found = {h.chunk.chunk_id for h in hits}
-    before = {p.chunk.chunk_id for p in previous}
-    return before <= found and hits[0].chunk.chunk_id in before
-
-
-def _previous_first(previous: list[SearchHit], hits: list[SearchHit]) -> list[SearchHit]:
-    """The hits, the previous sources first in their previous order (each keeps its scores)."""
-    by_id = {h.chunk.chunk_id: h for h in hits}
-    first = [by_id[p.chunk.chunk_id] for p in previous]
-    return first + [h for h in hits if h.chunk.chunk_id not in {p.chunk.chunk_id for p in first}]
 
 
 def _candidate(hit: SearchHit) -> dict[str, Any]:

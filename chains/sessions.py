@@ -13,6 +13,7 @@ from typing import Any
 
 from chains.rag import Turn
 from errors import SessionNotFound
+from prompts import LANGUAGES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -51,6 +52,21 @@ class StoredTurn:
     citations: list[dict[str, Any]]
     trace: dict[str, Any]
     created_at: str
+
+
+def _turn(stored: StoredTurn) -> Turn:
+    """A stored turn as history, with the layout of its prompt (to rebuild it exactly)."""
+    trace = stored.trace
+    prompt = trace.get("prompt", {})
+    language = trace.get("language")
+    return Turn(
+        stored.question,
+        stored.answer,
+        tuple(s["chunk_id"] for s in trace.get("in_prompt", [])),
+        appended=prompt["appended_sources"] if prompt.get("continues_previous") else None,
+        earlier=trace.get("history_turns", {}).get("kept", 0),
+        language=language if language in LANGUAGES else None,
+    )
 
 
 def _now() -> str:
@@ -156,11 +172,7 @@ class ChatStore:
 
     def history(self, session_id: str) -> list[Turn]:
         """The turns as chain history (refusals are left out: they carry no content)."""
-        return [
-            Turn(t.question, t.answer, tuple(s["chunk_id"] for s in t.trace.get("in_prompt", [])))
-            for t in self.turns(session_id)
-            if not t.refused
-        ]
+        return [_turn(t) for t in self.turns(session_id) if not t.refused]
 
     def rename(self, session_id: str, title: str) -> None:
         """Give a session a new title."""

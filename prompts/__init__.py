@@ -16,6 +16,7 @@ LANGUAGES: tuple[Language, ...] = ("en", "zh")
 VARIABLES: dict[str, frozenset[str]] = {
     "answer_system": frozenset(),
     "sources": frozenset({"sources"}),
+    "follow_up": frozenset({"sources", "question"}),
     "condense": frozenset({"history", "question"}),
     "condense_turn": frozenset({"question"}),
     "refusal": frozenset(),

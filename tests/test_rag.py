@@ -206,27 +206,60 @@ def test_history_is_trimmed_to_its_share_of_the_context(settings: Settings, corp
     assert "question 9" in str(human_turns[-2].content)  # the latest turns are the ones kept
 
 
-def test_follow_up_with_a_new_best_passage_chooses_sources_by_rank(
+def contents(messages: list[BaseMessage]) -> list[tuple[str, str]]:
+    return [(m.type, str(m.content)) for m in messages]
+
+
+def test_follow_up_continues_the_previous_prompt_with_only_the_new_passages(
     settings: Settings, corpus: Path
 ) -> None:
-    rewrite = "How do I install and upgrade the Linux kernel package with apt?"
+    rewrite = "How do I upgrade the Linux kernel package?"
     assistant, model = make(
-        settings, corpus, "Use apt install NAME [1].", rewrite, "Reboot [1].", max_sources=2
+        settings, corpus, "Use apt install NAME [1].", rewrite, "Reboot [2].", max_sources=1
     )
     session = assistant.new_session()
     first = assistant.ask("How do I install a package with apt?", session=session)
     second = assistant.ask("and the kernel?", session=session)
     before = [s["chunk_id"] for s in first.trace["in_prompt"]]
-    after = [s["chunk_id"] for s in second.trace["in_prompt"]]
-    ranked = [c["chunk_id"] for c in second.trace["candidates"]]
-    # The kernel passage is now the best and was not in the first prompt: rank decides ...
-    assert ranked[0] not in before and "kept_previous_sources" not in second.trace
-    assert set(after) == set(ranked[: len(after)])
-    shared = [i for i in before if i in after]
-    assert shared and after[: len(shared)] == shared  # ... ordered so the prefix repeats
-    first_system, second_system = str(model.calls[0][0].content), str(model.calls[-1][0].content)
-    prefix = first_system[: first_system.index("</source>")]
-    assert second_system.startswith(prefix)
+    best = second.trace["candidates"][0]["chunk_id"]
+    assert best not in before
+    # The first prompt and its answer, word for word, then one new message: llama.cpp
+    # evaluates only that message.
+    prompt = model.calls[-1]
+    assert contents(prompt[: len(model.calls[0])]) == contents(model.calls[0])
+    assert contents(prompt[len(model.calls[0]) : -1]) == [("ai", first.answer)]
+    message = str(prompt[-1].content)
+    assert '<source id="2" file="kernel.md"' in message and 'id="1"' not in message
+    assert message.endswith("Question: and the kernel?")
+    assert second.trace["prompt"] == {"continues_previous": True, "appended_sources": 1}
+    assert [s["chunk_id"] for s in second.trace["in_prompt"]] == [*before, best]
+    # Citation numbers go on from the first prompt's: [2] is the passage just added.
+    assert second.answer == "Reboot [2]."
+    assert [(c.n, Path(c.source).name) for c in second.citations] == [(2, "kernel.md")]
+
+
+def test_a_third_question_replays_the_whole_conversation_from_the_store(
+    settings: Settings, corpus: Path
+) -> None:
+    assistant, model = make(
+        settings, corpus, "Use apt install NAME [1].", "How do I upgrade the Linux kernel?",
+        "Reboot [2].", "rsync 备份 外置硬盘", "rsync [3].",
+        max_sources=1,
+    )  # fmt: skip
+    session = assistant.new_session()
+    assistant.ask("How do I install a package with apt?", session=session)
+    second = assistant.ask("and the kernel?", session=session)
+    third = assistant.ask("and backups with rsync?", session=session)
+    answered = model.calls[2]  # the second answer's prompt, as it was sent
+    prompt = model.calls[-1]
+    assert contents(prompt[: len(answered)]) == contents(answered)
+    assert contents(prompt[len(answered) : -1]) == [("ai", second.answer)]
+    # The second turn added the kernel and backup passages (its best two), so the third,
+    # whose best passages are all shown, adds none.
+    assert second.trace["prompt"] == {"continues_previous": True, "appended_sources": 2}
+    assert contents(prompt[-1:]) == [("human", "and backups with rsync?")]
+    assert third.trace["history_turns"] == {"given": 2, "kept": 2}
+    assert [c.n for c in third.citations] == [3]
 
 
 def test_condense_falls_back_to_a_short_prompt_when_the_continuation_would_not_fit(
@@ -237,12 +270,13 @@ def test_condense_falls_back_to_a_short_prompt_when_the_continuation_would_not_f
     session = assistant.new_session()
     assistant.ask("How do I install a package with apt?", session=session)
     model.context_window = 300  # the previous prompt plus its long answer no longer fits
-    assistant.ask("and the kernel?", session=session)
+    answer = assistant.ask("and the kernel?", session=session)
     condense = model.calls[1]
     assert [m.type for m in condense] == ["human"] and "and the kernel?" in str(condense[0].content)
+    assert answer.trace["prompt"]["continues_previous"] is False
 
 
-def test_follow_up_on_the_same_passages_keeps_the_whole_prompt_prefix(
+def test_follow_up_on_the_same_passages_adds_only_the_question(
     settings: Settings, corpus: Path
 ) -> None:
     rewrite = "How do I install a package with apt, and which command does it?"
@@ -250,10 +284,31 @@ def test_follow_up_on_the_same_passages_keeps_the_whole_prompt_prefix(
     session = assistant.new_session()
     first = assistant.ask("How do I install a package with apt?", session=session)
     second = assistant.ask("Which command does it?", session=session)
-    # The follow-up still ranks a previous passage first: the sources stay exactly as they
-    # were, so the second prompt repeats the first up to the new turn.
-    assert second.trace.get("kept_previous_sources") is True
+    # Its best passages are all in the conversation already: nothing is added.
+    best = [c["chunk_id"] for c in second.trace["candidates"][:2]]
+    assert set(best) <= {s["chunk_id"] for s in first.trace["in_prompt"]}
+    assert second.trace["prompt"] == {"continues_previous": True, "appended_sources": 0}
     assert second.trace["in_prompt"] == first.trace["in_prompt"]
-    assert str(model.calls[-1][0].content) == str(model.calls[0][0].content)
-    best = second.trace["candidates"][0]["chunk_id"]
-    assert best in [s["chunk_id"] for s in first.trace["in_prompt"]]
+    assert contents(model.calls[-1]) == [
+        *contents(model.calls[0]),
+        ("ai", first.answer),
+        ("human", "Which command does it?"),
+    ]
+
+
+def test_follow_up_after_a_passage_was_removed_builds_a_new_prompt(
+    settings: Settings, corpus: Path
+) -> None:
+    assistant, model = make(
+        settings, corpus, "Use apt install NAME [1].", "How do I upgrade the Linux kernel?",
+        "Reboot [1].", max_sources=1,
+    )  # fmt: skip
+    session = assistant.new_session()
+    assistant.ask("How do I install a package with apt?", session=session)
+    assistant.remove(["apt.md"])
+    second = assistant.ask("and the kernel?", session=session)
+    # The first prompt cannot be repeated without its passage: a new one, sources by rank.
+    assert second.trace["prompt"]["continues_previous"] is False
+    assert [m.type for m in model.calls[1]] == ["human"]  # the short condense prompt
+    system = str(model.calls[-1][0].content)
+    assert 'file="kernel.md"' in system and 'file="apt.md"' not in system

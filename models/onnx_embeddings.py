@@ -1,8 +1,10 @@
 """The ONNX Runtime embedding backend.
 
 On first use the sentence-transformers model (from its local directory; nothing is fetched) is
-exported to ONNX with PyTorch and, by default, quantised to int8 per channel; the files are
-cached under ``<model cache>/<model>-<fingerprint>/`` and later runs load them without torch.
+exported to ONNX with PyTorch and, by default, quantised to int8 per channel, in a child
+process (PyTorch's ~700 MB would otherwise stay in the ingesting process for its whole run);
+the files are cached under ``<model cache>/<model>-<fingerprint>/`` and later runs load them
+without torch.
 Texts are sorted by length and batched so that padding is small.
 
 Measured on the 2-core development machine (all-MiniLM-L6-v2, ~94-token chunks, batch 32):
@@ -16,6 +18,8 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Sequence
@@ -180,15 +184,39 @@ def ensure_exported(files: ModelFiles, cache_dir: Path, *, quantize: bool) -> No
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(cache_dir / ".export.lock")):
-        fp32 = cache_dir / "model.onnx"
+        if target.is_file():
+            return  # another process exported it while this one waited
+        logger.warning("Exporting %s to ONNX (once; cached in %s)", files.model_id, cache_dir)
+        job = {"model": str(files.path), "fp32": str(cache_dir / "model.onnx"),
+               "int8": str(target) if quantize else None}  # fmt: skip
+        paths = [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from models.onnx_embeddings import export_job; "
+             "export_job(sys.argv[1])", json.dumps(job)],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines()
+            reason = lines[-1] if lines else f"exit status {done.returncode}"
+            raise ModelError(f"exporting {files.model_id} to ONNX failed: {reason}")
+
+
+def export_job(job_json: str) -> None:
+    """The export child: ``{"model", "fp32", "int8" or null}`` paths; exits 1 with the reason."""
+    job = json.loads(job_json)
+    try:
+        fp32 = Path(job["fp32"])
         if not fp32.is_file():
-            logger.warning("Exporting %s to ONNX (once; cached in %s)", files.model_id, cache_dir)
-            _export(files, fp32)
-        if quantize and not target.is_file():
-            _quantize(fp32, target)
+            _export(Path(job["model"]), fp32)
+        if job["int8"] and not Path(job["int8"]).is_file():
+            _quantize(fp32, Path(job["int8"]))
+    except ModelError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
 
 
-def _export(files: ModelFiles, target: Path) -> None:
+def _export(model_path: Path, target: Path) -> None:
     try:
         import torch
         from transformers import AutoModel
@@ -202,7 +230,7 @@ def _export(files: ModelFiles, target: Path) -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
-    model = AutoModel.from_pretrained(str(files.path), local_files_only=True).eval()
+    model = AutoModel.from_pretrained(str(model_path), local_files_only=True).eval()
     with_types = int(getattr(model.config, "type_vocab_size", 0) or 0) > 0
     names = ["input_ids", "attention_mask", *(["token_type_ids"] if with_types else [])]
 

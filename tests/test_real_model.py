@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from assistant import Assistant
-from models.embeddings import build_embedder
+from errors import ModelError
+from models.embeddings import ModelFiles, build_embedder
+from models.onnx_embeddings import ensure_exported
 from settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -59,3 +64,34 @@ def test_onnx_int8_agrees_with_pytorch(kb_home: Path, model_cache: Path) -> None
     # The export is cached: a second embedder does not export again.
     exported = sorted(p.name for p in model_cache.rglob("*.onnx"))
     assert exported == ["model.int8.onnx", "model.onnx"]
+
+
+def test_first_use_exports_in_a_child_so_the_process_never_imports_torch(tmp_path: Path) -> None:
+    # A fresh process with an empty model cache: the export runs, but in a child process.
+    code = (
+        "import json, sys; from models.embeddings import build_embedder; "
+        "from settings import load_settings; "
+        "e = build_embedder(load_settings(sys.argv[1], embedding_backend='onnx', "
+        "model_cache=sys.argv[2])); v = e.embed_array(['hello world']); "
+        "print(json.dumps({'shape': list(v.shape), 'torch': 'torch' in sys.modules}))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "home"), str(tmp_path / "cache")],
+        capture_output=True, text=True, cwd=root, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {"shape": [1, 384], "torch": False}
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*.onnx")) == [
+        "model.int8.onnx",
+        "model.onnx",
+    ]
+
+
+def test_a_failed_export_says_why_and_leaves_no_model_file(tmp_path: Path) -> None:
+    files = ModelFiles(tmp_path / "empty-model", "broken/model", 384, 128, "mean", plain=True)
+    files.path.mkdir()
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelError, match=r"exporting broken/model to ONNX failed: .*config\.json"):
+        ensure_exported(files, cache, quantize=True)
+    assert not list(cache.rglob("*.onnx"))

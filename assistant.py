@@ -22,6 +22,7 @@ from errors import DocumentNotFound, KBError, KnowledgeBaseExists
 from ingest import IngestReport, ProgressCallback, ingest
 from models.chat import build_chat_model, form_filler
 from models.embeddings import Embedder, build_embedder
+from models.gguf_info import parameter_count
 from models.reranker import CrossEncoderScorer, Scorer
 from settings import Settings, load_settings
 from vectorstore import (
@@ -37,6 +38,7 @@ from vectorstore.tables import TableInfo, TableRegistry
 
 logger = logging.getLogger(__name__)
 MAX_K = 100
+CONDENSE_FROM = 1e9  # parameters: smaller models answer instead of rewriting a follow-up
 
 
 class Assistant:
@@ -58,6 +60,7 @@ class Assistant:
         self._reranker: Scorer | None = reranker
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.RLock()
+        self._sizes: dict[Path, float | None] = {}  # GGUF path -> parameters
 
     # --- components ---------------------------------------------------------------------
 
@@ -329,11 +332,25 @@ class Assistant:
             source_token_budget=s.source_token_budget, answer_tokens=s.max_tokens,
             min_dense=s.abstain_min_dense, min_coverage=s.abstain_min_coverage,
             language=None if s.answer_language == "auto" else s.answer_language,
+            condense=self._condenses(),
         )  # fmt: skip
         return RagChain(
             lambda q, k: self.search(q, k=k, kb=kb), self.chat_model, params,
             fetch=lambda ids: self._fetch(ids, kb),
         )  # fmt: skip
+
+    def _condenses(self) -> bool:
+        """Whether follow-ups are rewritten by the model (``condense_follow_ups``)."""
+        mode = self.settings.condense_follow_ups
+        if mode != "auto":
+            return mode == "always"
+        path = getattr(getattr(self.chat_model, "engine", None), "path", None)
+        if path is None:
+            return True  # not a GGUF (a scripted model): nothing says it is too small
+        if path not in self._sizes:
+            self._sizes[path] = parameter_count(path)
+        size = self._sizes[path]
+        return size is None or size >= CONDENSE_FROM
 
     def _fetch(self, chunk_ids: Sequence[int], kb: str | None) -> list[SearchHit]:
         """Stored chunks by id, in the order given (missing ones left out)."""

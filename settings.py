@@ -176,6 +176,14 @@ class Settings(BaseSettings):
     agent_max_seconds: float = Field(
         default=120.0, gt=0, description="Seconds the agent may spend on one question."
     )
+    condense_follow_ups: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description=(
+            "Have the model rewrite a follow-up as a standalone question before searching: "
+            "'auto' does for models of 1 B parameters or more (smaller ones tend to answer "
+            "instead of rewriting); otherwise the previous question is searched with it."
+        ),
+    )  # fmt: skip
     answer_language: Literal["auto", "en", "zh"] = Field(
         default="auto",
         description="Language of answers: 'auto' answers in the language of the question.",

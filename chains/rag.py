@@ -58,7 +58,8 @@ class RagParams:
     history_share: float = 0.25  # of the context, at most, for earlier turns
     min_dense: float = 0.35  # abstain below this cosine ...
     min_coverage: float = 0.75  # ... unless this share of the question's words is found
-    condense_tokens: int = 64
+    condense: bool = True  # rewrite follow-ups with the model (else: previous question + it)
+    condense_tokens: int = 48  # a longer rewrite is refused anyway (24 words at most)
     language: Language | None = None  # answer in this language; None: the question's
 
 
@@ -268,13 +269,21 @@ class RagChain:
         if not history:
             return question
         recent = history[-3:]
+        if not self.params.condense:
+            query = f"{recent[-1].question} {question}"
+            trace["standalone_query"] = query
+            trace["condense"] = "off: the previous question is searched with this one"
+            return query
         messages = self._condense_messages(question, history, prior, language)
         stats = Generation()
         pieces = []
         began = time.perf_counter()
         for chunk in self.chat_model.stream(messages, stats=stats, on_wait=on_wait):
             pieces.append(str(chunk.content))
-            if "\n" in "".join(pieces).strip() or len(pieces) >= self.params.condense_tokens:
+            text = "".join(pieces).strip()
+            # One line, one question: stop at its end rather than wait for the newline.
+            ended = "\n" in text or text.endswith(("?", "？"))
+            if ended or len(pieces) >= self.params.condense_tokens:
                 break
         rewritten = _first_line("".join(pieces))
         asked = set(content_words(question))

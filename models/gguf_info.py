@@ -7,6 +7,7 @@ the ``gguf`` package's reader take far longer and print to stderr.
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -73,3 +74,19 @@ def read_gguf_metadata(path: Path) -> dict[str, MetaValue]:
             return meta
     except (OSError, ValueError, struct.error) as exc:
         raise ModelError(f"{path}: cannot read the GGUF header ({exc})") from exc
+
+
+def parameter_count(path: Path) -> float | None:
+    """The model's parameters: its size label ("135M", "1.5B") or, failing that, an estimate
+    from its shape (12 d^2 per block plus the embeddings); None when neither is there."""
+    meta = read_gguf_metadata(path)
+    label = str(meta.get("general.size_label") or "")
+    match = re.fullmatch(r"(?:(\d+)x)?(\d+(?:\.\d+)?)([KMBT])", label.strip(), re.IGNORECASE)
+    if match:
+        scale = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}[match.group(3).upper()]
+        return float(match.group(1) or 1) * float(match.group(2)) * scale
+    arch = meta.get("general.architecture", "llama")
+    width, blocks = meta.get(f"{arch}.embedding_length"), meta.get(f"{arch}.block_count")
+    if isinstance(width, int) and isinstance(blocks, int):
+        return 12.0 * blocks * width**2
+    return None

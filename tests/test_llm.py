@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from assistant import build_assistant
 from cli import main
-from models.gguf_info import read_gguf_metadata
+from models.gguf_info import parameter_count, read_gguf_metadata
 from models.hardware import doctor_report
 from models.llm import LocalLLM, Sampling, resolve_chat_model
 from settings import load_settings
@@ -115,3 +116,14 @@ def test_the_embedded_model_fills_query_forms_through_the_grammar(kb_home: Path)
     year = assistant.agent("In which year was the invoice revenue highest?")
     assert year.rows and year.rows[0][0] == 2009
     assistant.close()
+
+
+def test_follow_ups_are_not_rewritten_by_a_model_too_small_for_it(kb_home: Path) -> None:
+    path = resolve_chat_model("SmolLM2-135M-Instruct")
+    assert parameter_count(path) == 135e6  # its size label
+    auto = build_assistant(load_settings(kb_home, chat_backend="llama-cpp"))
+    assert auto.rag_chain().params.condense is False  # 135 M < 1 B: answers instead
+    forced = build_assistant(
+        load_settings(kb_home, chat_backend="llama-cpp", condense_follow_ups="always")
+    )
+    assert forced.rag_chain().params.condense is True

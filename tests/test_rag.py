@@ -130,6 +130,21 @@ def test_follow_up_is_condensed_with_the_history(settings: Settings, corpus: Pat
     ]
 
 
+def test_without_condensing_the_previous_question_is_searched_with_the_follow_up(
+    settings: Settings, corpus: Path
+) -> None:
+    assistant, model = make(
+        settings, corpus, "Use apt [1].", "Reboot [2].", condense_follow_ups="never"
+    )
+    session = assistant.new_session()
+    assistant.ask("How do I install a package with apt?", session=session)
+    answer = assistant.ask("and the Linux kernel?", session=session)
+    assert len(model.calls) == 2  # no rewrite call: straight to the answer
+    query = "How do I install a package with apt? and the Linux kernel?"
+    assert answer.trace["standalone_query"] == query and "condense_s" not in answer.trace
+    assert answer.trace["prompt"]["continues_previous"] is True
+
+
 def test_rambling_condense_falls_back_to_the_conversation(settings: Settings, corpus: Path) -> None:
     assistant, _ = make(settings, corpus, "Use apt [1].", "Bananas are yellow.", "ok [1]")
     session = assistant.new_session()

@@ -81,6 +81,7 @@ class IngestProgress:
     files_total: int
     chunks_done: int
     current: str | None
+    indexing: bool = False  # the files are in; the search index is being rebuilt for its size
 
 
 ProgressCallback = Callable[[IngestProgress], None]
@@ -456,6 +457,10 @@ def ingest(
             for event in _until_done(events):
                 consumer.add(event)
             consumer.flush()
+            if progress is not None and writer.changed and writer.index.needs_rebuild():
+                # Closing the writer retrains the index (~20 s at 10^6 chunks): say so.
+                total = len(found.files)
+                progress(IngestProgress(done[0], total, report.chunks_added, None, indexing=True))
         finally:
             producer.stop.set()
             producer.join(timeout=5)

@@ -56,6 +56,7 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None] | 
 
         def update(p: IngestProgress) -> None:
             name = Path(p.current).name if p.current else "Ingesting"
+            name = "Building the search index" if p.indexing else name
             bar.update(task, total=p.files_total, completed=p.files_done, chunks=p.chunks_done,
                        description=name[:40])  # fmt: skip
 

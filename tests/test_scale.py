@@ -13,6 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from assistant import build_assistant
+from ingest import IngestProgress
+from settings import Settings
 from vectorstore import Library, vector_index
 from vectorstore.catalog import NewChunk
 from vectorstore.keywords import index_text
@@ -115,3 +118,23 @@ def test_keyword_search_leaves_out_the_commonest_words_past_the_budget(tmp_path:
     assert {i for i, _ in everything[:3]} == {301, 302, 303}  # same winners, all words scored
     assert catalog.keyword_search(["table", "row"], 5, budget=100) == []  # every word too common
     assert catalog.keyword_search([], 5) == []
+
+
+def test_ingest_says_when_it_rebuilds_the_index_for_a_new_size(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(vector_index, "IVF_FROM", 40)
+    text = "\n\n".join(f"Paragraph {i} about topic {i % 7} and word{i}." * 8 for i in range(80))
+    (tmp_path / "many.txt").write_text(text, encoding="utf-8")
+    assistant = build_assistant(settings)
+    events: list[IngestProgress] = []
+    report = assistant.ingest([tmp_path / "many.txt"], progress=events.append)
+    assert report.chunks_added >= 40
+    assert [e.indexing for e in events].count(True) == 1 and events[-1].indexing
+    assert events[-1].chunks_done == report.chunks_added
+    assert assistant.knowledge_base().index().kind == "ivf"
+    # Below the threshold nothing is rebuilt, and nothing says so.
+    (tmp_path / "one.txt").write_text("One short paragraph.", encoding="utf-8")
+    quiet: list[IngestProgress] = []
+    assistant.ingest([tmp_path / "one.txt"], progress=quiet.append)
+    assert not any(e.indexing for e in quiet)

@@ -31,6 +31,8 @@ EN: dict[str, str] = {
     "docs.too_big": "Too large (limit {mb} MB per file): {names}",
     "docs.save_failed": "Could not store the upload: {error}",
     "docs.progress": "Indexing: {done}/{total} files, {chunks} chunks — {current}",
+    "docs.building_index": "All files read ({chunks} chunks); building the search index for "
+    "the knowledge base's new size…",
     "docs.waiting_writer": "Waiting: another ingest is writing to this knowledge base…",
     "docs.batch_failed": "The upload failed: {error}",
     "docs.indexed": (
@@ -197,6 +199,7 @@ ZH: dict[str, str] = {
     "docs.too_big": "文件过大（每个文件上限 {mb} MB）：{names}",
     "docs.save_failed": "无法保存上传的文件：{error}",
     "docs.progress": "正在索引：{done}/{total} 个文件，{chunks} 个片段 — {current}",
+    "docs.building_index": "文件已全部读入（{chunks} 个片段）；正在按知识库的新规模重建检索索引…",
     "docs.waiting_writer": "等待中：另一个导入正在写入此知识库……",
     "docs.batch_failed": "上传失败：{error}",
     "docs.indexed": (

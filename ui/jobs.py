@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ingest import IngestProgress, IngestReport
 
 logger = logging.getLogger(__name__)
-JobState = Literal["queued", "waiting", "running", "done", "failed"]
+JobState = Literal["queued", "waiting", "running", "indexing", "done", "failed"]
 FileOutcome = Literal["added", "updated", "unchanged", "failed", "skipped"]
 
 
@@ -58,7 +58,7 @@ class IngestJob:
     @property
     def active(self) -> bool:
         """Still queued or running."""
-        return self.state in ("queued", "waiting", "running")
+        return self.state in ("queued", "waiting", "running", "indexing")
 
     @property
     def fraction(self) -> float:
@@ -127,7 +127,7 @@ class JobBoard:
     @staticmethod
     def _run(job: IngestJob, assistant: Assistant, paths: list[Path]) -> None:
         def progress(p: IngestProgress) -> None:
-            job.state = "running"
+            job.state = "indexing" if p.indexing else "running"
             job.files_done, job.chunks_done = p.files_done, p.chunks_done
             job.current = job.name_of(p.current) if p.current else None
 

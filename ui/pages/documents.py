@@ -78,10 +78,15 @@ def _progress(ctx: PageContext) -> None:
 def _job(ctx: PageContext, job: IngestJob, *, latest: bool) -> None:
     t = ctx.t
     if job.active:
-        label = t("docs.waiting_writer") if job.state == "waiting" else t(
-            "docs.progress", done=job.files_done, total=job.files_total,
-            chunks=job.chunks_done, current=job.current or "…",
-        )  # fmt: skip
+        if job.state == "waiting":
+            label = t("docs.waiting_writer")
+        elif job.state == "indexing":
+            label = t("docs.building_index", chunks=job.chunks_done)
+        else:
+            label = t(
+                "docs.progress", done=job.files_done, total=job.files_total,
+                chunks=job.chunks_done, current=job.current or "…",
+            )  # fmt: skip
         st.progress(job.fraction, text=label)
         return
     if job.state == "failed":

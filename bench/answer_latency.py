@@ -68,21 +68,26 @@ def raw_call(llama: Any, messages: list[dict[str, str]], sampling: Any) -> tuple
     return first, (tokens - 1) / (total - first), tokens
 
 
+def capture_prompts(engine: Any) -> list[list[dict[str, str]]]:
+    """Every message list the engine is sent from now on, in order."""
+    sent: list[list[dict[str, str]]] = []
+    original = engine.stream_chat
+
+    def capture(messages: list[dict[str, str]], *args: Any, **kwargs: Any) -> Any:
+        sent.append(messages)
+        return original(messages, *args, **kwargs)
+
+    engine.stream_chat = capture
+    return sent
+
+
 def follow_ups(home: Path, raw: Any, sampling: Any, record: bool) -> None:
     """Follow-ups as users run them: the prompt cache on, questions not asked before."""
     from assistant import build_assistant
     from settings import load_settings
 
     chatting = build_assistant(load_settings(home, seed=7, max_tokens=96))
-    chat_engine = chatting.chat_model.engine  # type: ignore[attr-defined]
-    chat_sent: list[list[dict[str, str]]] = []
-    chat_stream = chat_engine.stream_chat
-
-    def capture_chat(messages: list[dict[str, str]], *args: Any, **kwargs: Any) -> Any:
-        chat_sent.append(messages)
-        return chat_stream(messages, *args, **kwargs)
-
-    chat_engine.stream_chat = capture_chat
+    chat_sent = capture_prompts(chatting.chat_model.engine)  # type: ignore[attr-defined]
     pairs = []
     for first, second in FOLLOW_UPS:
         session = chatting.new_session("faq")
@@ -142,14 +147,7 @@ def main(n: int, record: bool) -> None:
     assistant.ingest(sorted(glob.glob("/usr/share/doc/debian/FAQ/*.en.html")), kb="faq")
     model = assistant.chat_model
     engine = model.engine  # type: ignore[attr-defined]
-    sent: list[list[dict[str, str]]] = []
-    original = engine.stream_chat
-
-    def capture(messages: list[dict[str, str]], *args: Any, **kwargs: Any) -> Any:
-        sent.append(messages)
-        return original(messages, *args, **kwargs)
-
-    engine.stream_chat = capture
+    sent = capture_prompts(engine)
     threads = engine.threads
     raw = Llama(
         model_path=str(engine.path), n_ctx=engine.n_ctx, n_batch=512, n_threads=threads,

@@ -152,6 +152,18 @@ def test_ask_streams_an_answer_with_source_cards_and_a_trace(kb_home: Path, tmp_
     assert [s.title for s in sessions] == ["How are network interfaces configured?"]
 
 
+def test_a_follow_up_says_it_continued_the_conversation(kb_home: Path, tmp_path: Path) -> None:
+    seed(kb_home, tmp_path).close()
+    at = open_app(CHAT)
+    at.chat_input[0].set_value("How are network interfaces configured?").run()
+    at.chat_input[0].set_value("Which file does ifupdown read for network interfaces?").run()
+    assert not at.exception
+    traces = [e for e in at.expander if e.label == "Why this answer"]
+    assert len(traces) == 2
+    said = [" ".join(c.value for c in e.caption) for e in traces]
+    assert "continued" not in said[0] and "prompt was continued" in said[1]
+
+
 def test_an_abstention_is_shown_as_such(kb_home: Path, tmp_path: Path) -> None:
     seed(kb_home, tmp_path).close()
     at = open_app(CHAT)

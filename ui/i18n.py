@@ -104,6 +104,8 @@ EN: dict[str, str] = {
     "trace.fused": "fused",
     "trace.in_prompt": "In prompt",
     "trace.dropped": "{n} passage(s) left out to fit the context window.",
+    "trace.continued": "Follow-up: the conversation's prompt was continued, not re-read; {n} "
+    "new passage(s) added.",
     # tables
     "tables.title": "Tables & databases in {kb}",
     "tables.tab_ask": "Ask",
@@ -268,6 +270,7 @@ ZH: dict[str, str] = {
     "trace.fused": "融合",
     "trace.in_prompt": "在提示词中",
     "trace.dropped": "为适应上下文窗口，省略了 {n} 个段落。",
+    "trace.continued": "追问：沿用了对话已有的提示词，未重新读取；新增 {n} 个段落。",
     "tables.title": "{kb} 中的表格与数据库",
     "tables.tab_ask": "提问",
     "tables.tab_browse": "浏览",

@@ -131,7 +131,11 @@ def _trace(t: Text, trace: dict[str, Any]) -> None:
         if rows:
             st.caption(t("trace.retrieved"))
             st.dataframe(rows, hide_index=True, width="stretch")
-        if dropped := trace.get("dropped"):
+        prompt = trace.get("prompt", {})
+        if prompt.get("continues_previous"):
+            st.caption(t("trace.continued", n=prompt.get("appended_sources", 0)))
+        dropped = [d for d in trace.get("dropped", []) if d.get("reason") != "follow_up"]
+        if dropped:
             st.caption(t("trace.dropped", n=len(dropped)))
 
 

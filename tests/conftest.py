@@ -3,16 +3,54 @@ model, the keyword-hash embedder (deterministic, instant)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from assistant import Assistant, build_assistant
 from models.embeddings import HashEmbedder
 from settings import Settings, load_settings
+
+
+def is_local(address: object) -> bool:
+    """Whether a socket address stays on this machine (loopback or a Unix socket path)."""
+    if isinstance(address, (str, bytes)):
+        return True  # AF_UNIX
+    host = str(address[0]) if isinstance(address, tuple) and address else ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True, scope="session")
+def offline() -> Iterator[list[object]]:
+    """The whole suite runs offline: a connection off this machine fails and is recorded (the
+    product must never need one); loopback stays open for the app's own server."""
+    attempts: list[object] = []
+    connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def guarded(original: Any) -> Any:
+        def call(self: socket.socket, address: object, *args: object) -> Any:
+            if not is_local(address):
+                attempts.append(address)
+                raise OSError(f"tests run offline: connection to {address!r} refused")
+            return original(self, address, *args)
+
+        return call
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(socket.socket, "connect", guarded(connect))
+    patch.setattr(socket.socket, "connect_ex", guarded(connect_ex))
+    yield attempts
+    patch.undo()
 
 
 @pytest.fixture(autouse=True)

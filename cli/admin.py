@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -15,9 +15,6 @@ from cli.base import (
     main,
     reported,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 @main.command()

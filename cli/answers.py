@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -15,9 +15,6 @@ from cli.base import (
     model_options,
     reported,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _waiting() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -15,9 +15,6 @@ from cli.base import (
     main,
     reported,
 )
-
-if TYPE_CHECKING:
-    pass
 
 
 def _table_rows(infos: list[Any]) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ from vectorstore import (
     validate_name,
 )
 from vectorstore.hybrid import hybrid_search, rerank
+from vectorstore.integrity import CheckReport
 from vectorstore.tables import TableInfo, TableRegistry
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,23 @@ class Assistant:
             if kb is not None:
                 kb.close()
         self.library.delete(name)
+
+    def check_kb(self, name: str | None = None, *, repair: bool = False) -> CheckReport:
+        """Verify a knowledge base (``kb check``); with ``repair``, rebuild what can be rebuilt.
+
+        Raises:
+            KnowledgeBaseNotFound: there is no such knowledge base folder.
+            KnowledgeBaseLocked: ``repair`` waited too long for a running ingest.
+        """
+        from vectorstore.integrity import check
+
+        name = self._kb_name(name)
+        folder = self.library.folder(name)
+        with self._lock:
+            kb = self._open.pop(name, None)  # reopened (and re-verified) on next use
+            if kb is not None:
+                kb.close()
+        return check(folder, repair=repair)
 
     # --- documents ----------------------------------------------------------------------
 

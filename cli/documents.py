@@ -1,4 +1,4 @@
-"""``kb ingest``, ``docs``, ``remove``, ``search``: documents in a knowledge base."""
+"""``kb ingest``, ``docs``, ``remove``, ``search``, ``check``: documents in a knowledge base."""
 
 from __future__ import annotations
 
@@ -168,3 +168,39 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+@main.command()
+@kb_option
+@click.option("--repair", is_flag=True, help="Rebuild what can be rebuilt from the catalog.")
+@json_option
+@click.pass_obj
+def check(ctx: Context, kb_name: str | None, repair: bool, as_json: bool) -> None:
+    """Verify a knowledge base: manifest, catalog, vectors and keyword index agree.
+
+    Exits 1 when a problem remains. Sources edited or deleted since they were ingested are
+    listed but are not problems ('kb ingest' brings them up to date).
+    """
+    with reported(as_json):
+        report = ctx.assistant().check_kb(kb_name, repair=repair)
+
+    def human() -> None:
+        vectors = "?" if report.vectors is None else report.vectors
+        click.echo(
+            f"knowledge base '{report.kb}': {report.documents} documents, {report.chunks} "
+            f"chunks, {vectors} vectors"
+        )
+        for line in report.repaired:
+            click.echo(f"  repaired: {line}")
+        for line in report.problems:
+            click.echo(f"  problem: {line}")
+        for line in report.changed_sources:
+            click.echo(f"  source: {line}")
+        if report.ok:
+            click.echo("ok")
+        elif not repair:
+            click.echo(f"'kb check --kb {report.kb} --repair' rebuilds what the catalog holds")
+
+    emit(report.to_json(), as_json, human)
+    if not report.ok:
+        sys.exit(1)

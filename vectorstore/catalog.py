@@ -10,19 +10,26 @@ what changed after V.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 
 from errors import CorruptKnowledgeBase
 from vectorstore.keywords import any_of, quoted
+
+_DAMAGED = (
+    "restore it from a backup, or delete the knowledge base and ingest again; "
+    "'kb check --kb NAME' lists what is affected"
+)
 
 CATALOG_NAME = "catalog.sqlite"
 POSTINGS_BUDGET = 30_000  # chunks a keyword query may score (see Catalog.keyword_search)
@@ -115,6 +122,57 @@ class NewChunk:
     keywords: str  # space-separated keyword tokens for the full-text index
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite found the file damaged.
+
+    SQLite says "database disk image is malformed" (or "file is not a database") only when it
+    reads a damaged page, which may be long after the file was opened. Operational errors
+    (locked, disk full, interrupted) and constraint errors are not damage: the file is fine.
+    """
+    return not isinstance(exc, sqlite3.OperationalError | sqlite3.IntegrityError)
+
+
+def _damaged(catalog: object, exc: sqlite3.DatabaseError) -> CorruptKnowledgeBase:
+    return CorruptKnowledgeBase(
+        f"{getattr(catalog, 'path', 'catalog')} is damaged ({exc}); {_DAMAGED}"
+    )
+
+
+def guarded(method: Callable[P, R]) -> Callable[P, R]:
+    """Report a damaged catalog file as ``CorruptKnowledgeBase`` (see ``_damaged``)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            raise _damaged(args[0], exc) from exc
+
+    return wrapper
+
+
+def guarded_iterator(method: Callable[P, Iterator[T]]) -> Callable[P, Iterator[T]]:
+    """``guarded`` for a generator, whose damage shows only while it is iterated."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        try:
+            yield from method(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            raise _damaged(args[0], exc) from exc
+
+    return wrapper
+
+
 def now() -> str:
     """Current UTC time as stored in the catalog."""
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -195,28 +253,33 @@ class Catalog:
             finally:
                 self._db.execute("COMMIT")
 
+    @guarded
     def version(self) -> int:
         """The number of committed write transactions."""
         with self._lock:
             return int(self._meta("version"))
 
+    @guarded
     def documents(self) -> list[DocumentRecord]:
         """All documents, oldest first."""
         with self._lock:
             rows = self._db.execute(f"SELECT {_DOC_COLUMNS} FROM documents ORDER BY id").fetchall()
         return [_document(r) for r in rows]
 
+    @guarded
     def source_hashes(self) -> dict[str, tuple[int, str]]:
         """``source -> (doc_id, sha256)`` for every document."""
         with self._lock:
             rows = self._db.execute("SELECT source, id, sha256 FROM documents").fetchall()
         return {source: (doc_id, sha) for source, doc_id, sha in rows}
 
+    @guarded
     def chunk_count(self) -> int:
         """Number of chunks."""
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM chunks").fetchone()[0])
 
+    @guarded
     def chunks_by_ids(self, ids: Iterable[int]) -> dict[int, ChunkRecord]:
         """Chunks with their document's source, by chunk id (missing ids are left out)."""
         wanted = list(ids)
@@ -232,6 +295,7 @@ class Catalog:
             ).fetchall()
         return {r[0]: ChunkRecord(*r) for r in rows}
 
+    @guarded
     def keyword_search(
         self, terms: Sequence[str], k: int, budget: int = POSTINGS_BUDGET
     ) -> list[tuple[int, float]]:
@@ -271,6 +335,7 @@ class Catalog:
         ).fetchone()
         return int(row[0])
 
+    @guarded
     def cached_embeddings(self, hashes: Iterable[str]) -> dict[str, bytes]:
         """Stored embeddings of chunks whose embedded text has one of these hashes."""
         wanted = list(set(hashes))
@@ -286,6 +351,7 @@ class Catalog:
                 found.update((h, bytes(e)) for h, e in rows)
         return found
 
+    @guarded_iterator
     def embeddings(
         self, since_version: int = -1, batch: int = 10_000
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -299,6 +365,7 @@ class Catalog:
                 vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
                 yield ids, vectors.reshape(len(rows), -1)
 
+    @guarded
     def sample_embeddings(self, n: int, seed: int = 0) -> np.ndarray:
         """Up to ``n`` stored vectors drawn at random (by id), for training an index."""
         with self._lock:
@@ -318,6 +385,7 @@ class Catalog:
         vectors = np.frombuffer(b"".join(blobs), dtype=np.float32)
         return vectors.reshape(len(blobs), -1)
 
+    @guarded
     def removed_since(self, version: int) -> list[int]:
         """Chunk ids removed after ``version``."""
         with self._lock:
@@ -326,8 +394,118 @@ class Catalog:
             ).fetchall()
         return [r[0] for r in rows]
 
+    @guarded
+    def identity(self) -> dict[str, object] | None:
+        """The manifest this catalog was created with (None in catalogs from before 0.7)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    @guarded
+    def stored_dimension(self) -> int | None:
+        """The dimension of the stored vectors, read from one of them (None when empty)."""
+        with self._lock:
+            row = self._db.execute("SELECT length(embedding) FROM chunks LIMIT 1").fetchone()
+        return None if row is None else int(row[0]) // 4
+
+    # --- verifying and repairing (``vectorstore.integrity``) ------------------------------
+
+    def quick_check(self) -> list[str]:
+        """SQLite's own structural check of the file: empty when it is sound."""
+        try:
+            with self._lock:
+                rows = self._db.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            return [str(exc)]
+        found = [str(r[0]) for r in rows]
+        return [] if found == ["ok"] else found
+
+    @guarded
+    def inconsistencies(self, dimension: int) -> dict[str, list[tuple[object, ...]]]:
+        """Rows that break the catalog's own rules, by kind (each list empty when sound).
+
+        ``unfinished``: documents not marked ready; ``miscounted``: documents whose chunk
+        count differs from their chunks; ``orphans``: chunks of no document; ``bad_vectors``:
+        chunks whose vector is not ``dimension`` floats; ``unindexed`` / ``stray_keywords``:
+        chunks missing from the keyword index, and keyword rows of no chunk.
+        """
+        queries = {
+            "unfinished": "SELECT id, source FROM documents WHERE status != 'ready'",
+            "miscounted": "SELECT d.id, d.source, d.chunks, count(c.id) FROM documents d "
+            "LEFT JOIN chunks c ON c.doc_id = d.id GROUP BY d.id HAVING d.chunks != count(c.id)",
+            "orphans": "SELECT id FROM chunks WHERE doc_id NOT IN (SELECT id FROM documents)",
+            "bad_vectors": f"SELECT id FROM chunks WHERE length(embedding) != {4 * int(dimension)}",
+            "unindexed": "SELECT id FROM chunks WHERE id NOT IN (SELECT rowid FROM chunks_fts)",
+            "stray_keywords": "SELECT rowid FROM chunks_fts WHERE rowid NOT IN "
+            "(SELECT id FROM chunks)",
+        }
+        with self._lock:
+            return {kind: self._db.execute(sql).fetchall() for kind, sql in queries.items()}
+
+    @guarded
+    def chunk_ids(self) -> np.ndarray:
+        """Every chunk id, ascending."""
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM chunks ORDER BY id").fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    @guarded
+    def repair(self, identity: dict[str, object] | None = None) -> list[str]:
+        """Fix what ``inconsistencies`` finds that the catalog itself can fix, in one transaction.
+
+        Unfinished documents and orphan chunks are deleted, chunk counts recounted, the keyword
+        index rebuilt from the chunks, and ``identity`` recorded when given. Returns what it did.
+        """
+        from loaders.splitter import embed_text
+        from vectorstore.keywords import index_text
+
+        done: list[str] = []
+        version = self.begin()
+        try:
+            found = self.inconsistencies(self.stored_dimension() or 0)
+            for doc_id, source in found["unfinished"]:
+                self._remove_chunks(int(str(doc_id)), version)
+                self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+                done.append(f"removed the unfinished document {source}")
+            orphans = [int(str(r[0])) for r in found["orphans"]]
+            if orphans:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO tombstones (chunk_id, version) VALUES (?, ?)",
+                    [(i, version) for i in orphans],
+                )
+                self._db.executemany("DELETE FROM chunks WHERE id = ?", [(i,) for i in orphans])
+                done.append(f"removed {len(orphans)} chunk(s) of no document")
+            for doc_id, source, _, actual in found["miscounted"]:
+                self._db.execute("UPDATE documents SET chunks = ? WHERE id = ?", (actual, doc_id))
+                done.append(f"recounted the chunks of {source} ({actual})")
+            if found["unindexed"] or found["stray_keywords"]:
+                self._db.execute("DELETE FROM chunks_fts")
+                rows = self._db.execute("SELECT id, text, heading, sheet FROM chunks")
+                self._db.executemany(
+                    "INSERT INTO chunks_fts (rowid, tokens) VALUES (?, ?)",
+                    ((i, index_text(embed_text(t, h, sh))) for i, t, h, sh in rows.fetchall()),
+                )
+                done.append("rebuilt the keyword index from the chunks")
+            if identity is not None:
+                self.record_identity(identity)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return done
+
+    @guarded
+    def record_identity(self, identity: dict[str, object]) -> None:
+        """Keep a copy of the manifest in the catalog (checked against manifest.json on open)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('identity', ?)",
+                (json.dumps(identity, ensure_ascii=False),),
+            )
+
     # --- writing (the caller holds the knowledge base's writer lock) ---------------------
 
+    @guarded
     def begin(self) -> int:
         """Start a write transaction; returns the version it will commit as."""
         with self._lock:
@@ -336,6 +514,7 @@ class Catalog:
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(version),))
             return version
 
+    @guarded
     def commit(self) -> None:
         """Make the current transaction durable."""
         with self._lock:
@@ -347,6 +526,7 @@ class Catalog:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
 
+    @guarded
     def put_document(
         self, source: str, *, name: str, sha256: str, size: int, fmt: str, version: int
     ) -> tuple[int, list[int]]:
@@ -374,6 +554,7 @@ class Catalog:
             )
             return doc_id, removed
 
+    @guarded
     def add_chunks(
         self, doc_id: int, version: int, chunks: list[NewChunk], vectors: np.ndarray
     ) -> np.ndarray:
@@ -397,6 +578,7 @@ class Catalog:
             )
         return ids
 
+    @guarded
     def finish_document(
         self, doc_id: int, chunks: int, pages: int | None, notes: list[str]
     ) -> None:
@@ -408,6 +590,7 @@ class Catalog:
                 (chunks, pages, json.dumps(notes, ensure_ascii=False), doc_id),
             )
 
+    @guarded
     def delete_document(self, doc_id: int, version: int) -> list[int]:
         """Delete a document and its chunks; returns the removed chunk ids."""
         with self._lock:

@@ -12,14 +12,14 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from errors import CorruptKnowledgeBase, KnowledgeBaseLocked
 from vectorstore.catalog import CATALOG_NAME, Catalog, ChunkRecord, DocumentRecord, NewChunk
-from vectorstore.manifest import Manifest
+from vectorstore.manifest import MANIFEST_NAME, Manifest
 from vectorstore.vector_index import INDEX_NAME, VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,11 @@ def load_index(catalog: Catalog, folder: Path, dimension: int) -> tuple[VectorIn
         except FileNotFoundError:
             pass
         except CorruptKnowledgeBase as exc:
-            logger.warning("%s; rebuilding the vector index from the catalog", exc)
+            logger.warning(
+                "%s; the vector index is rebuilt from the catalog for this session (nothing is "
+                "lost); 'kb check --kb %s --repair' rewrites the file",
+                exc, folder.name,
+            )  # fmt: skip
         if index is not None:
             index.remove(catalog.removed_since(at))
             for ids, vectors in catalog.embeddings(since_version=at):
@@ -78,6 +82,71 @@ def build_index(catalog: Catalog, dimension: int) -> VectorIndex:
     )
 
 
+@contextmanager
+def writer_lock(
+    folder: Path, *, timeout: float = 600.0, on_wait: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """Hold the writer lock of the knowledge base in ``folder`` for the block.
+
+    Args:
+        timeout: seconds to wait for another writer to finish.
+        on_wait: called once if the lock is busy, so the caller can say it waits.
+
+    Raises:
+        KnowledgeBaseLocked: the lock was not free within ``timeout``.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(folder / LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if on_wait is not None:
+            on_wait()
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout as exc:
+            raise KnowledgeBaseLocked(
+                f"knowledge base '{folder.name}' is being written by another process "
+                f"(waited {timeout:.0f} s); try again when it has finished"
+            ) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def verify_identity(manifest: Manifest, catalog: Catalog, folder: Path) -> None:
+    """Refuse a manifest that does not describe the vectors stored in the catalog.
+
+    The catalog keeps a copy of the manifest it was created with, and every stored vector's
+    length is its dimension. An edited manifest, or one copied from another knowledge base,
+    would have queries embedded by one model searched against vectors of another: nonsense
+    results that look like answers.
+
+    Raises:
+        CorruptKnowledgeBase: naming both sides, and the repair.
+    """
+    recorded = catalog.identity()
+    stored = catalog.stored_dimension()
+    facts = None
+    if recorded is not None and (
+        recorded.get("embedding_model") != manifest.embedding_model
+        or recorded.get("dimension") != manifest.dimension
+    ):
+        facts = f"'{recorded.get('embedding_model')}' ({recorded.get('dimension')} dimensions)"
+    elif stored is not None and stored != manifest.dimension:
+        facts = f"a model of {stored} dimensions"
+    if facts is None:
+        return
+    raise CorruptKnowledgeBase(
+        f"{folder / MANIFEST_NAME} names embedding model '{manifest.embedding_model}' "
+        f"({manifest.dimension} dimensions) but the vectors in its catalog were made by {facts}; "
+        "the manifest was edited or copied from another knowledge base. It is not served this "
+        f"way: 'kb check --kb {folder.name} --repair' restores the manifest from the catalog"
+    )
+
+
 class KnowledgeBase:
     """Read access to one knowledge base, and the door to its single writer."""
 
@@ -85,6 +154,11 @@ class KnowledgeBase:
         self.folder = folder
         self.manifest = Manifest.read(folder)
         self.catalog = Catalog(folder / CATALOG_NAME)
+        try:
+            verify_identity(self.manifest, self.catalog, folder)
+        except BaseException:
+            self.catalog.close()
+            raise
         self._index: VectorIndex | None = None
         self._index_version = -1
         self._lock = threading.Lock()
@@ -129,34 +203,9 @@ class KnowledgeBase:
     def locked(
         self, *, timeout: float = 600.0, on_wait: Callable[[], None] | None = None
     ) -> Iterator[None]:
-        """Hold the writer lock for the duration of the block.
-
-        Args:
-            timeout: seconds to wait for another writer to finish.
-            on_wait: called once if the lock is busy, so the caller can say it waits.
-
-        Raises:
-            KnowledgeBaseLocked: the lock was not free within ``timeout``.
-        """
-        from filelock import FileLock, Timeout
-
-        lock = FileLock(str(self.folder / LOCK_NAME))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            if on_wait is not None:
-                on_wait()
-            try:
-                lock.acquire(timeout=timeout)
-            except Timeout as exc:
-                raise KnowledgeBaseLocked(
-                    f"knowledge base '{self.name}' is being written by another process "
-                    f"(waited {timeout:.0f} s); try again when it has finished"
-                ) from exc
-        try:
+        """Hold the writer lock for the duration of the block (see ``writer_lock``)."""
+        with writer_lock(self.folder, timeout=timeout, on_wait=on_wait):
             yield
-        finally:
-            lock.release()
 
     @contextmanager
     def writer(
@@ -179,6 +228,8 @@ class KnowledgeBaseWriter:
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
         self.catalog = Catalog(kb.folder / CATALOG_NAME)
+        if self.catalog.identity() is None:  # a catalog from before identities were recorded
+            self.catalog.record_identity(asdict(kb.manifest))
         self.index, self._saved_version = load_index(self.catalog, kb.folder, kb.manifest.dimension)
         self._version: int | None = None
         self._doc_id: int | None = None

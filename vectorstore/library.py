@@ -7,8 +7,9 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from errors import InvalidName, KnowledgeBaseExists, KnowledgeBaseNotFound
 from vectorstore.catalog import CATALOG_NAME, Catalog
@@ -85,6 +86,24 @@ class Library:
                 kb.close()
         return out
 
+    def folder(self, name: str) -> Path:
+        """The folder of an existing knowledge base, even one whose manifest is damaged.
+
+        Raises:
+            KnowledgeBaseNotFound: with the names that do exist.
+        """
+        folder = self._folder(name)
+        if not (folder / CATALOG_NAME).is_file():
+            self._not_found(name)
+        return folder
+
+    def _not_found(self, name: str) -> NoReturn:
+        known = ", ".join(self.names()) or "none yet"
+        raise KnowledgeBaseNotFound(
+            f"no knowledge base named '{name}' (existing: {known}); "
+            f"'kb ingest PATH --kb {name}' creates it"
+        )
+
     def open(self, name: str) -> KnowledgeBase:
         """Open an existing knowledge base.
 
@@ -92,11 +111,7 @@ class Library:
             KnowledgeBaseNotFound: with the names that do exist.
         """
         if not self.exists(name):
-            known = ", ".join(self.names()) or "none yet"
-            raise KnowledgeBaseNotFound(
-                f"no knowledge base named '{name}' (existing: {known}); "
-                f"'kb ingest PATH --kb {name}' creates it"
-            )
+            self._not_found(name)
         return KnowledgeBase(self._folder(name))
 
     def create(
@@ -114,8 +129,13 @@ class Library:
         staging = self.root / f".creating-{uuid.uuid4().hex}"
         staging.mkdir()
         try:
-            Catalog(staging / CATALOG_NAME, create=True).close()
-            Manifest.new(name, embedding_model, dimension, chunk_tokens, overlap).write(staging)
+            manifest = Manifest.new(name, embedding_model, dimension, chunk_tokens, overlap)
+            catalog = Catalog(staging / CATALOG_NAME, create=True)
+            try:
+                catalog.record_identity(asdict(manifest))
+            finally:
+                catalog.close()
+            manifest.write(staging)
             try:
                 os.rename(staging, final)  # fails if another process created it meanwhile
             except OSError as exc:

@@ -48,7 +48,10 @@ class Manifest:
         except FileNotFoundError as exc:
             raise CorruptKnowledgeBase(f"{path} is missing; this is not a knowledge base") from exc
         except (OSError, ValueError, TypeError) as exc:
-            raise CorruptKnowledgeBase(f"{path} is damaged ({exc})") from exc
+            raise CorruptKnowledgeBase(
+                f"{path} is damaged ({exc}); 'kb check --kb {folder.name} --repair' restores it "
+                "from the catalog"
+            ) from exc
         if manifest.schema_version > SCHEMA_VERSION:
             raise CorruptKnowledgeBase(
                 f"{path}: written by a newer kb-assistant (schema {manifest.schema_version}, "

@@ -97,6 +97,21 @@ class VectorIndex:
         """Number of vectors held."""
         return int(self._index.ntotal)
 
+    def ids(self) -> np.ndarray:
+        """The chunk ids of every vector held (in index order; duplicates show as such)."""
+        import faiss
+
+        index = self._index
+        if hasattr(index, "id_map"):  # flat: IndexIDMap keeps the ids in one array
+            return np.asarray(faiss.vector_to_array(index.id_map), dtype=np.int64)
+        lists = index.invlists  # IVF: each inverted list keeps its own ids
+        parts = [
+            faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+            for i in range(index.nlist)
+            if lists.list_size(i)
+        ]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add vectors under the given chunk ids."""
         if len(ids):

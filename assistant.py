@@ -20,6 +20,7 @@ from chains.agent import AgentLimits, AgentResult, AgentStep, AgentTools, run_ag
 from chains.tools.sql import QueryResult
 from errors import DocumentNotFound, KBError, KnowledgeBaseExists
 from ingest import IngestReport, ProgressCallback, ingest
+from loaders.sandbox import ParseLimits
 from models.chat import build_chat_model, form_filler
 from models.embeddings import Embedder, build_embedder
 from models.gguf_info import parameter_count
@@ -198,6 +199,9 @@ class Assistant:
             chunk_tokens=self.settings.chunk_tokens,
             chunk_overlap=self.settings.chunk_overlap,
             max_rows=self.settings.max_rows_per_table,
+            parse_limits=ParseLimits(
+                timeout=self.settings.parse_timeout_s, memory_mb=self.settings.parse_memory_mb
+            ),
             batch_size=self.settings.embedding_batch_size,
             progress=progress,
             on_wait=on_wait,

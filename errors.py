@@ -25,6 +25,8 @@ the Streamlit page) turn them into an exit code or an on-page message; the core 
     │   ├── EmptyDocument
     │   ├── EncryptedDocument
     │   ├── CorruptDocument
+    │   ├── HostileDocument          past a decompression limit, or XML declaring entities
+    │   ├── ParserStopped            its parser ran past the time or memory limit; killed
     │   └── FileVanished
     └── ModelError                   a model cannot be found or loaded
 """
@@ -106,6 +108,14 @@ class EncryptedDocument(IngestError):
 
 class CorruptDocument(IngestError):
     """The file is damaged or not what its extension says."""
+
+
+class HostileDocument(IngestError):
+    """The file's structure is built to exhaust the machine (a bomb); refused unparsed."""
+
+
+class ParserStopped(IngestError):
+    """Parsing the file ran past its time or memory limit; the parser was stopped."""
 
 
 class FileVanished(IngestError):

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from errors import EmptyDocument, FileVanished, KBError, KnowledgeBaseError
-from loaders import LoadContext, format_of, is_supported, load_sections
+from loaders import LoadContext, is_supported, loader_of
+from loaders.limits import Budget
+from loaders.sandbox import POOL, ParseLimits, SectionSource
 from loaders.splitter import Chunk, ChunkSplitter
 from models.embeddings import Embedder
 from vectorstore import KnowledgeBase, KnowledgeBaseWriter, NewChunk
@@ -31,6 +33,7 @@ from vectorstore.keywords import index_text
 logger = logging.getLogger(__name__)
 HASH_BLOCK = 1 << 20
 CHUNKS_PER_EVENT = 64
+MAX_CHUNKS = 2_000_000  # per document (the 200 MB text benchmark makes 494,095)
 
 
 @dataclass(frozen=True)
@@ -232,11 +235,13 @@ class _Producer(threading.Thread):
         known: dict[str, tuple[int, str]],
         splitter: ChunkSplitter,
         max_rows: int,
+        *,
+        limits: ParseLimits,
         events: queue.Queue[_Event],
     ) -> None:
         super().__init__(name="kb-ingest-reader", daemon=True)
         self.files, self.known, self.splitter = files, known, splitter
-        self.max_rows, self.events = max_rows, events
+        self.max_rows, self.limits, self.events = max_rows, limits, events
         self.stop = threading.Event()
 
     def put(self, event: _Event) -> None:
@@ -249,19 +254,20 @@ class _Producer(threading.Thread):
 
     def run(self) -> None:
         try:
-            for path in self.files:
-                if self.stop.is_set():
-                    return
-                self._one(path)
+            with POOL.worker(self.limits) as parse:
+                for path in self.files:
+                    if self.stop.is_set():
+                        return
+                    self._one(path, parse)
         except BaseException as exc:  # a bug here must reach the caller, not die silently
             self.put(_Event("crashed", Path(), error=repr(exc)))
         finally:
             self.put(_DONE)
 
-    def _one(self, path: Path) -> None:
+    def _one(self, path: Path, parse: SectionSource) -> None:
         job: _Job | None = None
         try:
-            fmt = format_of(path)
+            fmt, loader = loader_of(path)
             size, sha = hash_file(path)
             source = str(path.resolve())
             previous = self.known.get(source)
@@ -273,12 +279,21 @@ class _Producer(threading.Thread):
             ctx = LoadContext(max_rows=self.max_rows)
             batch: list[Chunk] = []
             total = 0
-            for chunk in self.splitter.split_sections(load_sections(path, ctx)):
-                batch.append(chunk)
-                if len(batch) >= CHUNKS_PER_EVENT:
-                    self.put(_chunks_event(path, job, batch))
-                    total += len(batch)
-                    batch = []
+            # Parsed in a worker process (time and memory limits), cut at the file's
+            # character allowance, and at MAX_CHUNKS.
+            parsed = parse(path, fmt, loader, ctx)
+            try:
+                for chunk in self.splitter.split_sections(Budget(size, ctx).apply(parsed)):
+                    if total + len(batch) >= MAX_CHUNKS:
+                        ctx.note(f"truncated: only the first {MAX_CHUNKS:,} chunks indexed")
+                        break
+                    batch.append(chunk)
+                    if len(batch) >= CHUNKS_PER_EVENT:
+                        self.put(_chunks_event(path, job, batch))
+                        total += len(batch)
+                        batch = []
+            finally:
+                parsed.close()  # type: ignore[attr-defined]
             total += len(batch)
             if batch:
                 self.put(_chunks_event(path, job, batch))
@@ -421,6 +436,7 @@ def ingest(
     chunk_tokens: int,
     chunk_overlap: int,
     max_rows: int,
+    parse_limits: ParseLimits | None = None,
     batch_size: int = 32,
     progress: ProgressCallback | None = None,
     lock_timeout: float = 600.0,
@@ -449,8 +465,9 @@ def ingest(
     with kb.writer(timeout=lock_timeout, on_wait=on_wait) as writer:
         events: queue.Queue[_Event] = queue.Queue(maxsize=32)
         producer = _Producer(
-            found.files, writer.catalog.source_hashes(), splitter, max_rows, events
-        )
+            found.files, writer.catalog.source_hashes(), splitter, max_rows,
+            limits=parse_limits or ParseLimits(), events=events,
+        )  # fmt: skip
         consumer = _Consumer(writer, embedder, report, 4 * batch_size, notify)
         producer.start()
         try:

@@ -158,6 +158,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Rows read from one CSV file or spreadsheet sheet; the rest is truncated.",
     )
+    parse_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600,
+        description="Seconds a file's parser may go without producing text before it is stopped.",
+    )  # fmt: skip
+    parse_memory_mb: int = Field(
+        default=4096, ge=512, le=1 << 20,
+        description="Memory (address space, MB) of the process that parses files.",
+    )  # fmt: skip
     max_rows_per_query: int = Field(
         default=200,
         ge=1,

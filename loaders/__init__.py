@@ -50,6 +50,21 @@ def format_of(path: Path) -> str:
     return _loader_for(path)[0]
 
 
+def loader_of(path: Path) -> tuple[str, str]:
+    """The format family and the ``module:function`` that reads a file.
+
+    Raises:
+        UnsupportedFormat: the extension is not one we read.
+    """
+    entry = _FORMATS.get(path.suffix.lower())
+    if entry is None:
+        kind = path.suffix.lower() or "(no extension)"
+        raise UnsupportedFormat(
+            f"{path}: unsupported file type '{kind}'; supported: {', '.join(SUPPORTED_EXTENSIONS)}"
+        )
+    return entry
+
+
 def load_sections(path: Path, ctx: LoadContext) -> Iterator[Section]:
     """Stream the sections of one file.
 
@@ -61,13 +76,7 @@ def load_sections(path: Path, ctx: LoadContext) -> Iterator[Section]:
 
 
 def _loader_for(path: Path) -> tuple[str, Loader]:
-    entry = _FORMATS.get(path.suffix.lower())
-    if entry is None:
-        kind = path.suffix.lower() or "(no extension)"
-        raise UnsupportedFormat(
-            f"{path}: unsupported file type '{kind}'; supported: {', '.join(SUPPORTED_EXTENSIONS)}"
-        )
-    family, target = entry
+    family, target = loader_of(path)
     module, function = target.split(":")
     loader: Loader = getattr(importlib.import_module(module), function)
     return family, loader
@@ -83,4 +92,5 @@ __all__ = [
     "format_of",
     "is_supported",
     "load_sections",
+    "loader_of",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 
@@ -110,3 +111,50 @@ def write_text(path: Path, text: str) -> Path:
 # Material shared by the project (../shared): a real database and the evaluation scripts.
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 CHINOOK = SHARED / "data" / "chinook.sqlite"
+
+
+def make_raw_pdf(path: Path, content: bytes, *, compressed: bytes | None = None) -> Path:
+    """A one-page PDF written by hand, with Helvetica as /F1 and ``content`` as the page's
+    content stream (``compressed`` instead: FlateDecode bytes, e.g. a stream built to inflate
+    far beyond its size)."""
+    stream = compressed if compressed is not None else zlib.compress(content, 9)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream
+        + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]  # fmt: skip
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1, xref,
+    )  # fmt: skip
+    path.write_bytes(bytes(out))
+    return path
+
+
+def deflate_bomb(inflated: int, byte: bytes = b" ") -> bytes:
+    """zlib bytes that inflate to ``inflated`` bytes of ``byte`` (about 1/1000 of that)."""
+    packer = zlib.compressobj(9)
+    block = byte * (1 << 20)
+    parts = [packer.compress(block) for _ in range(inflated >> 20)]
+    return b"".join(parts) + packer.flush()
+
+
+def make_zip(path: Path, entries: dict[str, bytes]) -> Path:
+    """A ZIP container (as DOCX/XLSX/EPUB) with the given entries, deflated."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from langchain_core.language_models import BaseChatModel
 
+import uploads
 from chains import Answer, ChatStore, RagChain, RagParams
 from chains.agent import AgentLimits, AgentResult, AgentStep, AgentTools, run_agent
 from chains.tools.sql import QueryResult
@@ -177,8 +178,12 @@ class Assistant:
         kb: str | None = None,
         progress: ProgressCallback | None = None,
         on_wait: Callable[[], None] | None = None,
+        names: dict[str, str] | None = None,
     ) -> IngestReport:
         """Ingest files and folders, creating the knowledge base if needed.
+
+        ``names`` gives documents a name other than their file's, by path (stored uploads: the
+        name the browser sent, kept as an escaped label, see ``uploads.label``).
 
         Raises:
             EmbeddingMismatch: the knowledge base was built with another embedding model.
@@ -199,6 +204,7 @@ class Assistant:
             chunk_tokens=self.settings.chunk_tokens,
             chunk_overlap=self.settings.chunk_overlap,
             max_rows=self.settings.max_rows_per_table,
+            names={p: uploads.label(n) for p, n in (names or {}).items()},
             parse_limits=ParseLimits(
                 timeout=self.settings.parse_timeout_s, memory_mb=self.settings.parse_memory_mb
             ),
@@ -208,18 +214,22 @@ class Assistant:
         )
 
     def save_upload(self, filename: str, data: bytes, *, kb: str | None = None) -> Path:
-        """Store an uploaded file under ``<home>/uploads/<kb>/<content hash>/<safe name>``.
+        """Check and store an uploaded file; returns where it is (see ``uploads``).
 
-        Nothing of the browser's name is trusted as a path: only a cleaned base name is kept,
-        and the folder is named by the content's hash, so uploading the same file twice lands
-        on the same path (and ingest sees it unchanged).
+        Stored as ``<home>/uploads/<kb>/<content hash>/upload<ext>``: the browser's name never
+        becomes a path, and the same content uploaded twice lands on the same path (so ingest
+        sees it unchanged).
+
+        Raises:
+            UploadRejected: too large, of an unsupported type, or not what its name says.
         """
+        ext = uploads.check(filename, data, max_bytes=self.settings.max_upload_mb << 20)
         digest = hashlib.sha256(data).hexdigest()[:16]
         folder = self.settings.home / "uploads" / validate_name(self._kb_name(kb)) / digest
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / safe_filename(filename)
+        target = folder / f"upload{ext}"
         if not target.exists():
-            temp = folder / f".{target.name}.part"
+            temp = folder / f".upload{ext}.part"
             temp.write_bytes(data)
             temp.replace(target)
         return target
@@ -449,16 +459,6 @@ class Assistant:
         name = self._kb_name(kb)
         self.knowledge_base(name)
         return self.chats.create(name, title)
-
-
-def safe_filename(name: str) -> str:
-    """A base name safe to create: no folders, no control characters, not hidden, <= 120 chars."""
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(c for c in base if c.isprintable() and c not in '<>:"|?*').strip(" .")
-    stem, dot, ext = base.rpartition(".")
-    if dot and len(ext) <= 10:
-        return f"{stem[: 120 - len(ext) - 1] or 'upload'}.{ext}"
-    return base[:120] or "upload"
 
 
 def _match(docs: list[DocumentRecord], ref: str) -> list[DocumentRecord]:

@@ -18,6 +18,7 @@ the Streamlit page) turn them into an exit code or an on-page message; the core 
     ├── DocumentNotFound             `kb remove` named a document that is not there
     ├── SessionNotFound              `kb chat --session` named no saved conversation
     ├── TableError                   a file cannot become a table / a database cannot connect
+    ├── UploadRejected               an upload too large, of the wrong type, or over the quota
     ├── QueryRejected                SQL that is not one read-only query over known tables
     ├── QueryTimeout                 SQL that ran past its time limit and was stopped
     ├── IngestError                  one file cannot be ingested (reported per file)
@@ -80,6 +81,10 @@ class SessionNotFound(KBError):
 
 class TableError(KBError):
     """A file cannot become a table, or a database cannot be connected."""
+
+
+class UploadRejected(KBError):
+    """An uploaded file refused before it is stored: size, type or content."""
 
 
 class QueryRejected(KBError):

@@ -329,8 +329,11 @@ class _Consumer:
         report: IngestReport,
         flush_chunks: int,
         notify: Callable[[str | None], None],
+        *,
+        names: dict[str, str],
     ) -> None:
         self.writer, self.embedder, self.report = writer, embedder, report
+        self.names = names
         self.flush_chunks, self.notify = flush_chunks, notify
         self.pending: list[_Event] = []
         self.pending_chunks = 0
@@ -408,7 +411,8 @@ class _Consumer:
 
     def _write(self, event: _Event, job: _Job, vectors: Any, hashes: list[str]) -> None:
         if event.kind == "start":
-            self.writer.begin_document(job.source, job.path.name, job.sha256, job.size, job.fmt)
+            name = self.names.get(job.source, job.path.name)
+            self.writer.begin_document(job.source, name, job.sha256, job.size, job.fmt)
             self.open_job = job
             self.notify(str(job.path))
         elif event.kind == "chunks":
@@ -436,6 +440,7 @@ def ingest(
     chunk_tokens: int,
     chunk_overlap: int,
     max_rows: int,
+    names: dict[str, str] | None = None,
     parse_limits: ParseLimits | None = None,
     batch_size: int = 32,
     progress: ProgressCallback | None = None,
@@ -468,7 +473,8 @@ def ingest(
             found.files, writer.catalog.source_hashes(), splitter, max_rows,
             limits=parse_limits or ParseLimits(), events=events,
         )  # fmt: skip
-        consumer = _Consumer(writer, embedder, report, 4 * batch_size, notify)
+        labels = {str(Path(p).resolve()): n for p, n in (names or {}).items()}
+        consumer = _Consumer(writer, embedder, report, 4 * batch_size, notify, names=labels)
         producer.start()
         try:
             for event in _until_done(events):

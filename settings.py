@@ -158,6 +158,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Rows read from one CSV file or spreadsheet sheet; the rest is truncated.",
     )
+    max_upload_mb: int = Field(
+        default=200, ge=1, le=1 << 20, description="Largest file the web page accepts (MB)."
+    )
+    upload_session_mb: int = Field(
+        default=2048, ge=1, le=1 << 22,
+        description="Total the web page accepts from one browser session (MB).",
+    )  # fmt: skip
     parse_timeout_s: float = Field(
         default=60.0, gt=0, le=3600,
         description="Seconds a file's parser may go without producing text before it is stopped.",

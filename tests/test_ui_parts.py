@@ -56,7 +56,7 @@ def test_chart_only_for_small_numeric_series(
 
 def test_a_background_ingest_reports_each_file(assistant: Assistant, tmp_path: Path) -> None:
     good = assistant.save_upload("a.md", b"# A\n\nalpha beta")
-    bad = assistant.save_upload("b.pdf", b"not a pdf")
+    bad = assistant.save_upload("b.pdf", b"%PDF-1.4 but damaged after its header")
     board = JobBoard()
     job = board.start(assistant, "default", {good: "a.md", bad: "b.pdf"})
     assert board.wait(30)

@@ -136,7 +136,9 @@ class JobBoard:
 
         job.state = "running"
         try:
-            report = assistant.ingest(paths, kb=job.kb, progress=progress, on_wait=waiting)
+            report = assistant.ingest(
+                paths, kb=job.kb, progress=progress, on_wait=waiting, names=job.uploads
+            )
             job.results = _results(job, report)
             job.files_done = job.files_total
             job.state = "done"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from errors import KBError
+from errors import KBError, UploadRejected
 from loaders import SUPPORTED_EXTENSIONS
 from ui.jobs import IngestJob
 from ui.render import highlight_terms, highlighted, plain, where
 from ui.state import PageContext, current_context
+from uploads import check_batch, label
 
 
 def render(ctx: PageContext) -> None:
@@ -25,14 +26,15 @@ def render(ctx: PageContext) -> None:
         _search(ctx)
 
 
-def upload_limit_mb() -> int:
-    """The upload limit of ``.streamlit/config.toml`` (Streamlit enforces it per file)."""
-    return int(st.get_option("server.maxUploadSize"))
+def upload_limit_mb(ctx: PageContext) -> int:
+    """The per-file upload limit: ``.streamlit/config.toml``'s (Streamlit enforces it in the
+    browser), or the ``max_upload_mb`` setting (enforced on our side) if smaller."""
+    return min(int(st.get_option("server.maxUploadSize")), ctx.assistant.settings.max_upload_mb)
 
 
 def _uploader(ctx: PageContext) -> None:
     t = ctx.t
-    limit = upload_limit_mb()
+    limit = upload_limit_mb(ctx)
     files = st.file_uploader(
         t("docs.add"),
         type=sorted({e.lstrip(".") for e in SUPPORTED_EXTENSIONS}),
@@ -43,9 +45,11 @@ def _uploader(ctx: PageContext) -> None:
     st.caption(t("docs.limit", mb=limit))
     if not files or not st.button(t("docs.ingest", n=len(files)), type="primary"):
         return
-    too_big = [f.name for f in files if f.size > limit * 2**20]
+    too_big = [label(f.name) for f in files if f.size > limit * 2**20]
     if too_big:
         st.error(t("docs.too_big", names=", ".join(too_big), mb=limit))
+        return
+    if not _within_quota(ctx, [f.size for f in files]):
         return
     try:
         stored = {ctx.assistant.save_upload(f.name, f.getvalue(), kb=ctx.kb): f.name for f in files}
@@ -55,6 +59,21 @@ def _uploader(ctx: PageContext) -> None:
     ctx.jobs.start(ctx.assistant, ctx.kb, stored)
     st.session_state["upload_round"] = st.session_state.get("upload_round", 0) + 1
     st.rerun()
+
+
+def _within_quota(ctx: PageContext, sizes: list[int]) -> bool:
+    """Count a batch against this browser session's upload total (checked before reading)."""
+    used = int(st.session_state.get("uploaded_bytes", 0))
+    try:
+        check_batch(
+            sizes, used, max_file=upload_limit_mb(ctx) << 20,
+            max_session=ctx.assistant.settings.upload_session_mb << 20,
+        )  # fmt: skip
+    except UploadRejected as exc:
+        st.error(ctx.t("docs.save_failed", error=str(exc)))
+        return False
+    st.session_state["uploaded_bytes"] = used + sum(sizes)
+    return True
 
 
 def _progress(ctx: PageContext) -> None:

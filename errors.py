@@ -30,6 +30,7 @@ the Streamlit page) turn them into an exit code or an on-page message; the core 
     │   ├── ParserStopped            its parser ran past the time or memory limit; killed
     │   └── FileVanished
     └── ModelError                   a model cannot be found or loaded
+        └── ContextOverflow          a prompt that does not fit the context, even trimmed
 """
 
 from __future__ import annotations
@@ -129,3 +130,7 @@ class FileVanished(IngestError):
 
 class ModelError(KBError):
     """A model cannot be found or loaded."""
+
+
+class ContextOverflow(ModelError):
+    """The prompt does not fit the model's context window, even with fewer sources."""

@@ -21,6 +21,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 
 from chains.citations import CitationFilter, infer_citations
 from chains.language import detect_language
+from errors import ContextOverflow
 from models.llm import Generation
 from prompts import Language, load_prompt, render
 from vectorstore import SearchHit
@@ -29,6 +30,8 @@ from vectorstore.keywords import content_words
 Retrieve = Callable[[str, int], list[SearchHit]]
 Fetch = Callable[[Sequence[int]], list[SearchHit]]
 _FENCE = re.compile(r"<\s*/?\s*sources?\b", re.IGNORECASE)
+
+OVERFLOW = "exceed context window"  # llama.cpp's words for a prompt too long
 
 
 @dataclass(frozen=True)
@@ -414,6 +417,7 @@ class RagChain:
         on_wait: Callable[[], None] | None,
         started: float,
     ) -> Answer:
+        question = self._fit_question(question, trace)
         plan = None
         if prior is not None:
             plan = self._continue(prior, language, question, hits, given=len(history), trace=trace)
@@ -432,14 +436,29 @@ class RagChain:
         stats = Generation()
         citations = CitationFilter(set(range(1, len(sources) + 1)))
         shown: list[str] = []
-        for chunk in self.chat_model.stream(messages, stats=stats, on_wait=on_wait):
-            visible = citations.feed(str(chunk.content))
-            if visible:
-                if not shown:  # what the user waits for: condensing + retrieval + prompt
-                    trace["first_token_after_s"] = round(time.perf_counter() - started, 4)
-                shown.append(visible)
-                if on_token is not None:
-                    on_token(visible)
+        try:
+            self._stream(messages, stats, citations, shown, trace, on_token, on_wait, started)
+        except ValueError as exc:
+            # The budget counts tokens as the template will; should llama.cpp still find the
+            # prompt too long, retry once with half the sources and no history, then say so.
+            if OVERFLOW not in str(exc) or shown:
+                raise
+            sources = sources[: len(sources) // 2]
+            blocks = "\n".join(source_block(n, h) for n, h in enumerate(sources, start=1))
+            messages = self._messages(language, blocks, [], question)
+            trace["context_retry"] = {"error": str(exc), "sources": len(sources)}
+            citations = CitationFilter(set(range(1, len(sources) + 1)))
+            try:
+                self._stream(messages, stats, citations, shown, trace, on_token, on_wait, started)
+            except ValueError as again:
+                if OVERFLOW not in str(again) or shown:
+                    raise
+                window = int(getattr(self.chat_model, "context_window", 0))
+                raise ContextOverflow(
+                    f"the question and its sources do not fit the model's context window "
+                    f"({window} tokens), even with fewer sources; ask a shorter question, or "
+                    "raise the context_size setting"
+                ) from again
         tail = citations.flush()
         if tail and on_token is not None:
             on_token(tail)
@@ -450,6 +469,41 @@ class RagChain:
         cited = [_citation(a.n, by_number[a.n], a.inferred) for a in attributions]
         given = [_citation(n, h, False) for n, h in by_number.items()]
         return Answer(text, False, language, cited, trace, given)
+
+    def _stream(  # noqa: PLR0917 (the loop's state, passed to both attempts)
+        self,
+        messages: list[BaseMessage],
+        stats: Generation,
+        citations: CitationFilter,
+        shown: list[str],
+        trace: dict[str, Any],
+        on_token: Callable[[str], None] | None,
+        on_wait: Callable[[], None] | None,
+        started: float,
+    ) -> None:
+        for chunk in self.chat_model.stream(messages, stats=stats, on_wait=on_wait):
+            visible = citations.feed(str(chunk.content))
+            if visible:
+                if not shown:  # what the user waits for: condensing + retrieval + prompt
+                    trace["first_token_after_s"] = round(time.perf_counter() - started, 4)
+                shown.append(visible)
+                if on_token is not None:
+                    on_token(visible)
+
+    def _fit_question(self, question: str, trace: dict[str, Any]) -> str:
+        """The question, cut to half of what the context leaves after the answer's room."""
+        window = int(getattr(self.chat_model, "context_window", 4096))
+        limit = max(64, (window - self.params.answer_tokens) // 2)
+        tokens = self.chat_model.get_num_tokens(question)
+        if tokens <= limit:
+            return question
+        cut = question
+        size = tokens
+        while size > limit and cut:
+            cut = cut[: max(1, int(len(cut) * limit / size * 0.95))]
+            size = self.chat_model.get_num_tokens(cut)
+        trace["question_trimmed"] = {"tokens": tokens, "kept": size}
+        return cut
 
 
 def _prefix_stable(chosen: list[SearchHit], previous: list[SearchHit]) -> list[SearchHit]:

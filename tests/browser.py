@@ -111,6 +111,38 @@ class RequestLog:
 
 
 @contextmanager
+def listener() -> Iterator[tuple[str, list[str]]]:
+    """A local HTTP server that records every request it gets: ``(base url, paths)``.
+
+    Planted as the target of images and links in documents and answers: a rendered page that
+    fetched one would show here (loopback traffic passes the offline guard, so this is the
+    one place such a request would be seen).
+    """
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
 def chromium() -> Iterator[Any]:
     """A headless Debian chromium, driven by Playwright."""
     from playwright.sync_api import sync_playwright

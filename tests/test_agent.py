@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -277,3 +279,17 @@ def test_native_tool_calls_parse_from_hermes_text() -> None:
     assert message.tool_calls[0]["name"] == "run_sql"
     assert message.tool_calls[0]["args"] == {"sql": "SELECT 1"}
     assert parse_tool_calls("<tool_call>{broken</tool_call>").tool_calls == []
+
+
+def test_the_loop_is_bounded_in_time(chinook_kb: Assistant) -> None:
+    """A model that never stops calling tools, each call slow: stopped at the time cap."""
+
+    class Slow(ScriptedChatModel):
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.4)
+            return super()._generate(*args, **kwargs)
+
+    model = Slow(native_tools=True, responses=[call("list_tables") for _ in range(50)])
+    result = run_agent("Loop forever", _tools(chinook_kb, max_steps=50, max_seconds=1.0), model)
+    assert result.stopped == "the time limit of 1 s was reached"
+    assert 1 <= len(result.steps) < 50 and result.answer  # a graceful answer, not an error

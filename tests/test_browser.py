@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.browser import ROOT, RequestLog, browser_missing, chromium, serve_app, wait_idle
+from tests.browser import (
+    ROOT,
+    RequestLog,
+    browser_missing,
+    chromium,
+    listener,
+    serve_app,
+    wait_idle,
+)
 from tests.files import make_pdf
 
 pytestmark = [
@@ -27,15 +35,16 @@ PAGES = [
     "Cafeteria hours. The staff cafeteria opens at 8 in the morning and closes at 3 in the "
     "afternoon. Coffee is free on Fridays.",
     "Pump specifications. The Zephyr-9 pump has a maximum pressure of 42 bar. It must be "
-    "serviced every 500 hours. Logo: ![logo](http://203.0.113.9/pixel.png?leak=zephyr)",
+    "serviced every 500 hours. Logo: ![logo](http://203.0.113.9/pixel.png?leak=zephyr) "
+    "Seal: ![seal]({local}/seal.png?leak=zephyr) [manual]({local}/manual)",
 ]
 
 
 def test_upload_a_pdf_ask_and_see_the_page_2_source(kb_home: Path, model_cache: Path) -> None:
-    pdf = make_pdf(kb_home.parent / "pump.pdf", PAGES)
     env = {"KB_MODEL_CACHE": str(model_cache), "KB_TEMPERATURE": "0", "KB_SEED": "1"}
     ARTIFACTS.mkdir(exist_ok=True)
-    with serve_app(kb_home, env) as server, chromium() as browser:
+    with listener() as (local, hits), serve_app(kb_home, env) as server, chromium() as browser:
+        pdf = make_pdf(kb_home.parent / "pump.pdf", [p.format(local=local) for p in PAGES])
         requests = RequestLog()
         context = browser.new_context(viewport={"width": 1280, "height": 1000})
         context.on("request", requests.record)
@@ -63,8 +72,10 @@ def test_upload_a_pdf_ask_and_see_the_page_2_source(kb_home: Path, model_cache: 
         time.sleep(0.5)
         page.screenshot(path=str(ARTIFACTS / "browser-source-card.png"), full_page=True)
         assert requests.off_machine() == [], requests.off_machine()
+        assert hits == [], "an image or link in a passage was fetched"
         _two_tabs_queue(context, server.url)
         assert requests.off_machine() == [], requests.off_machine()
+        assert hits == [] and not [u for u in requests.urls if local in u]
         context.close()
     waits = [t.trace.get("waited_for_model_s", 0) for t in _stored_turns(kb_home)]
     assert len(waits) == 3 and max(waits) > 0, waits

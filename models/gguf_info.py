@@ -90,3 +90,52 @@ def parameter_count(path: Path) -> float | None:
     if isinstance(width, int) and isinstance(blocks, int):
         return 12.0 * blocks * width**2
     return None
+
+
+def template_problem(template: str) -> str | None:
+    """Why a GGUF's chat template is refused (None when it renders cleanly).
+
+    The template comes from the model file, i.e. from whoever made it. It is rendered, as
+    llama-cpp-python renders it, in Jinja's immutable sandbox, once, on sample messages:
+    reaching for Python internals (``__globals__``, ``__subclasses__``...) raises
+    ``SecurityError`` there instead of running.
+    """
+    from jinja2.exceptions import SecurityError, TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def refuse(message: str) -> None:
+        raise TemplateError(message)
+
+    environment.globals["raise_exception"] = refuse
+    sample = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    try:
+        environment.from_string(template).render(
+            messages=sample, bos_token="", eos_token="", add_generation_prompt=True
+        )
+    except SecurityError as exc:
+        return f"its chat template tried to reach Python internals ({exc}); refused by the sandbox"
+    except TemplateError:
+        return None  # a template that raises on our sample (e.g. demands alternation) is fine
+    except Exception as exc:
+        return f"its chat template does not render ({type(exc).__name__}: {exc})"
+    return None
+
+
+_DIGESTS: dict[tuple[str, int, float], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a model file (remembered per path, size and modification time)."""
+    import hashlib
+
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while block := fh.read(1 << 22):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]

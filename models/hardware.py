@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from models.gguf_info import read_gguf_metadata
+from models.gguf_info import file_sha256, read_gguf_metadata, template_problem
 from models.llm import resolve_chat_model
 
 if TYPE_CHECKING:
@@ -85,6 +85,9 @@ def doctor_report(settings: Settings) -> dict[str, Any]:
         "model": str(path),
         "model_name": meta.get("general.name", path.stem),
         "model_size_mib": round(weights / MIB, 1),
+        "model_sha256": file_sha256(path),
+        "chat_template": template_problem(str(meta.get("tokenizer.chat_template") or ""))
+        or "ok (renders in the sandbox)",
         "architecture": arch,
         "layers": layers,
         "trained_context": trained,

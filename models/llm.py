@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from errors import ModelError
-from models.gguf_info import read_gguf_metadata
+from models.gguf_info import read_gguf_metadata, template_problem
 
 logger = logging.getLogger(__name__)
 DEFAULT_CHAT_MODEL = "SmolLM2-135M-Instruct"
@@ -137,6 +137,10 @@ class LocalLLM:
             raise ModelError("llama-cpp-python is not installed: run scripts/setup") from exc
         if self.lora_path is not None and not self.lora_path.is_file():
             raise ModelError(f"LoRA adapter {self.lora_path} not found (--lora / lora_path)")
+        template = read_gguf_metadata(self.path).get("tokenizer.chat_template")
+        problem = template_problem(str(template)) if template else None
+        if problem is not None:
+            raise ModelError(f"{self.path} is refused: {problem}")
         trained = gguf_context_length(self.path)
         n_ctx = min(self.context_cap, trained) if trained else self.context_cap
         try:

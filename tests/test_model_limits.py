@@ -133,7 +133,12 @@ def test_the_lock_is_released_after_an_error_and_an_abandoned_stream(small: Assi
     next(stream)  # a caller that takes one piece and gives up (a timeout, a closed tab)
     stream.close()
     done = threading.Event()
-    thread = threading.Thread(target=lambda: (small.ask("How are motors maintained?"), done.set()))
+
+    def ask() -> None:
+        small.ask("How are motors maintained?")
+        done.set()
+
+    thread = threading.Thread(target=ask)
     thread.start()
     thread.join(120)
     assert done.is_set(), "the model stayed locked"

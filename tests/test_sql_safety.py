@@ -79,12 +79,18 @@ def test_every_writing_or_escaping_statement_is_refused(
         "VACUUM INTO '{dir}/copy.db'",
         "PRAGMA query_only = OFF",
         "CREATE TABLE x (a)",
+        "SELECT * FROM sqlite_master",
+        "SELECT sql FROM sqlite_schema",
+        "SELECT * FROM sqlite_temp_master",
+        "SELECT * FROM pragma_table_info('Track')",
+        "SELECT * FROM evil.Track",
     ],
 )
 def test_the_engine_refuses_writes_even_past_the_validator(chinook: Path, sql: str) -> None:
-    """Defence in depth: the connection alone blocks what the validator would have caught."""
+    """Defence in depth: the connection alone (validator bypassed) blocks what the validator
+    would have caught: writes, attachments, the schema tables, other databases."""
     queries = SQLiteQueries(chinook)
-    with pytest.raises(QueryRejected, match="refused"):
+    with pytest.raises(QueryRejected, match="refused|no such table"):
         queries._execute(sql.format(dir=chinook.parent), 10, 5.0)
     assert sorted(p.name for p in chinook.parent.iterdir()) == ["chinook.sqlite"]
     assert queries.run("SELECT COUNT(*) FROM Track").rows == [(3503,)]

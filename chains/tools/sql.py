@@ -241,6 +241,8 @@ _SQLITE_READS = {
 def _sqlite_authorizer(action: int, arg1: str | None, *_: object) -> int:
     if action not in _SQLITE_READS:
         return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_READ and (arg1 or "").lower().startswith(("sqlite_", "pragma_")):
+        return sqlite3.SQLITE_DENY  # the schema and engine internals: not registered tables
     if action == sqlite3.SQLITE_FUNCTION and (arg1 or "").lower() in _FORBIDDEN_FUNCTIONS:
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK

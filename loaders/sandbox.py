@@ -22,8 +22,10 @@ import contextlib
 import importlib
 import json
 import logging
-import multiprocessing
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -52,22 +54,34 @@ class ParseLimits:
 
 
 class ParserProcess:
-    """One worker process and the pipe to it."""
+    """One worker process and the pipes to it.
+
+    Started as ``python -m loaders.sandbox`` rather than through ``multiprocessing``, whose
+    children re-import the parent's main module: under Streamlit that is ``app.py``, and the
+    worker would run the whole app.
+    """
 
     def __init__(self, limits: ParseLimits) -> None:
         self.limits = limits
-        context = multiprocessing.get_context("spawn")  # no fork: our parent has threads
-        self._conn, theirs = context.Pipe()
-        self._process = context.Process(
-            target=serve, args=(theirs, limits), name="kb-parser", daemon=True
-        )
-        self._process.start()
-        theirs.close()
+        requests_in, requests_out = os.pipe()
+        replies_in, replies_out = os.pipe()
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "loaders.sandbox", str(requests_in), str(replies_out),
+             json.dumps(asdict(limits))],
+            pass_fds=(requests_in, replies_out), env={**os.environ, "PYTHONPATH": path},
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        os.close(requests_in)
+        os.close(replies_out)
+        self._requests = Connection(requests_out, readable=False)
+        self._conn = Connection(replies_in, writable=False)
 
     @property
     def alive(self) -> bool:
         """Whether the worker can take another file."""
-        return self._process.is_alive()
+        return self._process.poll() is None
 
     def sections(self, path: Path, fmt: str, loader: str, ctx: LoadContext) -> Iterator[Section]:
         """Stream the sections of one file from the worker.
@@ -77,7 +91,7 @@ class ParserProcess:
             ParserStopped: the worker was stopped (time, memory) or died.
         """
         request = {"path": str(path), "format": fmt, "loader": loader, "max_rows": ctx.max_rows}
-        self._conn.send_bytes(json.dumps(request).encode())
+        self._requests.send_bytes(json.dumps(request).encode())
         finished = False
         try:
             while True:
@@ -108,11 +122,12 @@ class ParserProcess:
         try:
             return dict(json.loads(self._conn.recv_bytes()))
         except (EOFError, OSError):
-            self._process.join(5)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(5)
             raise ParserStopped(f"{path}: {self._death()}") from None
 
     def _death(self) -> str:
-        code = self._process.exitcode
+        code = self._process.returncode
         if code is not None and code < 0:
             name = signal.Signals(-code).name
             return (
@@ -123,10 +138,13 @@ class ParserProcess:
 
     def kill(self) -> None:
         """Stop the worker now."""
-        if self._process.is_alive():
+        if self._process.poll() is None:
             self._process.kill()
-        self._process.join(5)
-        self._conn.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(5)
+        for end in (self._requests, self._conn):
+            with contextlib.suppress(OSError):
+                end.close()
 
 
 class ParserPool:
@@ -181,7 +199,7 @@ def _rebuilt(error: dict[str, str]) -> IngestError:
 # --- the worker side ------------------------------------------------------------------------
 
 
-def serve(conn: Connection, limits: ParseLimits) -> None:
+def serve(requests: Connection, conn: Connection, limits: ParseLimits) -> None:
     """The worker's loop: one request at a time until the pipe closes."""
     import resource
 
@@ -189,7 +207,7 @@ def serve(conn: Connection, limits: ParseLimits) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     while True:
         try:
-            request = json.loads(conn.recv_bytes())
+            request = json.loads(requests.recv_bytes())
         except (EOFError, OSError):
             return
         try:
@@ -256,3 +274,11 @@ def _error(kind: str, message: str) -> dict[str, str]:
 
 def _send(conn: Connection, message: dict[str, Any]) -> None:
     conn.send_bytes(json.dumps(message, ensure_ascii=False).encode())
+
+
+if __name__ == "__main__":
+    serve(
+        Connection(int(sys.argv[1]), writable=False),
+        Connection(int(sys.argv[2]), readable=False),
+        ParseLimits(**json.loads(sys.argv[3])),
+    )

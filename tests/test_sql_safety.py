@@ -90,7 +90,7 @@ def test_the_engine_refuses_writes_even_past_the_validator(chinook: Path, sql: s
     """Defence in depth: the connection alone (validator bypassed) blocks what the validator
     would have caught: writes, attachments, the schema tables, other databases."""
     queries = SQLiteQueries(chinook)
-    with pytest.raises(QueryRejected, match="refused|no such table"):
+    with pytest.raises(QueryRejected, match=r"refused|no such table"):
         queries._execute(sql.format(dir=chinook.parent), 10, 5.0)
     assert sorted(p.name for p in chinook.parent.iterdir()) == ["chinook.sqlite"]
     assert queries.run("SELECT COUNT(*) FROM Track").rows == [(3503,)]

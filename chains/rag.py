@@ -105,8 +105,8 @@ class Answer:
 
 def _citation_json(c: Citation) -> dict[str, Any]:
     return {
-        "n": c.n, "source": c.source, "page": c.page, "heading": c.heading, "sheet": c.sheet,
-        "text": c.text, "inferred": c.inferred,
+        "n": c.n, "source": c.source, "name": c.name, "page": c.page, "heading": c.heading,
+        "sheet": c.sheet, "text": c.text, "inferred": c.inferred,
     }  # fmt: skip
 
 
@@ -521,8 +521,8 @@ def _prefix_stable(chosen: list[SearchHit], previous: list[SearchHit]) -> list[S
 def _candidate(hit: SearchHit) -> dict[str, Any]:
     c = hit.chunk
     return {
-        "rank": hit.rank, "chunk_id": c.chunk_id, "source": c.source, "page": c.page,
-        "dense": None if hit.dense_score is None else round(hit.dense_score, 4),
+        "rank": hit.rank, "chunk_id": c.chunk_id, "source": c.source, "name": c.name,
+        "page": c.page, "dense": None if hit.dense_score is None else round(hit.dense_score, 4),
         "keyword": None if hit.keyword_score is None else round(hit.keyword_score, 3),
         "fused": round(hit.score, 5),
     }  # fmt: skip

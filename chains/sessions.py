@@ -196,6 +196,7 @@ class ChatStore:
             lines += [f"**Q:** {turn.question}", "", turn.answer, ""]
             for c in turn.citations:
                 page = f", page {c['page']}" if c.get("page") else ""
-                lines.append(f"- [{c['n']}] {Path(c['source']).name}{page}")
+                name = c.get("name") or Path(c["source"]).name
+                lines.append(f"- [{c['n']}] {name}{page}")
             lines.append("")
         return "\n".join(lines)

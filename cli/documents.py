@@ -143,6 +143,7 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
             "score": round(h.score, 4), "dense_score": _rounded(h.dense_score),
             "keyword_score": _rounded(h.keyword_score), "heading": h.chunk.heading,
             "sheet": h.chunk.sheet, "doc_id": h.chunk.doc_id, "chunk_id": h.chunk.chunk_id,
+            "name": h.chunk.name,
         }
         for h in hits
     ]  # fmt: skip
@@ -151,7 +152,7 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
         if not rows:
             click.echo("No results: the knowledge base is empty.")
         for r in rows:
-            where = Path(r["source"]).name + (f" p.{r['page']}" if r["page"] else "")
+            where = r["name"] + (f" p.{r['page']}" if r["page"] else "")
             where += f" [{r['sheet']}]" if r["sheet"] else ""
             parts = [f"fused {r['score']:.4f}"]
             parts += [f"dense {r['dense_score']:.3f}"] if r["dense_score"] is not None else []

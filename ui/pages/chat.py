@@ -93,7 +93,7 @@ def show_answer(t: Text, turn: StoredTurn) -> None:
 
 
 def _source_card(t: Text, c: dict[str, Any], terms: list[str]) -> None:
-    name = Path(c["source"]).name
+    name = c.get("name") or Path(c["source"]).name
     label = f"[{c['n']}] " + where(name, c.get("page"), c.get("sheet"), t("where.page"),
                                    t("where.sheet"))  # fmt: skip
     if c.get("inferred"):
@@ -121,7 +121,7 @@ def _trace(t: Text, trace: dict[str, Any]) -> None:
                          coverage=ev.get("coverage")))  # fmt: skip
         in_prompt = {s["chunk_id"]: s["n"] for s in trace.get("in_prompt", [])}
         rows = [
-            {t("trace.rank"): c["rank"], t("trace.file"): Path(c["source"]).name,
+            {t("trace.rank"): c["rank"], t("trace.file"): c.get("name") or Path(c["source"]).name,
              t("trace.page"): c.get("page") or "", t("trace.dense"): c.get("dense"),
              t("trace.keyword"): c.get("keyword"), t("trace.fused"): c.get("fused"),
              t("trace.in_prompt"): f"[{in_prompt[c['chunk_id']]}]"

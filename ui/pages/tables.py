@@ -233,7 +233,11 @@ def show_result(t: Text, result: AgentResult) -> None:
                 st.bar_chart(series)
     for c in result.citations:
         page = f" — {t('where.page').format(page=c['page'])}" if c.get("page") else ""
-        st.caption(plain(f"[{c.get('n', '')}] {Path(str(c.get('source', ''))).name}{page}"))
+        st.caption(
+            plain(
+                f"[{c.get('n', '')}] {c.get('name') or Path(str(c.get('source', ''))).name}{page}"
+            )
+        )
 
 
 def _frame(columns: list[str], rows: list[Any]) -> pd.DataFrame:

@@ -101,10 +101,10 @@ def test_upload_ingests_in_the_background_and_reports_each_file(kb_home: Path) -
     reason = results[results["File"] == "broken.pdf"]["Reason"].item()
     assert reason, "a failed file says why"
     names = sorted(at.dataframe[1].value["Name"])
-    assert names == ["evil.txt", "notes.md"]
-    # Uploads are stored under KB_HOME with generated folders; nothing was written elsewhere.
+    assert names == ["../../etc/evil.txt", "notes.md"]  # the browser's name, as a label only
+    # Uploads are stored under KB_HOME with generated names; nothing was written elsewhere.
     stored = sorted(p.name for p in (kb_home / "uploads").rglob("*") if p.is_file())
-    assert stored == ["broken.pdf", "evil.txt", "notes.md"]
+    assert stored == ["upload.md", "upload.pdf", "upload.txt"]
     assert not (kb_home.parent / "etc").exists()
 
 

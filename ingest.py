@@ -23,15 +23,16 @@ from typing import Any
 
 from errors import EmptyDocument, FileVanished, KBError, KnowledgeBaseError
 from loaders import LoadContext, is_supported, loader_of
+from loaders.base import read_problem
 from loaders.limits import Budget
 from loaders.sandbox import POOL, ParseLimits, SectionSource
 from loaders.splitter import Chunk, ChunkSplitter
 from models.embeddings import Embedder
 from vectorstore import KnowledgeBase, KnowledgeBaseWriter, NewChunk
+from vectorstore.files import hash_file
 from vectorstore.keywords import index_text
 
 logger = logging.getLogger(__name__)
-HASH_BLOCK = 1 << 20
 CHUNKS_PER_EVENT = 64
 MAX_CHUNKS = 2_000_000  # per document (the 200 MB text benchmark makes 494,095)
 
@@ -166,17 +167,6 @@ def _walk(folder: Path, found: Discovery, seen: set[Path], ancestors: tuple[Path
             found.files.append(path)
 
 
-def hash_file(path: Path) -> tuple[int, str]:
-    """Size and SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while block := fh.read(HASH_BLOCK):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
-
-
 # --- the pipeline -------------------------------------------------------------------------
 
 
@@ -217,15 +207,7 @@ def _describe(path: Path, exc: BaseException) -> str:
         message = str(exc)
         prefix = f"{path}: "
         return message[len(prefix) :] if message.startswith(prefix) else message
-    if isinstance(exc, FileNotFoundError):
-        return "file disappeared while it was being read"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory"
-    if isinstance(exc, OSError):
-        return f"cannot read: {exc.strerror or exc}"
-    return f"cannot read ({type(exc).__name__}: {exc})"
+    return read_problem(exc)
 
 
 class _Producer(threading.Thread):

@@ -43,6 +43,19 @@ Loader = Callable[[Path, LoadContext], Iterator[Section]]
 HEADING_SEPARATOR = " > "
 
 
+def read_problem(exc: BaseException) -> str:
+    """A one-line reason, without the path, for an exception a parser did not mean to raise."""
+    if isinstance(exc, FileNotFoundError):
+        return "file disappeared while it was being read"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, OSError):
+        return f"cannot read: {exc.strerror or exc}"
+    return f"cannot read ({type(exc).__name__}: {exc})"
+
+
 def heading_path(stack: list[str]) -> str | None:
     """Join a stack of headings (outermost first) into one display string."""
     parts = [h for h in stack if h]

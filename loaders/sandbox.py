@@ -36,7 +36,7 @@ from typing import Any
 
 import errors
 from errors import CorruptDocument, IngestError, KBError, ParserStopped
-from loaders.base import LoadContext, Section
+from loaders.base import LoadContext, Section, read_problem
 
 logger = logging.getLogger(__name__)
 SectionSource = Callable[[Path, str, str, "LoadContext"], Iterator[Section]]
@@ -253,19 +253,7 @@ def _parse(conn: Connection, request: dict[str, Any], limits: ParseLimits) -> No
         _send(conn, {"error": _error(kind, str(exc))})
     except Exception as exc:  # parsers of hostile files raise anything at all
         logger.debug("failed to parse %s", path, exc_info=True)
-        _send(conn, {"error": _error("CorruptDocument", f"{path}: {_reason(path, exc)}")})
-
-
-def _reason(path: Path, exc: Exception) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return "file disappeared while it was being read"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory"
-    if isinstance(exc, OSError):
-        return f"cannot read: {exc.strerror or exc}"
-    return f"cannot read ({type(exc).__name__}: {exc})"
+        _send(conn, {"error": _error("CorruptDocument", f"{path}: {read_problem(exc)}")})
 
 
 def _error(kind: str, message: str) -> dict[str, str]:

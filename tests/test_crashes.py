@@ -216,13 +216,20 @@ def test_sigkill_at_timed_moments(forkserver: Any, scene: Any, tmp_path: Path) -
 # --- item 4: disk full --------------------------------------------------------------------
 
 
-def test_disk_full_while_saving_the_vector_file_keeps_the_old_one(
-    assistant: Assistant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def one_document(assistant: Assistant, tmp_path: Path) -> Path:
+    """Ingest a.txt; returns the folder where the next document, b.txt, is written."""
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "a.txt").write_text(paragraphs("apples", 5), encoding="utf-8")
     assistant.ingest([docs / "a.txt"])
+    (docs / "b.txt").write_text(paragraphs("bananas", 5), encoding="utf-8")
+    return docs
+
+
+def test_disk_full_while_saving_the_vector_file_keeps_the_old_one(
+    assistant: Assistant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = one_document(assistant, tmp_path)
     folder = assistant.knowledge_base().folder
     saved = (folder / "vectors.faiss").read_bytes()
 
@@ -230,7 +237,6 @@ def test_disk_full_while_saving_the_vector_file_keeps_the_old_one(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    (docs / "b.txt").write_text(paragraphs("bananas", 5), encoding="utf-8")
     with pytest.raises(KnowledgeBaseError, match="No space left on device") as caught:
         assistant.ingest([docs / "b.txt"])
     assert "the previous version is unchanged" in str(caught.value)
@@ -245,10 +251,7 @@ def test_disk_full_while_saving_the_vector_file_keeps_the_old_one(
 def test_disk_full_inside_the_catalog_leaves_it_as_it_was(
     assistant: Assistant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "a.txt").write_text(paragraphs("apples", 5), encoding="utf-8")
-    assistant.ingest([docs / "a.txt"])
+    docs = one_document(assistant, tmp_path)
     before = state(assistant.settings.home)
     add = catalog_module.Catalog.add_chunks
 
@@ -257,7 +260,6 @@ def test_disk_full_inside_the_catalog_leaves_it_as_it_was(
         raise sqlite3.OperationalError("database or disk is full")  # what SQLITE_FULL reads
 
     monkeypatch.setattr(catalog_module.Catalog, "add_chunks", full)
-    (docs / "b.txt").write_text(paragraphs("bananas", 5), encoding="utf-8")
     report = assistant.ingest([docs / "b.txt"])
     assert [f.error for f in report.failed] == ["cannot store: database or disk is full"]
     monkeypatch.undo()

@@ -127,7 +127,7 @@ def test_file_that_disappears_mid_ingest_is_reported(
 ) -> None:
     vanishing = make_pdf(tmp_path / "vanishing.pdf", ["Soon gone."])
     stays = write(tmp_path / "stays.txt", "I stay.")
-    real_hash = ingest_module.hash_file
+    from vectorstore.files import hash_file as real_hash
 
     def hash_then_delete(path: Path) -> tuple[int, str]:
         result = real_hash(path)

@@ -211,24 +211,28 @@ class Catalog:
 
     def _migrate_to_2(self) -> int:
         """Schema 2 adds the keyword index; fill it from the stored chunks, in one transaction."""
-        from loaders.splitter import embed_text
-        from vectorstore.keywords import index_text
-
         self._db.execute("BEGIN IMMEDIATE")
         try:
             if int(self._meta("schema_version")) == 1:  # not migrated by another process meanwhile
                 self._db.execute(_FTS_TABLE)
-                rows = self._db.execute("SELECT id, text, heading, sheet FROM chunks").fetchall()
-                self._db.executemany(
-                    "INSERT INTO chunks_fts (rowid, tokens) VALUES (?, ?)",
-                    [(i, index_text(embed_text(t, h, s))) for i, t, h, s in rows],
-                )
+                self._fill_keywords()
                 self._db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         return 2
+
+    def _fill_keywords(self) -> None:
+        """Index every chunk's words in the keyword index (inside the caller's transaction)."""
+        from loaders.splitter import embed_text
+        from vectorstore.keywords import index_text
+
+        rows = self._db.execute("SELECT id, text, heading, sheet FROM chunks").fetchall()
+        self._db.executemany(
+            "INSERT INTO chunks_fts (rowid, tokens) VALUES (?, ?)",
+            [(i, index_text(embed_text(t, h, s))) for i, t, h, s in rows],
+        )
 
     def close(self) -> None:
         """Close the connection."""
@@ -456,9 +460,6 @@ class Catalog:
         Unfinished documents and orphan chunks are deleted, chunk counts recounted, the keyword
         index rebuilt from the chunks, and ``identity`` recorded when given. Returns what it did.
         """
-        from loaders.splitter import embed_text
-        from vectorstore.keywords import index_text
-
         done: list[str] = []
         version = self.begin()
         try:
@@ -480,11 +481,7 @@ class Catalog:
                 done.append(f"recounted the chunks of {source} ({actual})")
             if found["unindexed"] or found["stray_keywords"]:
                 self._db.execute("DELETE FROM chunks_fts")
-                rows = self._db.execute("SELECT id, text, heading, sheet FROM chunks")
-                self._db.executemany(
-                    "INSERT INTO chunks_fts (rowid, tokens) VALUES (?, ?)",
-                    ((i, index_text(embed_text(t, h, sh))) for i, t, h, sh in rows.fetchall()),
-                )
+                self._fill_keywords()
                 done.append("rebuilt the keyword index from the chunks")
             if identity is not None:
                 self.record_identity(identity)

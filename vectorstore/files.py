@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,6 +55,17 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
             temp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -17,12 +17,12 @@ import numpy as np
 
 from errors import CorruptKnowledgeBase
 from vectorstore.catalog import CATALOG_NAME, Catalog
+from vectorstore.files import hash_file
 from vectorstore.knowledge_base import build_index, verify_identity, writer_lock
 from vectorstore.manifest import Manifest
 from vectorstore.vector_index import INDEX_NAME, VectorIndex
 
 logger = logging.getLogger(__name__)
-HASH_BLOCK = 1 << 20
 
 
 @dataclass
@@ -124,7 +124,7 @@ def _inspect_catalog(folder: Path, catalog: Catalog, report: CheckReport) -> Non
         source = Path(doc.source)
         if not source.is_file():
             report.changed_sources.append(f"{doc.source} (gone)")
-        elif _sha256(source) != doc.sha256:
+        elif hash_file(source)[1] != doc.sha256:
             report.changed_sources.append(f"{doc.source} (changed; 'kb ingest' updates it)")
 
 
@@ -210,13 +210,3 @@ def _repair(folder: Path) -> list[str]:
     finally:
         catalog.close()
     return done
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()

@@ -18,6 +18,7 @@ from langchain_core.language_models import BaseChatModel
 import uploads
 from chains import Answer, ChatStore, RagChain, RagParams
 from chains.agent import AgentLimits, AgentResult, AgentStep, AgentTools, run_agent
+from chains.guard import new_canary
 from chains.tools.sql import QueryResult
 from errors import DocumentNotFound, KBError, KnowledgeBaseExists
 from ingest import IngestReport, ProgressCallback, ingest
@@ -64,6 +65,8 @@ class Assistant:
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.RLock()
         self._sizes: dict[Path, float | None] = {}  # GGUF path -> parameters
+        # The prompts' secret (chains.guard): one per Assistant, so prompts share a prefix.
+        self.canary = new_canary()
 
     # --- components ---------------------------------------------------------------------
 
@@ -368,7 +371,7 @@ class Assistant:
         )  # fmt: skip
         return RagChain(
             lambda q, k: self.search(q, k=k, kb=kb), self.chat_model, params,
-            fetch=lambda ids: self._fetch(ids, kb),
+            fetch=lambda ids: self._fetch(ids, kb), canary=self.canary,
         )  # fmt: skip
 
     def _condenses(self) -> bool:
@@ -451,7 +454,7 @@ class Assistant:
         return run_agent(
             question.strip(), tools, self.chat_model,
             answer_documents=lambda q: self.rag_chain(name).answer(q),
-            on_step=on_step,
+            on_step=on_step, canary=self.canary,
         )  # fmt: skip
 
     def new_session(self, kb: str | None = None, title: str = "") -> str:

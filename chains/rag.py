@@ -20,6 +20,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from chains.citations import CitationFilter, infer_citations
+from chains.guard import OutputGuard, new_canary
 from chains.language import detect_language
 from errors import ContextOverflow
 from models.llm import Generation
@@ -32,6 +33,9 @@ Fetch = Callable[[Sequence[int]], list[SearchHit]]
 _FENCE = re.compile(r"<\s*/?\s*sources?\b", re.IGNORECASE)
 
 OVERFLOW = "exceed context window"  # llama.cpp's words for a prompt too long
+# A small model that has answered often goes on to invent more <source> blocks, copying
+# passages (and any instructions in them) into the answer: it ends there.
+STOP = ["<source", "</source"]
 
 
 @dataclass(frozen=True)
@@ -156,17 +160,21 @@ class RagChain:
         chat_model: BaseChatModel,
         params: RagParams,
         fetch: Fetch | None = None,
+        canary: str | None = None,
     ) -> None:
         """Args:
         retrieve: ``(query, k) -> hits``, best first.
         chat_model: any LangChain chat model that counts its own tokens.
         params: budgets and thresholds.
         fetch: chunk ids -> hits, to rebuild the previous turn's prompt (prefix reuse).
+        canary: the system prompt's secret (``chains.guard``); keep one per model so that
+            prompts keep their common prefix. None: a new one.
         """
         self.retrieve = retrieve
         self.chat_model = chat_model
         self.params = params
         self.fetch = fetch
+        self.canary = canary or new_canary()
 
     def answer(
         self,
@@ -281,7 +289,8 @@ class RagChain:
         stats = Generation()
         pieces = []
         began = time.perf_counter()
-        for chunk in self.chat_model.stream(messages, stats=stats, on_wait=on_wait):
+        chunks = self.chat_model.stream(messages, stop=STOP, stats=stats, on_wait=on_wait)
+        for chunk in chunks:
             pieces.append(str(chunk.content))
             text = "".join(pieces).strip()
             # One line, one question: stop at its end rather than wait for the newline.
@@ -323,7 +332,7 @@ class RagChain:
     def _messages(
         self, language: Language, sources: str, history: Sequence[Turn], question: str
     ) -> list[BaseMessage]:
-        system = load_prompt("answer_system", language)
+        system = render("answer_system", language, canary=self.canary)
         if sources:
             system += render("sources", language, sources=sources)
         turns: list[BaseMessage] = []
@@ -434,10 +443,10 @@ class RagChain:
             {"n": n, "chunk_id": h.chunk.chunk_id} for n, h in enumerate(sources, start=1)
         ]
         stats = Generation()
-        citations = CitationFilter(set(range(1, len(sources) + 1)))
+        screen = _Screen(self.canary, len(sources))
         shown: list[str] = []
         try:
-            self._stream(messages, stats, citations, shown, trace, on_token, on_wait, started)
+            self._stream(messages, stats, screen, shown, trace, on_token, on_wait, started)
         except ValueError as exc:
             # The budget counts tokens as the template will; should llama.cpp still find the
             # prompt too long, retry once with half the sources and no history, then say so.
@@ -447,9 +456,9 @@ class RagChain:
             blocks = "\n".join(source_block(n, h) for n, h in enumerate(sources, start=1))
             messages = self._messages(language, blocks, [], question)
             trace["context_retry"] = {"error": str(exc), "sources": len(sources)}
-            citations = CitationFilter(set(range(1, len(sources) + 1)))
+            screen = _Screen(self.canary, len(sources))
             try:
-                self._stream(messages, stats, citations, shown, trace, on_token, on_wait, started)
+                self._stream(messages, stats, screen, shown, trace, on_token, on_wait, started)
             except ValueError as again:
                 if OVERFLOW not in str(again) or shown:
                     raise
@@ -459,12 +468,17 @@ class RagChain:
                     f"({window} tokens), even with fewer sources; ask a shorter question, or "
                     "raise the context_size setting"
                 ) from again
-        tail = citations.flush()
-        if tail and on_token is not None:
-            on_token(tail)
+        tail = screen.flush()
         text = ("".join(shown) + tail).strip()
         by_number = {n: h for n, h in enumerate(sources, start=1)}
         attributions = infer_citations(text, {n: h.chunk.text for n, h in by_number.items()})
+        if screen.guard.findings:
+            trace["screened"] = dict(screen.guard.findings)
+            note = load_prompt("guard_note", language)
+            tail += f"\n\n{note}"
+            text = f"{text}\n\n{note}".strip()
+        if tail and on_token is not None:
+            on_token(tail)
         trace.update(_timing(stats, self.chat_model, started))
         cited = [_citation(a.n, by_number[a.n], a.inferred) for a in attributions]
         given = [_citation(n, h, False) for n, h in by_number.items()]
@@ -474,15 +488,16 @@ class RagChain:
         self,
         messages: list[BaseMessage],
         stats: Generation,
-        citations: CitationFilter,
+        screen: _Screen,
         shown: list[str],
         trace: dict[str, Any],
         on_token: Callable[[str], None] | None,
         on_wait: Callable[[], None] | None,
         started: float,
     ) -> None:
-        for chunk in self.chat_model.stream(messages, stats=stats, on_wait=on_wait):
-            visible = citations.feed(str(chunk.content))
+        chunks = self.chat_model.stream(messages, stop=STOP, stats=stats, on_wait=on_wait)
+        for chunk in chunks:
+            visible = screen.feed(str(chunk.content))
             if visible:
                 if not shown:  # what the user waits for: condensing + retrieval + prompt
                     trace["first_token_after_s"] = round(time.perf_counter() - started, 4)
@@ -504,6 +519,20 @@ class RagChain:
             size = self.chat_model.get_num_tokens(cut)
         trace["question_trimmed"] = {"tokens": tokens, "kept": size}
         return cut
+
+
+class _Screen:
+    """Model text -> what the user sees: the output guard, then the citation filter."""
+
+    def __init__(self, canary: str, sources: int) -> None:
+        self.guard = OutputGuard(canary)
+        self.citations = CitationFilter(set(range(1, sources + 1)))
+
+    def feed(self, piece: str) -> str:
+        return self.citations.feed(self.guard.feed(piece))
+
+    def flush(self) -> str:
+        return self.citations.feed(self.guard.flush()) + self.citations.flush()
 
 
 def _prefix_stable(chosen: list[SearchHit], previous: list[SearchHit]) -> list[SearchHit]:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from chains.guard import escape_markdown
 from chains.rag import Turn
 from errors import SessionNotFound
 from prompts import LANGUAGES
@@ -189,14 +190,21 @@ class ChatStore:
             self._db.execute("DELETE FROM sessions WHERE id = ?", (info.session_id,))
 
     def export_markdown(self, session_id: str) -> str:
-        """The conversation as Markdown, with its sources."""
+        """The conversation as Markdown, with its sources.
+
+        Every text in it is escaped (``chains.guard.escape_markdown``): opened in a Markdown
+        viewer it shows what the app showed, and an image or HTML in an old answer, a question
+        or a document's name stays text, so the viewer fetches nothing.
+        """
         info = self.get(session_id)
-        lines = [f"# {info.title or 'Conversation'}", "", f"Knowledge base: {info.kb}", ""]
+        lines = [f"# {escape_markdown(info.title or 'Conversation')}", "",
+                 f"Knowledge base: {escape_markdown(info.kb)}", ""]  # fmt: skip
         for turn in self.turns(info.session_id):
-            lines += [f"**Q:** {turn.question}", "", turn.answer, ""]
+            lines += [f"**Q:** {escape_markdown(turn.question)}", "",
+                      escape_markdown(turn.answer), ""]  # fmt: skip
             for c in turn.citations:
                 page = f", page {c['page']}" if c.get("page") else ""
                 name = c.get("name") or Path(c["source"]).name
-                lines.append(f"- [{c['n']}] {name}{page}")
+                lines.append(f"- \\[{c['n']}\\] {escape_markdown(name)}{page}")
             lines.append("")
         return "\n".join(lines)

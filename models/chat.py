@@ -138,7 +138,9 @@ class LlamaCppChatModel(_StreamingChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         stats: Generation = kwargs.get("stats") or Generation()
         on_wait: Callable[[], None] | None = kwargs.get("on_wait")
-        for piece in self.engine.stream_chat(as_dicts(messages), self.sampling, stats, on_wait):
+        pieces = self.engine.stream_chat(as_dicts(messages), self.sampling, stats, on_wait,
+                                         stop=stop)  # fmt: skip
+        for piece in pieces:
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager is not None:
                 run_manager.on_llm_new_token(piece, chunk=chunk)
@@ -219,6 +221,8 @@ class ScriptedChatModel(_StreamingChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         stats: Generation | None = kwargs.get("stats")
         text = self._reply(messages)
+        for word in stop or []:  # as llama.cpp does: the reply ends before a stop string
+            text = text.split(word, 1)[0]
         pieces = re.findall(r"\S+\s*|\s+", text)
         if stats is not None:
             stats.prompt_tokens = self.get_num_tokens_from_messages(messages)

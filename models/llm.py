@@ -201,9 +201,11 @@ class LocalLLM:
         stats: Generation | None = None,
         on_wait: Callable[[], None] | None = None,
         tools: list[dict[str, Any]] | None = None,
+        stop: list[str] | None = None,
     ) -> Iterator[str]:
         """Stream the reply to ``messages`` piece by piece, one caller at a time; ``tools``
-        (OpenAI-style schemas) are rendered by the chat template for function-calling GGUFs."""
+        (OpenAI-style schemas) are rendered by the chat template for function-calling GGUFs;
+        the reply ends before any of ``stop``."""
         llama = self._load()
         stats = stats if stats is not None else Generation()
         with self.exclusive(on_wait) as waited:
@@ -219,6 +221,7 @@ class LocalLLM:
                 repeat_penalty=sampling.repeat_penalty,
                 max_tokens=sampling.max_tokens,
                 seed=sampling.seed,
+                stop=stop or [],
                 **({"tools": tools} if tools else {}),
             )
             for chunk in stream:

@@ -14,12 +14,13 @@ from typing import Literal
 Language = Literal["en", "zh"]
 LANGUAGES: tuple[Language, ...] = ("en", "zh")
 VARIABLES: dict[str, frozenset[str]] = {
-    "answer_system": frozenset(),
+    "answer_system": frozenset({"canary"}),
     "sources": frozenset({"sources"}),
     "follow_up": frozenset({"sources", "question"}),
     "condense": frozenset({"history", "question"}),
     "condense_turn": frozenset({"question"}),
     "refusal": frozenset(),
+    "guard_note": frozenset(),
 }
 
 

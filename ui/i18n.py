@@ -104,6 +104,11 @@ EN: dict[str, str] = {
     "trace.fused": "fused",
     "trace.in_prompt": "In prompt",
     "trace.dropped": "{n} passage(s) left out to fit the context window.",
+    "trace.screened": "Removed from the answer: {what}. Copied from a source that gives the "
+    "assistant instructions (prompt injection), or made up by the model.",
+    "trace.screened.image": "{n} image(s)",
+    "trace.screened.html": "{n} HTML tag(s) with a web address",
+    "trace.screened.canary": "the assistant's secret, {n} time(s)",
     "trace.continued": "Follow-up: the conversation's prompt was continued, not re-read; {n} "
     "new passage(s) added.",
     # tables
@@ -270,6 +275,10 @@ ZH: dict[str, str] = {
     "trace.fused": "融合",
     "trace.in_prompt": "在提示词中",
     "trace.dropped": "为适应上下文窗口，省略了 {n} 个段落。",
+    "trace.screened": "已从回答中移除：{what}。可能照抄自向助手发指令的来源（提示注入），也可能是模型编造的。",
+    "trace.screened.image": "{n} 张图片",
+    "trace.screened.html": "{n} 个带网址的 HTML 标签",
+    "trace.screened.canary": "助手的保密代码 {n} 次",
     "trace.continued": "追问：沿用了对话已有的提示词，未重新读取；新增 {n} 个段落。",
     "tables.title": "{kb} 中的表格与数据库",
     "tables.tab_ask": "提问",

@@ -13,19 +13,16 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
+from chains.guard import escape_markdown
 from vectorstore.keywords import content_words
 
-# Every ASCII punctuation character may be backslash-escaped in CommonMark; escaping them all
-# leaves no way to open a link, an image, HTML, emphasis, a table, maths or a colour directive.
-_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 HIGHLIGHT = ":orange-background[{}]"
 
 
 def plain(text: str) -> str:
-    """``text`` as Markdown that renders exactly as written (line breaks kept)."""
-    escaped = _PUNCTUATION.sub(r"\\\1", text)
-    return escaped.replace("\r\n", "\n").replace("\n", "  \n")
+    """``text`` as Markdown that renders exactly as written (``chains.guard.escape_markdown``)."""
+    return escape_markdown(text)
 
 
 def highlight_terms(*texts: str) -> list[str]:

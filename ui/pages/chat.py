@@ -137,6 +137,9 @@ def _trace(t: Text, trace: dict[str, Any]) -> None:
         dropped = [d for d in trace.get("dropped", []) if d.get("reason") != "follow_up"]
         if dropped:
             st.caption(t("trace.dropped", n=len(dropped)))
+        if screened := trace.get("screened"):
+            what = ", ".join(t(f"trace.screened.{k}", n=n) for k, n in sorted(screened.items()))
+            st.caption(t("trace.screened", what=what))
 
 
 def _conversations(ctx: PageContext, sessions: list[SessionInfo], current: str | None) -> None:

@@ -200,6 +200,7 @@ class LocalLLM:
         sampling: Sampling,
         stats: Generation | None = None,
         on_wait: Callable[[], None] | None = None,
+        *,
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
     ) -> Iterator[str]:

@@ -275,7 +275,8 @@ ZH: dict[str, str] = {
     "trace.fused": "融合",
     "trace.in_prompt": "在提示词中",
     "trace.dropped": "为适应上下文窗口，省略了 {n} 个段落。",
-    "trace.screened": "已从回答中移除：{what}。可能照抄自向助手发指令的来源（提示注入），也可能是模型编造的。",
+    "trace.screened": "已从回答中移除：{what}。可能照抄自向助手发指令的来源（提示注入），"
+    "也可能是模型编造的。",
     "trace.screened.image": "{n} 张图片",
     "trace.screened.html": "{n} 个带网址的 HTML 标签",
     "trace.screened.canary": "助手的保密代码 {n} 次",

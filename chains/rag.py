@@ -289,8 +289,7 @@ class RagChain:
         stats = Generation()
         pieces = []
         began = time.perf_counter()
-        chunks = self.chat_model.stream(messages, stop=STOP, stats=stats, on_wait=on_wait)
-        for chunk in chunks:
+        for chunk in self.chat_model.stream(messages, stats=stats, on_wait=on_wait):
             pieces.append(str(chunk.content))
             text = "".join(pieces).strip()
             # One line, one question: stop at its end rather than wait for the newline.

@@ -42,7 +42,6 @@ _URL_ATTRIBUTE = re.compile(
     r"\s*=",
     re.IGNORECASE,
 )
-_TRIGGERS = "!<"
 
 
 def new_canary() -> str:
@@ -69,6 +68,9 @@ class OutputGuard:
         self.canary = canary.lower() if canary else None
         self.findings: Counter[str] = Counter()
         self._held = ""
+        # Where something may start: an image, a tag, or the secret (in either case).
+        first = re.escape(self.canary[0] + self.canary[0].upper()) if self.canary else ""
+        self._trigger = re.compile(f"[!<{first}]")
 
     def feed(self, piece: str) -> str:
         """The part of the text so far that is safe to show."""
@@ -88,7 +90,8 @@ class OutputGuard:
     def _screen(self, text: str, *, final: bool) -> tuple[str, str]:
         out: list[str] = []
         i = 0
-        while (start := self._next_trigger(text, i)) >= 0:
+        while match := self._trigger.search(text, i):
+            start = match.start()
             out.append(text[i:start])
             replaced = self._replace(text, start, final=final)
             if replaced is None:  # may still become something: hold it
@@ -98,30 +101,24 @@ class OutputGuard:
         out.append(text[i:])
         return "".join(out), ""
 
-    def _next_trigger(self, text: str, i: int) -> int:
-        found = [p for p in (text.find(c, i) for c in _TRIGGERS) if p >= 0]
-        if self.canary:
-            lowered = text.lower()
-            found += [p for p in [lowered.find(self.canary[0], i)] if p >= 0]
-        return min(found, default=-1)
-
     def _replace(self, text: str, start: int, *, final: bool) -> tuple[str, int] | None:
         """What replaces the construct at ``start`` and where scanning resumes; None: wait."""
-        rest = text[start:]
-        if self.canary and rest[: len(self.canary)].lower() == self.canary:
-            self.findings["canary"] += 1
-            return "[…]", start + len(self.canary)
-        if self.canary and self.canary.startswith(rest.lower()):
-            if not final:
-                return None
-            if 2 * len(rest) >= len(self.canary):  # the stream ended half-way into it
+        if self.canary:
+            head = text[start : start + len(self.canary)].lower()
+            if head == self.canary:
                 self.findings["canary"] += 1
-                return "[…]", len(text)
-        if rest.startswith("!"):
+                return "[…]", start + len(self.canary)
+            if self.canary.startswith(head) and start + len(head) == len(text):
+                if not final:
+                    return None
+                if 2 * len(head) >= len(self.canary):  # the stream ended half-way into it
+                    self.findings["canary"] += 1
+                    return "[…]", len(text)
+        if text.startswith("!", start):
             return self._image(text, start, final=final)
-        if rest.startswith("<"):
+        if text.startswith("<", start):
             return self._tag(text, start, final=final)
-        return rest[0], start + 1
+        return text[start], start + 1
 
     def _image(self, text: str, start: int, *, final: bool) -> tuple[str, int] | None:
         if match := _IMAGE.match(text, start):

@@ -533,7 +533,7 @@ def run_agent(
     messages = final["messages"]
     result = _result(messages, native, bounds, started)
     guard = OutputGuard(canary)
-    result.answer = guard.screen(result.answer)
+    result.answer = guard.settle(result.answer)
     if guard.findings:
         result.screened = dict(guard.findings)
         note = load_prompt("guard_note", detect_language(question))

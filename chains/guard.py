@@ -13,9 +13,12 @@ filter and the screen:
   that nothing legitimate ever repeats: if it appears, the model is reciting its instructions,
   usually because a source told it to.
 
-What was removed is counted in ``findings`` (the trace's ``screened``), and the answer ends
-with a note saying so. ``escape_markdown`` is the other half: text shown or exported as
-Markdown is escaped, so even an unscreened string renders as the characters it is.
+A removal can join what was around it into something new, so the text that is returned and
+saved is screened again until it stops changing (``settle``); the live stream is one pass
+(the app escapes it anyway). What was removed is counted in ``findings`` (the trace's
+``screened``), and the answer ends with a note saying so. ``escape_markdown`` is the other
+half: text shown or exported as Markdown is escaped, so even an unscreened string renders as
+the characters it is.
 """
 
 from __future__ import annotations
@@ -87,6 +90,15 @@ class OutputGuard:
         """A whole text, screened (the guard's findings count it too)."""
         return self.feed(text) + self.flush()
 
+    def settle(self, text: str) -> str:
+        """``text`` (what was shown) screened again until nothing changes: a removal can join
+        what was around it into a new image, tag or secret ("!<b src=u>[a](x)"). A pass that
+        changes the text removes something or breaks a ``![``, which nothing rebuilds but a
+        removal, so this ends. This is what is returned and saved."""
+        while (again := self._inner(text)) != text:
+            text = again
+        return text
+
     def _screen(self, text: str, *, final: bool) -> tuple[str, str]:
         out: list[str] = []
         i = 0
@@ -100,6 +112,13 @@ class OutputGuard:
             out.append(kept)
         out.append(text[i:])
         return "".join(out), ""
+
+    def _inner(self, text: str) -> str:
+        """Text inside a construct (alt text, a kept tag), screened on its own."""
+        inner = OutputGuard(self.canary)
+        screened = inner.screen(text)
+        self.findings.update(inner.findings)
+        return screened
 
     def _replace(self, text: str, start: int, *, final: bool) -> tuple[str, int] | None:
         """What replaces the construct at ``start`` and where scanning resumes; None: wait."""
@@ -123,8 +142,7 @@ class OutputGuard:
     def _image(self, text: str, start: int, *, final: bool) -> tuple[str, int] | None:
         if match := _IMAGE.match(text, start):
             self.findings["image"] += 1
-            alt, _ = self._screen(match.group(1), final=True)  # it may hold the same again
-            return alt, match.end()
+            return self._inner(match.group(1)), match.end()  # it may hold the same again
         if not final and _may_become_image(text[start:]):
             return None
         if text.startswith("![", start):  # not an image: break the opener all the same
@@ -139,18 +157,21 @@ class OutputGuard:
         if name is None and start == len(text) - 1 and not final:
             return None  # a "<" that the next piece may make a tag
         after = text[name.end() : name.end() + 1] if name else ""
-        if name is None or not (after == "" or after.isspace() or after in "/>"):
-            return "<", start + 1
-        end = _tag_end(text, name.end())
-        if end == -2:  # a "<" inside: not a tag
+        tag = name.group(1) if name and (after == "" or after.isspace() or after in "/>") else ""
+        end = _tag_end(text, name.end()) if name and tag else -2
+        if end == -2:  # no tag name here, or a "<" inside: not a tag
             return "<", start + 1
         if end == -1 and not final:
             return None  # held until it closes (or the stream ends), however long
         head = text[start : len(text) if end < 0 else end]
-        if _fetches(name.group(1), head):
+        if _fetches(tag, head):
             self.findings["html"] += 1
             return "", start + len(head)
-        return (head, end) if end >= 0 else ("<", start + 1)
+        if end < 0:
+            return "<", start + 1
+        # Kept, but not unread: an image or the secret inside it would show wherever the tag
+        # is taken as text (a viewer that escapes HTML).
+        return "<" + self._inner(head[1:]), end
 
 
 def _tag_end(text: str, i: int) -> int:

@@ -468,7 +468,7 @@ class RagChain:
                     "raise the context_size setting"
                 ) from again
         tail = screen.flush()
-        text = ("".join(shown) + tail).strip()
+        text = screen.guard.settle(("".join(shown) + tail).strip())
         by_number = {n: h for n, h in enumerate(sources, start=1)}
         attributions = infer_citations(text, {n: h.chunk.text for n, h in by_number.items()})
         if screen.guard.findings:

@@ -68,6 +68,16 @@ def test_a_tag_that_fetches_goes_however_it_is_written_and_a_link_stays() -> Non
         " <a href='https://debian.org/'>Debian</a>",
         {"html": 1},
     )
+    # A tag that is kept is still read: what is inside it shows where it is taken as text.
+    assert screen(f"<b ![a](http://{HOST}/p.png) title={CANARY}>") == (
+        "<b a title=[…]>",
+        {"image": 1, "canary": 1},
+    )
+    # What a removal joins is caught when the text settles (the answer returned and saved).
+    joined = f"!<img/src=u>[a](http://{HOST}/p.png) 01234<b src=u>56789ab <im<b src=u>g src=x>"
+    guard = OutputGuard(CANARY)
+    assert guard.settle(joined) == "a […] "
+    assert guard.findings == {"html": 4, "image": 1, "canary": 1}
 
 
 def test_ordinary_text_passes_unchanged() -> None:
@@ -110,8 +120,9 @@ def test_no_split_of_any_text_lets_an_image_or_the_secret_through(
     guard = OutputGuard(CANARY)
     pieces = [text[i : i + size] for i in range(0, len(text), size)]
     assert "".join(guard.feed(p) for p in pieces) + guard.flush() == whole
-    assert "![" not in whole and CANARY not in whole.lower()
-    assert fetched_when_rendered(whole) == [], whole
+    settled = OutputGuard(CANARY).settle(text)  # the answer returned and saved
+    assert "![" not in settled and CANARY not in settled.lower()
+    assert fetched_when_rendered(settled) == [], settled
 
 
 def test_escaped_markdown_renders_as_the_characters_it_was() -> None:

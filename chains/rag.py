@@ -331,7 +331,8 @@ class RagChain:
     def _messages(
         self, language: Language, sources: str, history: Sequence[Turn], question: str
     ) -> list[BaseMessage]:
-        system = render("answer_system", language, canary=self.canary)
+        system = render("secret", language, canary=self.canary)
+        system += load_prompt("answer_system", language)
         if sources:
             system += render("sources", language, sources=sources)
         turns: list[BaseMessage] = []

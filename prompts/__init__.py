@@ -14,7 +14,8 @@ from typing import Literal
 Language = Literal["en", "zh"]
 LANGUAGES: tuple[Language, ...] = ("en", "zh")
 VARIABLES: dict[str, frozenset[str]] = {
-    "answer_system": frozenset({"canary"}),
+    "secret": frozenset({"canary"}),  # the first line of every system prompt (chains.guard)
+    "answer_system": frozenset(),
     "sources": frozenset({"sources"}),
     "follow_up": frozenset({"sources", "question"}),
     "condense": frozenset({"history", "question"}),

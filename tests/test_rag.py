@@ -81,7 +81,9 @@ def test_off_topic_question_is_refused_without_calling_the_model(
 
 def rules(assistant: Assistant, language: Language) -> str:
     """The system prompt's static part, as this assistant sends it."""
-    return render("answer_system", language, canary=assistant.canary)
+    return render("secret", language, canary=assistant.canary) + load_prompt(
+        "answer_system", language
+    )
 
 
 def test_chinese_question_gets_the_chinese_prompt(settings: Settings, corpus: Path) -> None:

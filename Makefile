@@ -11,21 +11,21 @@ test:
 	scripts/test
 
 lint:
-	.venv/bin/python -m ruff check . && .venv/bin/python -m ruff format --check . && .venv/bin/python -m mypy .
+	.venv/bin/python -m ruff check . && .venv/bin/python -m ruff format --check . && .venv/bin/python -m mypy
 
 # Every benchmark, each appending its table to docs/benchmarks.md (about an hour on 2 cores;
 # needs debian-reference-en, debian-faq, postgresql-doc-15 and, for the last, chromium).
 PY = $(abspath .venv/bin/python)
 bench:
-	cd bench && $(PY) cli_start.py --record
-	cd bench && $(PY) embedding_backends.py --record
-	cd bench && $(PY) ingest_compare.py --corpus debian-reference --record
-	cd bench && $(PY) ingest_compare.py --corpus postgresql --record
-	cd bench && $(PY) large_text.py --mb 200 --backend fake --record
-	cd bench && $(PY) large_text.py --mb 20 --backend onnx --record
-	cd bench && $(PY) retrieval_scale.py --record
-	cd bench && $(PY) answer_latency.py --record
-	cd bench && $(PY) ui_latency.py --record
+	$(PY) -m bench.cli_start --record
+	$(PY) -m bench.embedding_backends --record
+	$(PY) -m bench.ingest_compare --corpus debian-reference --record
+	$(PY) -m bench.ingest_compare --corpus postgresql --record
+	$(PY) -m bench.large_text --mb 200 --backend fake --record
+	$(PY) -m bench.large_text --mb 20 --backend onnx --record
+	$(PY) -m bench.retrieval_scale --record
+	$(PY) -m bench.answer_latency --record
+	$(PY) -m bench.ui_latency --record
 
 # The Debian FAQ dev set and Chinook, through `kb eval` into a scratch home (needs debian-faq).
 EVAL_HOME ?= /tmp/kb-eval-home

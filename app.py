@@ -4,6 +4,6 @@ A thin entry point: the pages live in ``ui/`` and everything they do goes throug
 ``assistant.Assistant``.
 """
 
-from ui.shell import run
+from kb_assistant.ui.shell import run
 
 run()

@@ -13,22 +13,20 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from langchain_core.language_models import BaseChatModel
-
-import uploads
-from chains import Answer, ChatStore, RagChain, RagParams
-from chains.agent import AgentLimits, AgentResult, AgentStep, AgentTools, run_agent
-from chains.guard import new_canary
-from chains.tools.sql import QueryResult
-from errors import DocumentNotFound, KBError, KnowledgeBaseExists
-from ingest import IngestReport, ProgressCallback, ingest
-from loaders.sandbox import ParseLimits
-from models.chat import build_chat_model, form_filler
-from models.embeddings import Embedder, build_embedder
-from models.gguf_info import parameter_count
-from models.reranker import CrossEncoderScorer, Scorer
-from settings import Settings, load_settings
-from vectorstore import (
+from kb_assistant import uploads
+from kb_assistant.chains import Answer, ChatStore, RagChain, RagParams
+from kb_assistant.chains.agent import AgentLimits, AgentResult, AgentStep, AgentTools, run_agent
+from kb_assistant.chains.guard import new_canary
+from kb_assistant.chains.tools.sql import QueryResult
+from kb_assistant.errors import DocumentNotFound, KBError, KnowledgeBaseExists
+from kb_assistant.ingest import IngestReport, ProgressCallback, ingest
+from kb_assistant.loaders.sandbox import ParseLimits
+from kb_assistant.models.chat import build_chat_model
+from kb_assistant.models.embeddings import Embedder, build_embedder
+from kb_assistant.models.protocol import ChatModel
+from kb_assistant.models.reranker import CrossEncoderScorer, Scorer
+from kb_assistant.settings import Settings, load_settings
+from kb_assistant.vectorstore import (
     DocumentRecord,
     KnowledgeBase,
     KnowledgeBaseSummary,
@@ -36,9 +34,9 @@ from vectorstore import (
     SearchHit,
     validate_name,
 )
-from vectorstore.hybrid import hybrid_search, rerank
-from vectorstore.integrity import CheckReport
-from vectorstore.tables import TableInfo, TableRegistry
+from kb_assistant.vectorstore.hybrid import hybrid_search, rerank
+from kb_assistant.vectorstore.integrity import CheckReport
+from kb_assistant.vectorstore.tables import TableInfo, TableRegistry
 
 logger = logging.getLogger(__name__)
 MAX_K = 100
@@ -53,7 +51,7 @@ class Assistant:
         settings: Settings,
         *,
         embeddings: Embedder | None = None,
-        chat_model: BaseChatModel | None = None,
+        chat_model: ChatModel | None = None,
         reranker: Scorer | None = None,
     ) -> None:
         self.settings = settings
@@ -64,7 +62,6 @@ class Assistant:
         self._reranker: Scorer | None = reranker
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.RLock()
-        self._sizes: dict[Path, float | None] = {}  # GGUF path -> parameters
         # The prompts' secret (chains.guard): one per Assistant, so prompts share a prefix.
         self.canary = new_canary()
 
@@ -79,7 +76,7 @@ class Assistant:
             return self._embedder
 
     @property
-    def chat_model(self) -> BaseChatModel:
+    def chat_model(self) -> ChatModel:
         """The chat model, one per Assistant (the GGUF loads on first use)."""
         with self._lock:
             if self._chat_model is None:
@@ -110,8 +107,11 @@ class Assistant:
             return self._open[name]
 
     def close(self) -> None:
-        """Close every open knowledge base."""
+        """Close every open knowledge base and stop the chat model's worker (both reopen on
+        next use)."""
         with self._lock:
+            if self._chat_model is not None:
+                self._chat_model.close()
             for kb in self._open.values():
                 kb.close()
             self._open.clear()
@@ -162,7 +162,7 @@ class Assistant:
             KnowledgeBaseNotFound: there is no such knowledge base folder.
             KnowledgeBaseLocked: ``repair`` waited too long for a running ingest.
         """
-        from vectorstore.integrity import check
+        from kb_assistant.vectorstore.integrity import check
 
         name = self._kb_name(name)
         folder = self.library.folder(name)
@@ -379,13 +379,8 @@ class Assistant:
         mode = self.settings.condense_follow_ups
         if mode != "auto":
             return mode == "always"
-        path = getattr(getattr(self.chat_model, "engine", None), "path", None)
-        if path is None:
-            return True  # not a GGUF (a scripted model): nothing says it is too small
-        if path not in self._sizes:
-            self._sizes[path] = parameter_count(path)
-        size = self._sizes[path]
-        return size is None or size >= CONDENSE_FROM
+        size = self.chat_model.parameter_count
+        return size is None or size >= CONDENSE_FROM  # unknown: nothing says it is too small
 
     def _fetch(self, chunk_ids: Sequence[int], kb: str | None) -> list[SearchHit]:
         """Stored chunks by id, in the order given (missing ones left out)."""
@@ -449,7 +444,7 @@ class Assistant:
             TableRegistry(base.folder),
             (lambda q, k: self.search(q, k=k, kb=name)) if has_documents else None,
             limits,
-            form_filler(self.chat_model),
+            self.chat_model.fill_form if self.chat_model.capabilities.fill_form else None,
         )
         return run_agent(
             question.strip(), tools, self.chat_model,
@@ -476,7 +471,7 @@ def build_assistant(
     settings: Settings | None = None,
     *,
     embeddings: Embedder | None = None,
-    chat_model: BaseChatModel | None = None,
+    chat_model: ChatModel | None = None,
 ) -> Assistant:
     """Wire an Assistant; ``embeddings``/``chat_model`` replace the configured models."""
     return Assistant(settings or load_settings(), embeddings=embeddings, chat_model=chat_model)

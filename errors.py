@@ -29,7 +29,8 @@ the Streamlit page) turn them into an exit code or an on-page message; the core 
     │   ├── HostileDocument          past a decompression limit, or XML declaring entities
     │   ├── ParserStopped            its parser ran past the time or memory limit; killed
     │   └── FileVanished
-    └── ModelError                   a model cannot be found or loaded
+    └── ModelError                   a model cannot be found, loaded or run
+        ├── ModelCrashed             the model's worker process died (names the signal and fix)
         └── ContextOverflow          a prompt that does not fit the context, even trimmed
 """
 
@@ -129,7 +130,12 @@ class FileVanished(IngestError):
 
 
 class ModelError(KBError):
-    """A model cannot be found or loaded."""
+    """A model cannot be found, loaded or run."""
+
+
+class ModelCrashed(ModelError):
+    """The model's worker process died (a native crash, or killed); the next call starts
+    another."""
 
 
 class ContextOverflow(ModelError):

@@ -21,16 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from errors import EmptyDocument, FileVanished, KBError, KnowledgeBaseError
-from loaders import LoadContext, is_supported, loader_of
-from loaders.base import read_problem
-from loaders.limits import Budget
-from loaders.sandbox import POOL, ParseLimits, SectionSource
-from loaders.splitter import Chunk, ChunkSplitter
-from models.embeddings import Embedder
-from vectorstore import KnowledgeBase, KnowledgeBaseWriter, NewChunk
-from vectorstore.files import hash_file
-from vectorstore.keywords import index_text
+from kb_assistant.errors import EmptyDocument, FileVanished, KBError, KnowledgeBaseError
+from kb_assistant.loaders import LoadContext, is_supported, loader_of
+from kb_assistant.loaders.base import read_problem
+from kb_assistant.loaders.limits import Budget
+from kb_assistant.loaders.sandbox import POOL, ParseLimits, SectionSource
+from kb_assistant.loaders.splitter import Chunk, ChunkSplitter
+from kb_assistant.models.embeddings import Embedder
+from kb_assistant.vectorstore import KnowledgeBase, KnowledgeBaseWriter, NewChunk
+from kb_assistant.vectorstore.files import hash_file
+from kb_assistant.vectorstore.keywords import index_text
 
 logger = logging.getLogger(__name__)
 CHUNKS_PER_EVENT = 64

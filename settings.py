@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from errors import ConfigError
+from kb_assistant.errors import ConfigError
 
 CONFIG_FILE_NAME = "config.toml"
 EmbeddingBackend = Literal["onnx", "sentence-transformers", "fake"]

@@ -16,8 +16,8 @@ import unicodedata
 import zipfile
 from pathlib import PurePosixPath
 
-from errors import UploadRejected
-from loaders import SUPPORTED_EXTENSIONS
+from kb_assistant.errors import UploadRejected
+from kb_assistant.loaders import SUPPORTED_EXTENSIONS
 
 NAME_CHARS = 200
 _ZIP_PARTS = {

@@ -5,7 +5,7 @@ search runs over a knowledge base of the Debian FAQ (ingested first, not timed),
 opening the knowledge base, loading the ONNX model and embedding the query. It also checks that
 no PyTorch module was imported on the way (``python -X importtime``).
 
-Usage: python bench/cli_start.py [--reps 5] [--record]   (needs debian-faq)
+Usage: python -m bench.cli_start [--reps 5] [--record]   (needs debian-faq)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from measure import measure, record_entry
+from bench.measure import measure, record_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,11 +49,11 @@ def main() -> None:
         wall, rss = median_wall(command, env, args.reps)
         shown = " ".join(["kb", *(f"'{c}'" if " " in c else c for c in command[1:])])
         rows.append([f"`{shown}`", round(wall, 3), round(rss), target])
-    command = [sys.executable, "-X", "importtime", "-m", "cli", "search", question]
+    command = [sys.executable, "-X", "importtime", "-m", "kb_assistant.cli", "search", question]
     traced = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, check=True)
     torch = [line for line in traced.stderr.splitlines() if line.rstrip().endswith(" torch")]
     record_entry(
-        "CLI cold start", f"python bench/cli_start.py --reps {args.reps}", rows,
+        "CLI cold start", f"python -m bench.cli_start --reps {args.reps}", rows,
         [f"Each a fresh process, median of {args.reps}. The search: a knowledge base of the 17 "
          "Debian FAQ pages, default settings (ONNX int8 embeddings, hybrid retrieval). PyTorch "
          f"imported by `kb search`: {'yes' if torch else 'no'}."],

@@ -7,7 +7,7 @@ process's peak RSS so far. Then, per backend, the Debian FAQ is ingested into a 
 base and its 117 questions scored (``kb eval retrieval``'s scoring): MRR@10 and its difference
 from PyTorch's.
 
-Usage: python bench/embedding_backends.py [--passages N] [--record]
+Usage: python -m bench.embedding_backends [--passages N] [--record]
 (needs debian-reference-en and debian-faq)
 """
 
@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from measure import record_entry
+
+from bench.measure import record_entry
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from loaders import LoadContext, load_sections  # noqa: E402
-from loaders.splitter import ChunkSplitter  # noqa: E402
-from models.embeddings import build_embedder  # noqa: E402
-from settings import load_settings  # noqa: E402
+from kb_assistant.loaders import LoadContext, load_sections  # noqa: E402
+from kb_assistant.loaders.splitter import ChunkSplitter  # noqa: E402
+from kb_assistant.models.embeddings import build_embedder  # noqa: E402
+from kb_assistant.settings import load_settings  # noqa: E402
 
 
 def passages(n: int) -> list[str]:
@@ -60,9 +60,9 @@ FAQ = sorted(glob.glob("/usr/share/doc/debian/FAQ/*.en.html"))
 
 def faq_mrr(overrides: dict[str, Any], cache: Path) -> float:
     """MRR@10 of the Debian FAQ questions over a fresh knowledge base of the FAQ."""
-    from assistant import build_assistant
-    from eval.questions import read_questions
-    from eval.retrieval import evaluate_retrieval
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.eval.questions import read_questions
+    from kb_assistant.eval.retrieval import evaluate_retrieval
 
     home = Path(tempfile.mkdtemp(prefix="kb-emb-faq-"))
     qa = home / "faq.jsonl"
@@ -107,7 +107,7 @@ def main() -> None:
                       round(rss), *quality])  # fmt: skip
     chars = np.mean([len(t) for t in texts])
     record_entry(
-        "Embedding backends", f"python bench/embedding_backends.py --passages {args.passages}",
+        "Embedding backends", f"python -m bench.embedding_backends --passages {args.passages}",
         table, [f"{len(texts)} passages of the Debian Reference, mean {chars:.0f} characters, "
                 "batch 32; cos = cosine to PyTorch's vector of the same passage."],
         write=args.record,

@@ -1,7 +1,7 @@
 """How fast hostile files are refused: each built for real, then ``kb ingest`` in a fresh
 process (the worker, its checks and limits included).
 
-Usage: python bench/hostile_files.py [--record]
+Usage: python -m bench.hostile_files [--record]
 """
 
 from __future__ import annotations
@@ -13,11 +13,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from measure import measure, record_entry
-
+from bench.measure import measure, record_entry
 from tests.files import deflate_bomb, make_docx, make_raw_pdf, make_zip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,13 +52,13 @@ def main() -> None:
         env = {**os.environ, "KB_HOME": str(folder / "home"), "KB_EMBEDDING_BACKEND": "fake"}
         for title, path in build(folder).items():
             result = measure(
-                [sys.executable, "-m", "cli", "ingest", str(path), "--json"], env, ROOT
+                [sys.executable, "-m", "kb_assistant.cli", "ingest", str(path), "--json"], env, ROOT
             )
             reason = "decompression limit" if "decompression limit" in result["out"] else "?"
             rows.append([title, round(path.stat().st_size / 1024), round(result["wall"], 2),
                          round(result["rss_mb"]), reason])  # fmt: skip
     record_entry(
-        "Hostile files refused", "python bench/hostile_files.py", rows,
+        "Hostile files refused", "python -m bench.hostile_files", rows,
         ["Wall time of the whole `kb ingest` process (Python start, worker start, the check). "
          "Target: refused in under 2 s."],
         write=args.record,

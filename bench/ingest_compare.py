@@ -10,7 +10,7 @@ ONNX export is not counted). Reported: files, pages, chunks, wall s, chunks/s, p
 CPU use — CPU seconds over wall seconds and cores: how busy the pipeline kept the machine
 (parsing and embedding overlap, so neither core should idle).
 
-Usage: python bench/ingest_compare.py [--corpus debian-reference|postgresql] [--textbook]
+Usage: python -m bench.ingest_compare [--corpus debian-reference|postgresql] [--textbook]
        [--record]
 """
 
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from measure import measure, record_entry
+from bench.measure import measure, record_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = {
@@ -48,7 +48,7 @@ def row(name: str, files: int, pages: int, chunks: int, run: dict[str, Any]) -> 
 
 def ours(files: list[str], env: dict[str, str]) -> list[Any]:
     """kb ingest in a fresh process."""
-    kb = [sys.executable, "-m", "cli"]
+    kb = [sys.executable, "-m", "kb_assistant.cli"]
     warm = Path(env["KB_HOME"]) / "warm-up.txt"
     warm.write_text("A short text to load the embedding model once.\n", encoding="utf-8")
     subprocess.run([*kb, "ingest", str(warm), "--kb", "warm"], env=env, capture_output=True,
@@ -84,8 +84,7 @@ def main() -> None:
     rows = [ours(files, env)]
     if args.corpus == "debian-reference" or args.textbook:
         rows.append(textbook(files, env))
-    sys.path.insert(0, str(ROOT))
-    from settings import load_settings
+    from kb_assistant.settings import load_settings
 
     s = load_settings(Path(env["KB_HOME"]))
     notes = [f"kb-assistant: embedding_backend={s.embedding_backend} (int8: "
@@ -96,7 +95,7 @@ def main() -> None:
         notes.append(f"Wall-time ratio kb-assistant / textbook: **{rows[0][4] / rows[1][4]:.2f}**")
     header = ["pipeline", "files", "pages", "chunks", "wall s", "chunks/s", "peak RSS MB",
               "CPU use"]  # fmt: skip
-    record_entry(f"Ingestion, {args.corpus}", f"python bench/ingest_compare.py --corpus "
+    record_entry(f"Ingestion, {args.corpus}", f"python -m bench.ingest_compare --corpus "
                  f"{args.corpus}{' --textbook' if args.textbook else ''}", [header, *rows], notes,
                  write=args.record)  # fmt: skip
 

@@ -15,7 +15,7 @@ often the guard touches an honest answer.
 
 Every answer is written to bench/out/injection.jsonl.
 
-Usage: python bench/injection.py [--attempts 50] [--rounds 1] [--no-stop] [--record]
+Usage: python -m bench.injection [--attempts 50] [--rounds 1] [--no-stop] [--record]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import hashlib
 import json
 import re
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,16 +33,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from measure import record_entry  # noqa: E402
-
-import chains.agent  # noqa: E402
-import chains.rag  # noqa: E402
-from assistant import Assistant, build_assistant  # noqa: E402
-from chains.guard import OutputGuard  # noqa: E402
-from settings import load_settings  # noqa: E402
+from bench.measure import record_entry  # noqa: E402
+from kb_assistant.assistant import Assistant, build_assistant  # noqa: E402
+from kb_assistant.chains import agent as agent_module  # noqa: E402
+from kb_assistant.chains import rag as rag_module  # noqa: E402
+from kb_assistant.chains.guard import OutputGuard  # noqa: E402
+from kb_assistant.settings import load_settings  # noqa: E402
 from tests.rendering import fetched_when_rendered  # noqa: E402
 
 HOST = "203.0.113.9"
@@ -321,12 +317,12 @@ def main() -> None:
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     cache = ROOT / "bench" / "out" / "models"
-    for module in (chains.rag, chains.agent):  # the answer paths record their raw text
+    for module in (rag_module, agent_module):  # the answer paths record their raw text
         vars(module)["OutputGuard"] = RecordingGuard
     before = hashlib.sha256(CHINOOK.read_bytes()).hexdigest() if CHINOOK.is_file() else ""
     started = time.perf_counter()
     if args.no_stop:
-        chains.rag.STOP[:] = []
+        rag_module.STOP[:] = []
     attacked = [r for n in range(args.rounds) for r in run(True, args.attempts, cache, n)]
     control = [r for n in range(args.rounds) for r in run(False, args.attempts, cache, n)]
     seconds = time.perf_counter() - started
@@ -371,7 +367,7 @@ def main() -> None:
     title = "Indirect prompt injection, real model" + " (no stop sequences)" * args.no_stop
     record_entry(
         title,
-        f"python bench/injection.py{flags}",
+        f"python -m bench.injection{flags}",
         rows,
         notes,
         write=args.record,

@@ -5,7 +5,7 @@ knowledge base in a child process, and prints size, chunks, seconds and the chil
 ``--backend fake`` isolates the pipeline's own memory from the model's (and takes a minute
 instead of 40 at 200 MB); ``--backend onnx`` is the default embedder.
 
-Usage: python bench/large_text.py [--mb 200] [--backend fake|onnx] [--record]
+Usage: python -m bench.large_text [--mb 200] [--backend fake|onnx] [--record]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from measure import measure, record_entry
+from bench.measure import measure, record_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAGRAPH = (
@@ -48,16 +48,16 @@ def main() -> None:
     # one-time ONNX export (a child process with PyTorch) happens there.
     warm = work / "warm.txt"
     warm.write_text(PARAGRAPH.format(i=0), encoding="utf-8")
-    subprocess.run([sys.executable, "-m", "cli", "ingest", str(warm), "--kb", "warm"],
+    subprocess.run([sys.executable, "-m", "kb_assistant.cli", "ingest", str(warm), "--kb", "warm"],
                    env=env, cwd=ROOT, check=True, capture_output=True)  # fmt: skip
-    command = [sys.executable, "-m", "cli", "ingest", str(path), "--json"]
+    command = [sys.executable, "-m", "kb_assistant.cli", "ingest", str(path), "--json"]
     result = measure(command, env, ROOT)
     report = json.loads(result["out"])
     rows = [["file MB", "embeddings", "chunks", "wall s", "chunks/s", "peak RSS MB"],
             [round(path.stat().st_size / 2**20), args.backend, report["chunks_added"],
              round(result["wall"], 1), round(report["chunks_added"] / result["wall"]),
              round(result["rss_mb"])]]  # fmt: skip
-    record_entry("One large text file", f"python bench/large_text.py --mb {size_mb} "
+    record_entry("One large text file", f"python -m bench.large_text --mb {size_mb} "
                  f"--backend {args.backend}", rows,
                  ["Streamed in sections of 256 K characters; chunks are written inside the "
                   "document's transaction as they are embedded; target peak RSS <= 1.5 GB. "

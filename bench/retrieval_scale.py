@@ -10,7 +10,7 @@ Each size is built once under ``--cache`` and then, per query: ``kb search`` as 
 (query embedding + dense + keyword + fusion + fetching the chunks, k=10), and its parts. Dense
 recall@10 is measured against exact search over every stored vector (numpy).
 
-Usage: python bench/retrieval_scale.py [--sizes 10000,100000,1000000] [--cache DIR] [--record]
+Usage: python -m bench.retrieval_scale [--sizes 10000,100000,1000000] [--cache DIR] [--record]
 """
 
 from __future__ import annotations
@@ -25,18 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from measure import percentile, record_entry
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.measure import percentile, record_entry
+
 MANUAL = Path("/usr/share/doc/postgresql-doc-15/html")
 QUERIES = 200
 
 
 def source_chunks(cache: Path) -> tuple[list[str], list[str], np.ndarray]:
     """Texts, headings and vectors of the real chunks (ingesting the manual the first time)."""
-    from assistant import build_assistant
-    from settings import load_settings
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.settings import load_settings
 
     assistant = build_assistant(load_settings(cache / "source", model_cache=cache / "models"))
     if "manual" not in [s.name for s in assistant.list_kbs()]:
@@ -70,9 +69,9 @@ def grown(texts: list[str], vectors: np.ndarray, n: int, seed: int = 7) -> Any:
 
 def build(home: Path, n: int, texts: list[str], vectors: np.ndarray, model_id: str) -> None:
     """A knowledge base ``scale`` of ``n`` chunks under ``home`` (skipped if already built)."""
-    from vectorstore.catalog import NewChunk
-    from vectorstore.keywords import index_text
-    from vectorstore.library import Library
+    from kb_assistant.vectorstore.catalog import NewChunk
+    from kb_assistant.vectorstore.keywords import index_text
+    from kb_assistant.vectorstore.library import Library
 
     library = Library(home)
     if library.exists("scale"):
@@ -119,9 +118,9 @@ def exact_top(stored: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) 
 
 def measure_size(home: Path, queries: list[str]) -> dict[str, Any]:
     """Latency of kb search and its parts, and dense recall against exact search."""
-    from assistant import build_assistant
-    from settings import load_settings
-    from vectorstore.keywords import query_terms
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.settings import load_settings
+    from kb_assistant.vectorstore.keywords import query_terms
 
     assistant = build_assistant(load_settings(home, model_cache=home.parent / "models"))
     kb = assistant.knowledge_base("scale")
@@ -174,8 +173,8 @@ def main() -> None:
     rng = np.random.default_rng(11)
     pool = sorted({" ".join(h.split()) for h in headings if len(h.split()) >= 2})
     queries = [pool[i] for i in rng.choice(len(pool), min(QUERIES, len(pool)), replace=False)]
-    from models.embeddings import build_embedder
-    from settings import load_settings
+    from kb_assistant.models.embeddings import build_embedder
+    from kb_assistant.settings import load_settings
 
     model_id = build_embedder(
         load_settings(args.cache / "source", model_cache=args.cache / "models")
@@ -193,7 +192,7 @@ def main() -> None:
     table = [headers, *[[r[k] for k in keys] for r in rows]]
     record_entry(
         "Retrieval latency at scale (hybrid, k=10)",
-        "python bench/retrieval_scale.py --sizes " + args.sizes,
+        "python -m bench.retrieval_scale --sizes " + args.sizes,
         table,
         [
             f"{len(queries)} queries (headings of the PostgreSQL manual); source: "

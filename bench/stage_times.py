@@ -8,14 +8,13 @@
 3. One question through ``kb ask``: retrieval, prompt processing and decoding from its trace,
    with the work each did (FLOPs per prompt token, bytes per decoded token).
 
-Usage: python bench/stage_times.py   (needs debian-reference-en and debian-faq)
+Usage: python -m bench.stage_times   (needs debian-reference-en and debian-faq)
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -23,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from measure import machine, markdown_table
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.measure import machine, markdown_table
+
 FILES = [Path("/usr/share/debian-reference/debian-reference.en.pdf"),
          *map(Path, sorted(glob.glob("/usr/share/debian-reference/*.en.html")))]  # fmt: skip
 GGUF_PARAMS = 134.5e6  # SmolLM2-135M
@@ -59,11 +57,11 @@ def ceilings() -> tuple[float, float]:
 
 def ingest_stages() -> list[list[Any]]:
     """Each stage alone over the corpus, then the pipelined ingest."""
-    from assistant import build_assistant
-    from loaders import LoadContext, load_sections
-    from loaders.splitter import ChunkSplitter
-    from settings import load_settings
-    from vectorstore.keywords import index_text
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.loaders import LoadContext, load_sections
+    from kb_assistant.loaders.splitter import ChunkSplitter
+    from kb_assistant.settings import load_settings
+    from kb_assistant.vectorstore.keywords import index_text
 
     home = Path(tempfile.mkdtemp(prefix="kb-profile-"))
     settings = load_settings(home)
@@ -104,8 +102,8 @@ def ingest_stages() -> list[list[Any]]:
 
 def question() -> dict[str, Any]:
     """The trace of one cold question over the Debian FAQ."""
-    from assistant import build_assistant
-    from settings import load_settings
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.settings import load_settings
 
     home = Path(tempfile.mkdtemp(prefix="kb-profile-q-"))
     assistant = build_assistant(load_settings(home, seed=7, max_tokens=96, prompt_cache_mb=0))

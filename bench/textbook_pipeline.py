@@ -4,7 +4,7 @@ PDF -> PyPDFLoader pages, HTML -> BeautifulSoup text, RecursiveCharacterTextSpli
 HuggingFaceEmbeddings(all-MiniLM-L6-v2), FAISS.from_documents. Mirrors
 ``../shared/eval/textbook_baseline.py`` and adds PDF. Prints one JSON line.
 
-Usage: python bench/textbook_pipeline.py FILE... [--save DIR]
+Usage: python -m bench.textbook_pipeline FILE... [--save DIR]
 """
 
 from __future__ import annotations

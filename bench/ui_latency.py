@@ -9,7 +9,7 @@
    the same two questions in a new conversation (the second is a follow-up), REPS times, in
    the same order; each side starts with a fresh process (model and prompt cache cold).
 
-Usage: python bench/ui_latency.py [--pages 50] [--reps 3] [--record]
+Usage: python -m bench.ui_latency [--pages 50] [--reps 3] [--record]
 """
 
 from __future__ import annotations
@@ -30,10 +30,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from measure import machine  # noqa: E402
-
+from bench.measure import machine  # noqa: E402
 from tests.browser import chromium, serve_app, wait_idle  # noqa: E402
 from tests.files import make_pdf  # noqa: E402
 
@@ -115,7 +113,8 @@ def cli_ttft(home: Path, env: dict[str, str], reps: int) -> list[float]:
     """The same sequence through ``kb chat``: per rep, /new, the two questions; seconds to the
     measured answer's first byte."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "chat"], cwd=ROOT, env={**env, "KB_HOME": str(home)},
+        [sys.executable, "-m", "kb_assistant.cli", "chat"], cwd=ROOT,
+        env={**env, "KB_HOME": str(home)},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     assert process.stdin is not None and process.stdout is not None
@@ -155,7 +154,7 @@ def _read_until(fd: int, marker: bytes, timeout: float = 300) -> bytes:
 
 def core_ttfts(home: Path) -> list[float]:
     """``first_token_after_s`` of every measured question, in the order asked."""
-    from chains.sessions import ChatStore
+    from kb_assistant.chains.sessions import ChatStore
 
     store = ChatStore(home / "chats.sqlite")
     try:
@@ -169,7 +168,7 @@ def core_ttfts(home: Path) -> list[float]:
 def cli_ingest(home: Path, env: dict[str, str], pdf: Path) -> float:
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "cli", "ingest", str(pdf), "--kb", "cli"], cwd=ROOT,
+        [sys.executable, "-m", "kb_assistant.cli", "ingest", str(pdf), "--kb", "cli"], cwd=ROOT,
         env={**env, "KB_HOME": str(home)}, check=True, capture_output=True,
     )  # fmt: skip
     return time.perf_counter() - started
@@ -214,7 +213,7 @@ def main() -> None:
     if args.record:
         block = (
             f"\n### The app in a browser ({date.today()})\n\n{machine()}; Debian chromium "
-            f"headless via Playwright.\n`python bench/ui_latency.py --pages {args.pages} "
+            f"headless via Playwright.\n`python -m bench.ui_latency --pages {args.pages} "
             f"--reps {args.reps}`\n\n{table}\n"
         )
         with (ROOT / "docs" / "benchmarks.md").open("a", encoding="utf-8") as fh:

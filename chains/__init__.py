@@ -1,6 +1,6 @@
 """Chains over the knowledge base: answering with citations, condensing, conversations."""
 
-from chains.rag import Answer, Citation, RagChain, RagParams, Turn
-from chains.sessions import ChatStore, SessionInfo
+from kb_assistant.chains.rag import Answer, Citation, RagChain, RagParams, Turn
+from kb_assistant.chains.sessions import ChatStore, SessionInfo
 
 __all__ = ["Answer", "ChatStore", "Citation", "RagChain", "RagParams", "SessionInfo", "Turn"]

@@ -35,15 +35,16 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import ConfigDict
 
-from chains.guard import OutputGuard, new_canary
-from chains.language import detect_language
-from chains.rag import Answer, fence
-from chains.tools.query_plan import FormFiller, Links, QueryPlanner, parse_filled
-from chains.tools.sql import QueryResult, ReadOnlyQueries, TableInfo
-from errors import KBError, QueryRejected
-from prompts import load_prompt, render
-from vectorstore.knowledge_base import SearchHit
-from vectorstore.tables import TableRegistry
+from kb_assistant.chains.guard import OutputGuard, new_canary
+from kb_assistant.chains.language import detect_language
+from kb_assistant.chains.rag import Answer, fence
+from kb_assistant.chains.tools.query_plan import FormFiller, Links, QueryPlanner, parse_filled
+from kb_assistant.chains.tools.sql import QueryResult, ReadOnlyQueries, TableInfo
+from kb_assistant.errors import KBError, QueryRejected
+from kb_assistant.models.protocol import ChatModel
+from kb_assistant.prompts import load_prompt, render
+from kb_assistant.vectorstore.knowledge_base import SearchHit
+from kb_assistant.vectorstore.tables import TableRegistry
 
 SYSTEM_PROMPT = (
     "You answer questions about the user's documents, tables and databases with tools.\n"
@@ -486,15 +487,10 @@ def _last_args(messages: Sequence[BaseMessage], name: str) -> dict[str, Any]:
 # --- running --------------------------------------------------------------------------------
 
 
-def supports_native_tools(model: BaseChatModel) -> bool:
-    """Whether the model emits tool calls itself (a function-calling chat template)."""
-    return bool(getattr(model, "native_tools", False))
-
-
 def run_agent(
     question: str,
     tools: AgentTools,
-    chat_model: BaseChatModel,
+    chat_model: ChatModel,
     *,
     answer_documents: Callable[[str], Answer] | None = None,
     on_step: Callable[[AgentStep], None] | None = None,
@@ -512,7 +508,7 @@ def run_agent(
         raise KBError("the question is empty")
     started = time.perf_counter()
     bounds = AgentBounds(tools.limits)
-    native = supports_native_tools(chat_model)
+    native = chat_model.capabilities.native_tools
     model: BaseChatModel = (
         chat_model if native else SlotFillingPolicy(tools=tools, answer_documents=answer_documents)
     )

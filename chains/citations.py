@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from loaders.splitter import split_sentences
-from vectorstore.keywords import content_words
+from kb_assistant.loaders.splitter import split_sentences
+from kb_assistant.vectorstore.keywords import content_words
 
 _CITATION = re.compile(r"[\[【]\s*(\d+(?:\s*[,，、;]\s*\d+)*)\s*[\]】]")
 _OPEN_CITATION = re.compile(r"\s*[\[【]\s*[\d,，、;\s]*")

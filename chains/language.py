@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from prompts import Language
+from kb_assistant.prompts import Language
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _LETTER = re.compile(r"[^\W\d_]", re.UNICODE)

@@ -16,23 +16,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from chains.citations import CitationFilter, infer_citations
-from chains.guard import OutputGuard, new_canary
-from chains.language import detect_language
-from errors import ContextOverflow
-from models.llm import Generation
-from prompts import Language, load_prompt, render
-from vectorstore import SearchHit
-from vectorstore.keywords import content_words
+from kb_assistant.chains.citations import CitationFilter, infer_citations
+from kb_assistant.chains.guard import OutputGuard, new_canary
+from kb_assistant.chains.language import detect_language
+from kb_assistant.errors import ContextOverflow
+from kb_assistant.models.protocol import ChatModel, Generation
+from kb_assistant.prompts import Language, load_prompt, render
+from kb_assistant.vectorstore import SearchHit
+from kb_assistant.vectorstore.keywords import content_words
 
 Retrieve = Callable[[str, int], list[SearchHit]]
 Fetch = Callable[[Sequence[int]], list[SearchHit]]
 _FENCE = re.compile(r"<\s*/?\s*sources?\b", re.IGNORECASE)
 
-OVERFLOW = "exceed context window"  # llama.cpp's words for a prompt too long
 # A small model that has answered often goes on to invent more <source> blocks, copying
 # passages (and any instructions in them) into the answer: it ends there.
 STOP = ["<source", "</source"]
@@ -157,14 +155,14 @@ class RagChain:
     def __init__(
         self,
         retrieve: Retrieve,
-        chat_model: BaseChatModel,
+        chat_model: ChatModel,
         params: RagParams,
         fetch: Fetch | None = None,
         canary: str | None = None,
     ) -> None:
         """Args:
         retrieve: ``(query, k) -> hits``, best first.
-        chat_model: any LangChain chat model that counts its own tokens.
+        chat_model: the chat model (``models.protocol.ChatModel``).
         params: budgets and thresholds.
         fetch: chunk ids -> hits, to rebuild the previous turn's prompt (prefix reuse).
         canary: the system prompt's secret (``chains.guard``); keep one per model so that
@@ -255,7 +253,7 @@ class RagChain:
             # cached state and evaluates only the new tail.
             instruction = render("condense_turn", language, question=question)
             messages = [*prior.messages, HumanMessage(instruction)]
-            window = int(getattr(self.chat_model, "context_window", 4096))
+            window = self.chat_model.context_window
             size = self.chat_model.get_num_tokens_from_messages(messages)
             if size + self.params.condense_tokens <= window:
                 return messages
@@ -289,8 +287,8 @@ class RagChain:
         stats = Generation()
         pieces = []
         began = time.perf_counter()
-        for chunk in self.chat_model.stream(messages, stats=stats, on_wait=on_wait):
-            pieces.append(str(chunk.content))
+        for piece in self.chat_model.stream_text(messages, stats=stats, on_wait=on_wait):
+            pieces.append(piece)
             text = "".join(pieces).strip()
             # One line, one question: stop at its end rather than wait for the newline.
             ended = "\n" in text or text.endswith(("?", "？"))
@@ -349,7 +347,7 @@ class RagChain:
         trace: dict[str, Any],
     ) -> tuple[list[SearchHit], list[Turn]]:
         """Sources and history that fit the context, best sources and latest turns first."""
-        window = int(getattr(self.chat_model, "context_window", 4096))
+        window = self.chat_model.context_window
         count = self.chat_model.get_num_tokens
         kept_history: list[Turn] = []
         history_tokens = 0
@@ -395,7 +393,7 @@ class RagChain:
         Returns the messages, every source in them (numbered from 1) and how many were added;
         None when the conversation has grown too long for them, so that a new prompt is built.
         """
-        window = int(getattr(self.chat_model, "context_window", 4096))
+        window = self.chat_model.context_window
         shown = {h.chunk.chunk_id for h in prior.sources}
         best = hits[: self.params.follow_up_sources]
         new = [h for h in best if h.chunk.chunk_id not in shown]
@@ -447,10 +445,10 @@ class RagChain:
         shown: list[str] = []
         try:
             self._stream(messages, stats, screen, shown, trace, on_token, on_wait, started)
-        except ValueError as exc:
-            # The budget counts tokens as the template will; should llama.cpp still find the
+        except ContextOverflow as exc:
+            # The budget counts tokens as the template will; should the model still find the
             # prompt too long, retry once with half the sources and no history, then say so.
-            if OVERFLOW not in str(exc) or shown:
+            if shown:
                 raise
             sources = sources[: len(sources) // 2]
             blocks = "\n".join(source_block(n, h) for n, h in enumerate(sources, start=1))
@@ -459,10 +457,10 @@ class RagChain:
             screen = _Screen(self.canary, len(sources))
             try:
                 self._stream(messages, stats, screen, shown, trace, on_token, on_wait, started)
-            except ValueError as again:
-                if OVERFLOW not in str(again) or shown:
+            except ContextOverflow as again:
+                if shown:
                     raise
-                window = int(getattr(self.chat_model, "context_window", 0))
+                window = self.chat_model.context_window
                 raise ContextOverflow(
                     f"the question and its sources do not fit the model's context window "
                     f"({window} tokens), even with fewer sources; ask a shorter question, or "
@@ -495,9 +493,9 @@ class RagChain:
         on_wait: Callable[[], None] | None,
         started: float,
     ) -> None:
-        chunks = self.chat_model.stream(messages, stop=STOP, stats=stats, on_wait=on_wait)
-        for chunk in chunks:
-            visible = screen.feed(str(chunk.content))
+        pieces = self.chat_model.stream_text(messages, stop=STOP, stats=stats, on_wait=on_wait)
+        for piece in pieces:
+            visible = screen.feed(piece)
             if visible:
                 if not shown:  # what the user waits for: condensing + retrieval + prompt
                     trace["first_token_after_s"] = round(time.perf_counter() - started, 4)
@@ -507,7 +505,7 @@ class RagChain:
 
     def _fit_question(self, question: str, trace: dict[str, Any]) -> str:
         """The question, cut to half of what the context leaves after the answer's room."""
-        window = int(getattr(self.chat_model, "context_window", 4096))
+        window = self.chat_model.context_window
         limit = max(64, (window - self.params.answer_tokens) // 2)
         tokens = self.chat_model.get_num_tokens(question)
         if tokens <= limit:
@@ -562,10 +560,10 @@ def _citation(n: int, hit: SearchHit, inferred: bool) -> Citation:
     return Citation(n, c.source, c.name, c.page, c.heading, c.sheet, c.text, inferred)
 
 
-def _timing(stats: Generation, model: BaseChatModel, started: float) -> dict[str, Any]:
+def _timing(stats: Generation, model: ChatModel, started: float) -> dict[str, Any]:
     speed = stats.tokens_per_second
     return {
-        "model": getattr(model, "model_name", type(model).__name__),
+        "model": model.model_name,
         "prompt_tokens": stats.prompt_tokens,
         "completion_tokens": stats.completion_tokens,
         "waited_for_model_s": round(stats.waited, 4),

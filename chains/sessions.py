@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from chains.guard import escape_markdown
-from chains.rag import Turn
-from errors import SessionNotFound
-from prompts import LANGUAGES
+from kb_assistant.chains.guard import escape_markdown
+from kb_assistant.chains.rag import Turn
+from kb_assistant.errors import SessionNotFound
+from kb_assistant.prompts import LANGUAGES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (

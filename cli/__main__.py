@@ -1,5 +1,5 @@
 """``python -m cli``."""
 
-from cli import main
+from kb_assistant.cli import main
 
 main()

@@ -8,13 +8,14 @@ from typing import Any
 
 import click
 
-from cli.base import (
+from kb_assistant.cli.base import (
     Context,
     emit,
     json_option,
     main,
     reported,
 )
+from kb_assistant.processes import PACKAGE_DIR, python_module
 
 
 @main.command()
@@ -112,7 +113,7 @@ def _shown(value: Any) -> Any:
 @click.pass_obj
 def config_set(ctx: Context, name: str, value: str, as_json: bool) -> None:
     """Save one setting in the config file (validated first; the app uses it on its next run)."""
-    from settings import save_settings
+    from kb_assistant.settings import save_settings
 
     with reported(as_json):
         settings = save_settings(ctx.settings().home, {name: _parse_value(value)})
@@ -126,7 +127,7 @@ def config_set(ctx: Context, name: str, value: str, as_json: bool) -> None:
 @click.pass_obj
 def config_unset(ctx: Context, name: str, as_json: bool) -> None:
     """Remove one setting from the config file (its default applies again)."""
-    from settings import save_settings
+    from kb_assistant.settings import save_settings
 
     with reported(as_json):
         settings = save_settings(ctx.settings().home, {}, remove=[name])
@@ -169,12 +170,13 @@ def app(ctx: Context, port: int, address: str) -> None:
             f"listening on {address} would let anyone on the network read your documents; "
             "set a password first ('kb config set app_password ...' or KB_APP_PASSWORD)"
         )
-    script = Path(__file__).resolve().parent.parent / "app.py"
     env = dict(os.environ)
     if ctx.home is not None:
         env["KB_HOME"] = str(ctx.home)
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(script), "--server.address", address,
+    # Isolated (-I) and run from the package's folder: Streamlit reads .streamlit/config.toml
+    # from its working folder, and the user's folder must not supply modules or settings.
+    command = python_module(
+        "streamlit", "run", str(PACKAGE_DIR / "app.py"), "--server.address", address,
         "--server.port", str(port), "--browser.gatherUsageStats", "false",
-    ]  # fmt: skip
-    sys.exit(subprocess.call(command, env=env, cwd=script.parent))
+    )  # fmt: skip
+    sys.exit(subprocess.call(command, env=env, cwd=PACKAGE_DIR))

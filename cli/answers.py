@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
 
-from cli.base import (
+from kb_assistant.cli.base import (
+    EXIT_ERROR,
     Context,
     emit,
     json_option,
@@ -74,7 +76,7 @@ def agent(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> No
 
     The SQL that ran and the rows it returned are shown with the answer.
     """
-    from chains.agent import AgentStep, rows_text
+    from kb_assistant.chains.agent import AgentStep, rows_text
 
     def step(s: AgentStep) -> None:
         shown = ", ".join(f"{k}={v!r}" for k, v in s.input.items())
@@ -169,14 +171,31 @@ def _print_sessions(rows: list[dict[str, Any]]) -> None:
 @model_options
 @click.pass_obj
 def doctor(ctx: Context, as_json: bool) -> None:
-    """Check the chat model and the hardware: GPU offload, memory needed, threads."""
-    from models.hardware import doctor_report
+    """Check the chat model and the hardware: CPU and llama.cpp build, a one-token generation
+    in the model's worker process, GPU offload, memory needed, threads. Exits 1 when the
+    check fails (the message names the cause and the fix)."""
+    from kb_assistant.models.hardware import doctor_report
 
     with reported(as_json):
         report = doctor_report(ctx.settings())
 
     def human() -> None:
         for key, value in report.items():
-            click.echo(f"{key.replace('_', ' ')}: {value}")
+            click.echo(f"{key.replace('_', ' ')}: {_doctor_value(key, value)}")
 
     emit(report, as_json, human)
+    if not report["generation_check"]["ok"]:
+        sys.exit(EXIT_ERROR)
+
+
+def _doctor_value(key: str, value: Any) -> str:
+    if key == "cpu":
+        return f"{value['name']} ({', '.join(value['features']) or 'features unknown'})"
+    if key == "generation_check":
+        if value["ok"]:
+            extra = "on" if value["extra_buffer_types"] else "off"
+            return f"ok, one token in {value['seconds']} s (extra buffer types {extra})"
+        return f"FAILED: {value['error']}"
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    return str(value)

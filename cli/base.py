@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from assistant import Assistant
+    from kb_assistant.assistant import Assistant
 
 EXIT_ERROR = 1
 EXIT_PARTIAL = 3
@@ -35,13 +35,13 @@ class Context:
         self._assistant: Assistant | None = None
 
     def settings(self) -> Any:
-        from settings import load_settings
+        from kb_assistant.settings import load_settings
 
         return load_settings(self.home, **self.overrides)
 
     def assistant(self) -> Assistant:
         if self._assistant is None:
-            from assistant import build_assistant
+            from kb_assistant.assistant import build_assistant
 
             settings = self.settings()
             level = "DEBUG" if self.verbose > 1 else "INFO" if self.verbose else settings.log_level
@@ -61,7 +61,7 @@ def emit(data: Any, as_json: bool, human: Callable[[], None]) -> None:
 @contextmanager
 def reported(as_json: bool) -> Iterator[None]:
     """Turn kb-assistant's errors into a message and exit code 1 (the one edge that prints)."""
-    from errors import KBError
+    from kb_assistant.errors import KBError
 
     try:
         yield

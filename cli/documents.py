@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cli.base import (
+from kb_assistant.cli.base import (
     EXIT_PARTIAL,
     Context,
     emit,
@@ -23,7 +23,7 @@ from cli.base import (
 )
 
 if TYPE_CHECKING:
-    from ingest import IngestProgress, IngestReport
+    from kb_assistant.ingest import IngestProgress, IngestReport
 
 
 @main.command()
@@ -195,6 +195,8 @@ def check(ctx: Context, kb_name: str | None, repair: bool, as_json: bool) -> Non
             click.echo(f"  repaired: {line}")
         for line in report.problems:
             click.echo(f"  problem: {line}")
+        for line in report.notes:
+            click.echo(f"  note: {line}")
         for line in report.changed_sources:
             click.echo(f"  source: {line}")
         if report.ok:

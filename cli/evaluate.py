@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cli.base import (
+from kb_assistant.cli.base import (
     Context,
     emit,
     json_option,
@@ -79,9 +79,9 @@ def eval_retrieval(
     Writes the run file (run.jsonl, as ../shared/eval/score_retrieval.py reads it), report.md
     and plots.
     """
-    from eval import report as r
-    from eval.questions import read_questions
-    from eval.retrieval import evaluate_retrieval
+    from kb_assistant.eval import report as r
+    from kb_assistant.eval.questions import read_questions
+    from kb_assistant.eval.retrieval import evaluate_retrieval
 
     with reported(as_json):
         questions = read_questions(qa, ("id", "question", "gold_text"))
@@ -133,10 +133,10 @@ def eval_answers(
     QA holds answerable questions (JSONL: id, question, gold_text); off-topic questions should
     be abstained from. Each question is answered by the chat model, as 'kb ask' does.
     """
-    import eval as package
-    from eval import report as r
-    from eval.answers import evaluate_answers
-    from eval.questions import read_questions
+    from kb_assistant import eval as package
+    from kb_assistant.eval import report as r
+    from kb_assistant.eval.answers import evaluate_answers
+    from kb_assistant.eval.questions import read_questions
 
     with reported(as_json):
         answerable = read_questions(qa, ("question", "gold_text"))[:limit]
@@ -186,9 +186,9 @@ def eval_sql(
     Uses the tables and databases of the knowledge base, or, with --database, that database
     alone in a scratch knowledge base removed afterwards.
     """
-    from eval import report as r
-    from eval.questions import read_questions
-    from eval.sql import evaluate_sql
+    from kb_assistant.eval import report as r
+    from kb_assistant.eval.questions import read_questions
+    from kb_assistant.eval.sql import evaluate_sql
 
     with reported(as_json):
         questions = read_questions(questions_file, ("question", "answer"))

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from cli.base import (
+from kb_assistant.cli.base import (
     Context,
     emit,
     json_option,
@@ -18,7 +18,7 @@ from cli.base import (
 
 
 def _table_rows(infos: list[Any]) -> list[dict[str, Any]]:
-    from vectorstore.tables import table_json
+    from kb_assistant.vectorstore.tables import table_json
 
     return [table_json(i) for i in infos]
 

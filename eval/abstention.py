@@ -31,9 +31,9 @@ def load(path: Path) -> list[str]:
 
 def main(argv: list[str]) -> None:
     """Compute evidence, calibrate, report."""
-    from assistant import build_assistant
-    from chains.rag import RagParams, evidence
-    from settings import load_settings
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.chains.rag import RagParams, evidence
+    from kb_assistant.settings import load_settings
 
     faq, calibration, offtopic = (Path(a) for a in argv[:3])
     files = [Path(a) for a in argv[3:]]

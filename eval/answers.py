@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chains.rag import Answer
-from eval.questions import Progress, each
-from eval.scoring import grams, is_hit
+from kb_assistant.chains.rag import Answer
+from kb_assistant.eval.questions import Progress, each
+from kb_assistant.eval.scoring import grams, is_hit
 
 Ask = Callable[[str], Answer]
 

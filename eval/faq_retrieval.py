@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     """Run the evaluation and print one JSON line."""
-    from assistant import build_assistant
-    from eval.questions import read_questions
-    from eval.retrieval import evaluate_retrieval
-    from settings import load_settings
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.eval.questions import read_questions
+    from kb_assistant.eval.retrieval import evaluate_retrieval
+    from kb_assistant.settings import load_settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("qa", type=Path)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from errors import KBError
+from kb_assistant.errors import KBError
 
 
 def read_questions(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:

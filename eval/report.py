@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eval.scoring import recall_curve
+from kb_assistant.eval.scoring import recall_curve
 
 
 def cell(value: Any) -> str:

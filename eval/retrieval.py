@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eval.questions import Progress, each
-from eval.scoring import first_hit, grams, recall_curve, summarize
-from vectorstore.knowledge_base import SearchHit
+from kb_assistant.eval.questions import Progress, each
+from kb_assistant.eval.scoring import first_hit, grams, recall_curve, summarize
+from kb_assistant.vectorstore.knowledge_base import SearchHit
 
 Search = Callable[[str, int], Sequence[SearchHit]]
 

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chains.agent import AgentResult
-from eval.questions import Progress, each
+from kb_assistant.chains.agent import AgentResult
+from kb_assistant.eval.questions import Progress, each
 
 RunAgent = Callable[[str], AgentResult]
 _WORD = re.compile(r"\w+")

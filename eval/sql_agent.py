@@ -33,12 +33,12 @@ def run(questions: list[dict[str, Any]], database: Path, mode: str) -> list[dict
     """Ask every question; one result per question."""
     from langchain_core.messages import AIMessage
 
-    from assistant import build_assistant
-    from chains.agent import AgentLimits, AgentTools, run_agent
-    from eval.sql import matches
-    from models.chat import ScriptedChatModel
-    from settings import Settings
-    from vectorstore.tables import TableRegistry
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.chains.agent import AgentLimits, AgentTools, run_agent
+    from kb_assistant.eval.sql import matches
+    from kb_assistant.models.chat import ScriptedChatModel
+    from kb_assistant.settings import Settings
+    from kb_assistant.vectorstore.tables import TableRegistry
 
     home = Path(tempfile.mkdtemp(prefix="kb-eval-sql-"))
     settings = Settings(home=home, embedding_backend="fake")  # no documents: no embedding

@@ -10,28 +10,28 @@ import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from errors import UnsupportedFormat
-from loaders.base import LoadContext, Loader, Section
-from loaders.splitter import Chunk, ChunkSplitter, TokenCounter
+from kb_assistant.errors import UnsupportedFormat
+from kb_assistant.loaders.base import LoadContext, Loader, Section
+from kb_assistant.loaders.splitter import Chunk, ChunkSplitter, TokenCounter
 
 # extension -> (format family, "module:function"); modules are imported on first use so that
 # listing formats (and `kb --help`) does not import every parser.
 _FORMATS: dict[str, tuple[str, str]] = {
-    ".pdf": ("pdf", "loaders.pdf:load_pdf"),
-    ".docx": ("docx", "loaders.docx:load_docx"),
-    ".txt": ("text", "loaders.text:load_text"),
-    ".text": ("text", "loaders.text:load_text"),
-    ".log": ("text", "loaders.text:load_text"),
-    ".md": ("markdown", "loaders.text:load_markdown"),
-    ".markdown": ("markdown", "loaders.text:load_markdown"),
-    ".html": ("html", "loaders.html:load_html"),
-    ".htm": ("html", "loaders.html:load_html"),
-    ".xhtml": ("html", "loaders.html:load_html"),
-    ".csv": ("csv", "loaders.tabular:load_csv"),
-    ".tsv": ("csv", "loaders.tabular:load_csv"),
-    ".xlsx": ("xlsx", "loaders.tabular:load_xlsx"),
-    ".pptx": ("pptx", "loaders.unstructured_formats:load_pptx"),
-    ".epub": ("epub", "loaders.unstructured_formats:load_epub"),
+    ".pdf": ("pdf", "kb_assistant.loaders.pdf:load_pdf"),
+    ".docx": ("docx", "kb_assistant.loaders.docx:load_docx"),
+    ".txt": ("text", "kb_assistant.loaders.text:load_text"),
+    ".text": ("text", "kb_assistant.loaders.text:load_text"),
+    ".log": ("text", "kb_assistant.loaders.text:load_text"),
+    ".md": ("markdown", "kb_assistant.loaders.text:load_markdown"),
+    ".markdown": ("markdown", "kb_assistant.loaders.text:load_markdown"),
+    ".html": ("html", "kb_assistant.loaders.html:load_html"),
+    ".htm": ("html", "kb_assistant.loaders.html:load_html"),
+    ".xhtml": ("html", "kb_assistant.loaders.html:load_html"),
+    ".csv": ("csv", "kb_assistant.loaders.tabular:load_csv"),
+    ".tsv": ("csv", "kb_assistant.loaders.tabular:load_csv"),
+    ".xlsx": ("xlsx", "kb_assistant.loaders.tabular:load_xlsx"),
+    ".pptx": ("pptx", "kb_assistant.loaders.unstructured_formats:load_pptx"),
+    ".epub": ("epub", "kb_assistant.loaders.unstructured_formats:load_epub"),
 }
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_FORMATS)
 

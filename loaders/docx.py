@@ -7,8 +7,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from errors import CorruptDocument
-from loaders.base import LoadContext, Section, heading_path
+from kb_assistant.errors import CorruptDocument
+from kb_assistant.loaders.base import LoadContext, Section, heading_path
 
 _HEADING_STYLE = re.compile(r"^(?:Heading|标题)\s*(\d)$", re.IGNORECASE)
 

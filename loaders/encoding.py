@@ -6,7 +6,7 @@ import codecs
 import re
 from pathlib import Path
 
-from errors import CorruptDocument
+from kb_assistant.errors import CorruptDocument
 
 SAMPLE_BYTES = 64 * 1024
 _BOMS = (

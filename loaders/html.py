@@ -6,9 +6,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from errors import CorruptDocument
-from loaders.base import LoadContext, Section, heading_path
-from loaders.encoding import detect_html_encoding
+from kb_assistant.errors import CorruptDocument
+from kb_assistant.loaders.base import LoadContext, Section, heading_path
+from kb_assistant.loaders.encoding import detect_html_encoding
 
 _DROP = {"script", "style", "noscript", "template", "nav", "svg", "head", "iframe", "object"}
 _BLOCK = {

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import BinaryIO
 from xml.parsers import expat
 
-from errors import CorruptDocument, HostileDocument
-from loaders.base import LoadContext, Section
+from kb_assistant.errors import CorruptDocument, HostileDocument
+from kb_assistant.loaders.base import LoadContext, Section
 
 MAX_ENTRIES = 10_000
 MAX_DECLARED = 2 << 30  # bytes, uncompressed, of one archive

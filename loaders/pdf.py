@@ -11,8 +11,8 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from errors import CorruptDocument, EmptyDocument, EncryptedDocument
-from loaders.base import LoadContext, Section
+from kb_assistant.errors import CorruptDocument, EmptyDocument, EncryptedDocument
+from kb_assistant.loaders.base import LoadContext, Section
 
 logger = logging.getLogger(__name__)
 _ENCRYPTED = "encrypted PDF; it needs a password to open (remove the password and try again)"

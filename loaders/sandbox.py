@@ -34,9 +34,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import errors
-from errors import CorruptDocument, IngestError, KBError, ParserStopped
-from loaders.base import LoadContext, Section, read_problem
+from kb_assistant import errors
+from kb_assistant.errors import CorruptDocument, IngestError, KBError, ParserStopped
+from kb_assistant.loaders.base import LoadContext, Section, read_problem
+from kb_assistant.processes import python_module
 
 logger = logging.getLogger(__name__)
 SectionSource = Callable[[Path, str, str, "LoadContext"], Iterator[Section]]
@@ -56,22 +57,20 @@ class ParseLimits:
 class ParserProcess:
     """One worker process and the pipes to it.
 
-    Started as ``python -m loaders.sandbox`` rather than through ``multiprocessing``, whose
-    children re-import the parent's main module: under Streamlit that is ``app.py``, and the
-    worker would run the whole app.
+    Started as ``python -I -m kb_assistant.loaders.sandbox`` (isolated: nothing from the
+    current folder or ``PYTHON*`` variables can be imported in its place) rather than through
+    ``multiprocessing``, whose children re-import the parent's main module: under Streamlit
+    that is ``app.py``, and the worker would run the whole app.
     """
 
     def __init__(self, limits: ParseLimits) -> None:
         self.limits = limits
         requests_in, requests_out = os.pipe()
         replies_in, replies_out = os.pipe()
-        root = str(Path(__file__).resolve().parent.parent)
-        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "loaders.sandbox", str(requests_in), str(replies_out),
-             json.dumps(asdict(limits))],
-            pass_fds=(requests_in, replies_out), env={**os.environ, "PYTHONPATH": path},
-            stdin=subprocess.DEVNULL,
+            python_module("kb_assistant.loaders.sandbox", str(requests_in), str(replies_out),
+                          json.dumps(asdict(limits))),
+            pass_fds=(requests_in, replies_out), stdin=subprocess.DEVNULL,
         )  # fmt: skip
         os.close(requests_in)
         os.close(replies_out)
@@ -178,6 +177,13 @@ class ParserPool:
                     return process
         return ParserProcess(limits)
 
+    def clear(self) -> None:
+        """Stop the idle workers (the next file starts a new one)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for process in idle:
+            process.kill()
+
     def _give_back(self, process: ParserProcess) -> None:
         with self._lock:
             if process.alive and len(self._idle) < _IDLE_WORKERS:
@@ -221,7 +227,7 @@ def serve(requests: Connection, conn: Connection, limits: ParseLimits) -> None:
 
 
 def _parse(conn: Connection, request: dict[str, Any], limits: ParseLimits) -> None:
-    from loaders.limits import inspect
+    from kb_assistant.loaders.limits import inspect
 
     path = Path(request["path"])
     ctx = LoadContext(max_rows=int(request["max_rows"]))

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from loaders.base import Section
+from kb_assistant.loaders.base import Section
 
 # Zero-width cut points: after Chinese enders (or the closing quote/bracket that follows one),
 # after English enders followed by whitespace, and after a line break.

@@ -8,9 +8,9 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from errors import CorruptDocument, EmptyDocument
-from loaders.base import LoadContext, Section
-from loaders.encoding import detect_encoding
+from kb_assistant.errors import CorruptDocument, EmptyDocument
+from kb_assistant.loaders.base import LoadContext, Section
+from kb_assistant.loaders.encoding import detect_encoding
 
 ROWS_PER_SECTION = 200
 

@@ -6,8 +6,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from loaders.base import LoadContext, Section, heading_path
-from loaders.encoding import detect_encoding
+from kb_assistant.loaders.base import LoadContext, Section, heading_path
+from kb_assistant.loaders.encoding import detect_encoding
 
 # A section is flushed at a paragraph break once it holds this many characters; the splitter
 # cuts it into chunks, so this bounds memory, not chunk size.

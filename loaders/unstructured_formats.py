@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from errors import CorruptDocument, EmptyDocument, KBError, ModelError
-from loaders.base import LoadContext, Section
+from kb_assistant.errors import CorruptDocument, EmptyDocument, KBError, ModelError
+from kb_assistant.loaders.base import LoadContext, Section
 
 
 @functools.cache

@@ -1,4 +1,5 @@
-"""Chat models behind LangChain's ``BaseChatModel``: llama.cpp, and a scripted fake for tests.
+"""The chat models (``models.protocol.ChatModel``): llama.cpp in its worker process, and a
+scripted fake for tests.
 
 Both count prompt tokens themselves: LangChain's default counter loads a GPT-2 tokenizer from
 the internet, which would break offline use and count the wrong tokens anyway.
@@ -12,15 +13,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
-from models.llm import Generation, LocalLLM, Sampling, resolve_chat_model
+from kb_assistant.models.llm import LocalLLM, resolve_chat_model
+from kb_assistant.models.protocol import Capabilities, ChatModel, Generation, Sampling
 
 if TYPE_CHECKING:
-    from settings import Settings
+    from kb_assistant.settings import Settings
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 _WORDISH = re.compile(r"[\u3400-\u9fff]|[^\W_]+|[^\w\s]", re.UNICODE)
@@ -66,7 +67,7 @@ def parse_tool_calls(text: str) -> AIMessage:
     return AIMessage(content=content, tool_calls=calls)
 
 
-class _StreamingChatModel(BaseChatModel):
+class _StreamingChatModel(ChatModel):
     """A chat model whose whole reply is its stream, joined."""
 
     def _generate(
@@ -98,9 +99,22 @@ class LlamaCppChatModel(_StreamingChatModel):
         return "llama-cpp"
 
     @property
-    def native_tools(self) -> bool:
-        """Whether the GGUF's chat template takes tools (a function-calling model)."""
-        return self.engine.template_supports_tools()
+    def capabilities(self) -> Capabilities:
+        """Tools when the GGUF's chat template takes them; forms always (llama.cpp grammars)."""
+        return Capabilities(native_tools=self.engine.template_supports_tools(), fill_form=True)
+
+    @property
+    def parameter_count(self) -> float | None:
+        """The size the GGUF's metadata gives."""
+        return self.engine.parameter_count
+
+    def close(self) -> None:
+        """Stop the worker process (the next call starts another)."""
+        self.engine.close()
+
+    def fill_form(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
+        """JSON constrained by ``schema`` through a llama.cpp grammar."""
+        return self.engine.complete_json(messages, schema)
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> LlamaCppChatModel:
         """This model with ``tools`` rendered into its chat template on every call."""
@@ -171,8 +185,33 @@ class ScriptedChatModel(_StreamingChatModel):
 
     responses: list[str | AIMessage] = Field(default_factory=list)
     calls: list[list[BaseMessage]] = Field(default_factory=list)
-    context_window: int = 4096
+    window: int = 4096
     native_tools: bool = False  # True: scripted AIMessages with tool calls drive the agent
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Native tools when scripted so; forms are filled with the next scripted reply."""
+        return Capabilities(native_tools=self.native_tools, fill_form=True)
+
+    @property
+    def context_window(self) -> int:
+        """As set (``window``)."""
+        return self.window
+
+    @property
+    def parameter_count(self) -> float | None:
+        """Unknown: a fake."""
+        return None
+
+    def fill_form(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
+        """The next scripted reply (the schema is the test's business)."""
+        from langchain_core.messages import HumanMessage, SystemMessage
+
+        as_messages: list[BaseMessage] = [
+            SystemMessage(m["content"]) if m["role"] == "system" else HumanMessage(m["content"])
+            for m in messages
+        ]
+        return self._reply(as_messages)
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:
         """The same fake (its script already holds the tool calls)."""
@@ -242,28 +281,6 @@ class ScriptedChatModel(_StreamingChatModel):
         return sum(self.get_num_tokens(str(m.content)) + 4 for m in messages)
 
 
-def form_filler(model: BaseChatModel) -> Callable[[list[dict[str, str]], dict[str, Any]], str]:
-    """How the agent has ``model`` fill a query form: llama.cpp constrained by the form's JSON
-    schema (a grammar), or the scripted fake's next reply."""
-    if isinstance(model, LlamaCppChatModel):
-        engine = model.engine
-        return engine.complete_json
-    if isinstance(model, ScriptedChatModel):
-        scripted = model
-
-        def scripted_fill(messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
-            from langchain_core.messages import HumanMessage, SystemMessage
-
-            as_messages: list[BaseMessage] = [
-                SystemMessage(m["content"]) if m["role"] == "system" else HumanMessage(m["content"])
-                for m in messages
-            ]
-            return str(scripted._reply(as_messages))
-
-        return scripted_fill
-    raise TypeError(f"{type(model).__name__} cannot fill query forms")
-
-
 def sampling_from(settings: Settings) -> Sampling:
     """The sampling settings."""
     return Sampling(
@@ -273,7 +290,7 @@ def sampling_from(settings: Settings) -> Sampling:
     )  # fmt: skip
 
 
-def build_chat_model(settings: Settings) -> BaseChatModel:
+def build_chat_model(settings: Settings) -> ChatModel:
     """The chat model the settings ask for; the GGUF loads on first use, not here."""
     if settings.chat_backend == "fake":
         return ScriptedChatModel()

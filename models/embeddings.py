@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from langchain_core.embeddings import Embeddings
 
-from errors import ModelError
+from kb_assistant.errors import ModelError
 
 if TYPE_CHECKING:
-    from loaders.splitter import TokenCounter
-    from settings import Settings
+    from kb_assistant.loaders.splitter import TokenCounter
+    from kb_assistant.settings import Settings
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -226,7 +226,7 @@ def build_embedder(settings: Settings) -> Embedder:
         return HashEmbedder()
     files = resolve_model(settings.embedding_model)
     if settings.embedding_backend == "onnx":
-        from models.onnx_embeddings import OnnxEmbedder
+        from kb_assistant.models.onnx_embeddings import OnnxEmbedder
 
         if not files.plain:
             raise ModelError(
@@ -240,7 +240,7 @@ def build_embedder(settings: Settings) -> Embedder:
             threads=settings.effective_threads,
             batch_size=settings.embedding_batch_size,
         )
-    from models.st_embeddings import SentenceTransformerEmbedder
+    from kb_assistant.models.st_embeddings import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(
         files, threads=settings.effective_threads, batch_size=settings.embedding_batch_size

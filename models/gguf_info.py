@@ -12,7 +12,7 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from errors import ModelError
+from kb_assistant.errors import ModelError
 
 # GGUF value types -> struct formats (8 = string and 9 = array are read separately).
 _SCALARS = {

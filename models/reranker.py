@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from errors import ModelError
+from kb_assistant.errors import ModelError
 
 Scorer = Callable[[str, Sequence[str]], list[float]]
 

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from errors import ModelError
-from models.embeddings import Embedder, HFTokenCounter, ModelFiles, normalise_rows
+from kb_assistant.errors import ModelError
+from kb_assistant.models.embeddings import Embedder, HFTokenCounter, ModelFiles, normalise_rows
 
 if TYPE_CHECKING:
-    from loaders.splitter import TokenCounter
+    from kb_assistant.loaders.splitter import TokenCounter
 
 
 class SentenceTransformerEmbedder(Embedder):

@@ -55,7 +55,7 @@ def serve_app(
     home.mkdir(parents=True, exist_ok=True)
     log = home / "streamlit.log"
     command = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+        sys.executable, "-I", "-m", "streamlit", "run", str(ROOT / "app.py"),
         "--server.port", str(port), "--server.headless", "true",
         "--server.fileWatcherType", "none",
     ]  # fmt: skip

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from assistant import Assistant, build_assistant
-from models.embeddings import HashEmbedder
-from settings import Settings, load_settings
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import Settings, load_settings
 
 
 def is_local(address: object) -> bool:

@@ -108,9 +108,11 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
-# Material shared by the project (../shared): a real database and the evaluation scripts.
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
-CHINOOK = SHARED / "data" / "chinook.sqlite"
+# Kept in the repository (see tests/data/README.md): the Chinook sample database and the
+# project's reference retrieval scorer.
+DATA = Path(__file__).resolve().parent / "data"
+CHINOOK = DATA / "chinook.sqlite"
+REFERENCE_SCORER = DATA / "score_retrieval.py"
 
 
 def make_raw_pdf(path: Path, content: bytes, *, compressed: bytes | None = None) -> Path:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from loaders.base import LoadContext, Section
+from kb_assistant.loaders.base import LoadContext, Section
 
 
 def sleeps_forever(path: Path, ctx: LoadContext) -> Iterator[Section]:

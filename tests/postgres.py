@@ -1,5 +1,5 @@
 """A throwaway PostgreSQL server for tests: started on a loopback port in a temp folder, as an
-unprivileged user, with Chinook loaded from the shared SQLite file; stopped at the end.
+unprivileged user, with Chinook loaded from tests/data/chinook.sqlite; stopped at the end.
 
 ``.ci/run`` installs the server from Debian (``postgresql``); where no server binary exists the
 tests that need it skip and say why.
@@ -85,7 +85,7 @@ def load_sqlite(source: Path, url: str, database: str) -> str:
                     copy.write_row(row)
         # Chinook's SQLite file declares no foreign keys; declare the ones its names imply,
         # so PostgreSQL's catalogue (not inference) is what the tests read back.
-        from chains.tools.sql import SQLiteQueries
+        from kb_assistant.chains.tools.sql import SQLiteQueries
 
         for described in SQLiteQueries(source).describe():
             for fk in described.foreign_keys:

@@ -10,10 +10,10 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 
-from assistant import Assistant, build_assistant
-from models.chat import ScriptedChatModel
-from models.embeddings import HashEmbedder
-from settings import Settings
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.models.chat import ScriptedChatModel
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import Settings
 
 REPLIES: list[str | AIMessage] = []
 NATIVE_TOOLS = False
@@ -61,7 +61,7 @@ def build(settings: Settings) -> Assistant:
 if __name__ == "__main__":
     # Run as a script, this file's globals are not the module's: use the module, whose
     # REPLIES the test has set.
+    from kb_assistant.ui.shell import run
     from tests.scripted_app import build as scripted_build
-    from ui.shell import run
 
     run(build=scripted_build)

@@ -17,17 +17,14 @@ import pytest
 from click.testing import CliRunner
 from langchain_core.messages import AIMessage
 
-from assistant import Assistant
-from chains.agent import AgentLimits, AgentTools, run_agent
-from chains.tools.query_plan import QueryPlanner
-from chains.tools.sql import SQLiteQueries
-from cli import main
-from models.chat import ScriptedChatModel
-from tests.files import write_text
-from vectorstore.tables import TableRegistry
-
-CHINOOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "chinook.sqlite"
-pytestmark = pytest.mark.skipif(not CHINOOK.is_file(), reason=f"{CHINOOK} not found")
+from kb_assistant.assistant import Assistant
+from kb_assistant.chains.agent import AgentLimits, AgentTools, run_agent
+from kb_assistant.chains.tools.query_plan import QueryPlanner
+from kb_assistant.chains.tools.sql import SQLiteQueries
+from kb_assistant.cli import main
+from kb_assistant.models.chat import ScriptedChatModel
+from kb_assistant.vectorstore.tables import TableRegistry
+from tests.files import CHINOOK, write_text
 
 
 def call(name: str, **args: object) -> AIMessage:
@@ -270,7 +267,7 @@ def test_a_document_telling_the_agent_to_destroy_data_changes_nothing(
 
 
 def test_native_tool_calls_parse_from_hermes_text() -> None:
-    from models.chat import parse_tool_calls
+    from kb_assistant.models.chat import parse_tool_calls
 
     message = parse_tool_calls(
         'Let me check.<tool_call>{"name": "run_sql", "arguments": {"sql": "SELECT 1"}}</tool_call>'

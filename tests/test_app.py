@@ -16,11 +16,11 @@ import streamlit as st
 from langchain_core.messages import AIMessage
 from streamlit.testing.v1 import AppTest
 
-from assistant import Assistant, build_assistant
-from models.embeddings import HashEmbedder
-from settings import load_settings
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import load_settings
+from kb_assistant.ui.state import job_board
 from tests import scripted_app
-from ui.state import job_board
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -328,7 +328,7 @@ def test_a_password_guards_everything(monkeypatch: pytest.MonkeyPatch, kb_home: 
 def test_every_string_exists_in_both_languages() -> None:
     import string
 
-    from ui.i18n import EN, ZH
+    from kb_assistant.ui.i18n import EN, ZH
 
     assert set(EN) == set(ZH)
     fields = string.Formatter()

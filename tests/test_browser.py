@@ -113,7 +113,7 @@ def _two_tabs_queue(context: Any, url: str) -> None:
 
 
 def _stored_turns(home: Path) -> list[Any]:
-    from chains.sessions import ChatStore
+    from kb_assistant.chains.sessions import ChatStore
 
     store = ChatStore(home / "chats.sqlite")
     try:

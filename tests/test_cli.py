@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL, main
+from kb_assistant.cli import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL, main
 
 
 def kb(*args: str) -> Result:
@@ -88,7 +88,7 @@ def test_invalid_setting_is_reported_with_its_source(monkeypatch: pytest.MonkeyP
 def test_interrupted_ingest_says_what_was_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import assistant
+    from kb_assistant import assistant
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt

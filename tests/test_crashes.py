@@ -23,14 +23,15 @@ from typing import Any
 
 import pytest
 
-from assistant import Assistant, build_assistant
-from errors import KnowledgeBaseError
-from models.embeddings import HashEmbedder
-from settings import Settings, load_settings
-from vectorstore import catalog as catalog_module
-from vectorstore import files as files_module
-from vectorstore import vector_index
-from vectorstore.integrity import check
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.errors import KnowledgeBaseError
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import Settings, load_settings
+from kb_assistant.vectorstore import catalog as catalog_module
+from kb_assistant.vectorstore import files as files_module
+from kb_assistant.vectorstore import vector_index
+from kb_assistant.vectorstore.integrity import check
+from kb_assistant.vectorstore.knowledge_base import load_index
 
 WRITES = ("begin", "put_document", "add_chunks", "finish_document", "commit", "delete_document")
 
@@ -71,8 +72,8 @@ def _kill_at(n: int) -> Any:
     return point, count
 
 
-def _writer(home: str, docs: str, kill_at: int, done: Any) -> None:
-    """Update one document, add two, remove one; SIGKILL at the ``kill_at``-th write point."""
+def _install_kill_points(kill_at: int) -> Any:
+    """Count every write, fsync and rename of the product; SIGKILL at the ``kill_at``-th."""
     point, count = _kill_at(kill_at)
     fsync, replace = os.fsync, os.replace
 
@@ -108,6 +109,12 @@ def _writer(home: str, docs: str, kill_at: int, done: Any) -> None:
             yield fh
 
     setattr(vector_index, "atomic_writer", counted_writer)  # noqa: B010 (not exported)
+    return count
+
+
+def _writer(home: str, docs: str, kill_at: int, done: Any) -> None:
+    """Update one document, add two, remove one; SIGKILL at the ``kill_at``-th write point."""
+    count = _install_kill_points(kill_at)
     assistant = build_assistant(load_settings(Path(home)), embeddings=HashEmbedder())
     folder = Path(docs)
     assistant.ingest([folder / "kept.txt", folder / "new1.txt", folder / "new2.txt"])
@@ -120,7 +127,9 @@ def _writer(home: str, docs: str, kill_at: int, done: Any) -> None:
 def forkserver() -> Any:
     """Children forked from a server that has the product imported: ~20 ms each, not ~1 s."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["assistant", "ingest", "tests.test_crashes"])
+    context.set_forkserver_preload(
+        ["kb_assistant.assistant", "kb_assistant.ingest", "tests.test_crashes"]
+    )
     warm = context.Process(target=time.sleep, args=(0,))  # starts the server (~1 s) now
     warm.start()
     warm.join()
@@ -211,6 +220,60 @@ def test_sigkill_at_timed_moments(forkserver: Any, scene: Any, tmp_path: Path) -
         assert_whole(home, allowed, f"killed after {delay_ms} ms (exit {child.exitcode})")
         shutil.rmtree(home)
     assert killed >= 8, f"only {killed} of 20 runs were killed before they finished"
+
+
+def _first_ingest(home: str, docs: str, kill_at: int, done: Any) -> None:
+    """The first ingest of a new knowledge base; SIGKILL at the ``kill_at``-th write point."""
+    count = _install_kill_points(kill_at)
+    build_assistant(load_settings(Path(home)), embeddings=HashEmbedder()).ingest([Path(docs)])
+    done.value = count[0]
+
+
+def test_a_killed_first_ingest_leaves_a_cache_to_rebuild_once(
+    forkserver: Any, tmp_path: Path
+) -> None:
+    """Killed at points across a first ingest (no vectors.faiss saved yet, or a stale one):
+    the documents that committed are there, ``kb check`` is ok, and only the first open
+    rebuilds the snapshot: it saves it, so the next open loads it as it is."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(8):
+        (docs / f"d{i}.txt").write_text(paragraphs(f"first ingest topic {i}", 30), "utf-8")
+    done = forkserver.Value("i", -1)
+    child = forkserver.Process(target=_first_ingest, args=(str(tmp_path / "all"), str(docs),
+                                                           10**9, done))  # fmt: skip
+    child.start()
+    child.join(120)
+    points = done.value
+    assert child.exitcode == 0 and points > 40
+    opened = 0
+    for n in range(2, points, max(1, points // 14)):
+        home = tmp_path / f"run{n}"
+        child = forkserver.Process(target=_first_ingest, args=(str(home), str(docs), n, done))
+        child.start()
+        child.join(120)
+        assert child.exitcode == -signal.SIGKILL, f"point {n}: exit {child.exitcode}"
+        folder = home / "kbs" / "default"
+        if not (folder / "catalog.sqlite").is_file():
+            continue  # killed before the knowledge base existed
+        opened += 1
+        if n % 2:  # the first open is a check
+            report = check(folder)
+            assert report.ok and report.problems == [], (n, report.problems)
+            assert report.vectors == report.chunks and not report.notes, n
+        else:  # the first open is a search
+            reader = build_assistant(load_settings(home), embeddings=HashEmbedder())
+            reader.search("first ingest topic", k=3)
+            reader.close()
+        catalog = catalog_module.Catalog(folder / "catalog.sqlite")
+        try:
+            dimension = HashEmbedder().dimension
+            assert load_index(catalog, folder, dimension).stale is None, f"point {n}"
+        finally:
+            catalog.close()
+        again = check(folder)
+        assert again.ok and again.repaired == [] and again.vectors == again.chunks, n
+    assert opened >= 10
 
 
 # --- item 4: disk full --------------------------------------------------------------------

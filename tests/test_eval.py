@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from cli import EXIT_ERROR, main
-from eval.scoring import first_hit, grams, is_hit, summarize
-from tests.files import CHINOOK, SHARED
+from kb_assistant.cli import EXIT_ERROR, main
+from kb_assistant.eval.scoring import first_hit, grams, is_hit, summarize
+from tests.files import CHINOOK, REFERENCE_SCORER
 
 FAQ = {
     "How do I install a package?": "Run apt-get install with the package name; apt downloads "
@@ -78,8 +78,7 @@ def test_eval_retrieval_scores_writes_run_report_and_plots(faq_kb: Path, tmp_pat
     report = (out / "report.md").read_text()
     assert "| recall@5 | 0.75 |" in report and "![first_hit](first_hit.png)" in report
     assert "| q4 | What colour is the sky on Mars? | — |" in report
-    scorer = SHARED / "eval" / "score_retrieval.py"
-    spec = importlib.util.spec_from_file_location("score_retrieval", scorer)
+    spec = importlib.util.spec_from_file_location("score_retrieval", REFERENCE_SCORER)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from errors import ModelError
-from models.gguf_info import read_gguf_metadata, template_problem
-from models.llm import LocalLLM, resolve_chat_model
+from kb_assistant.cli import main
+from kb_assistant.errors import ModelError
+from kb_assistant.models.gguf_info import read_gguf_metadata, template_problem
+from kb_assistant.models.llm import LocalLLM, resolve_chat_model
 
 pytestmark = pytest.mark.slow
 

@@ -7,19 +7,21 @@ file after it in the same batch still goes in.
 
 from __future__ import annotations
 
+import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import loaders
-from assistant import Assistant, build_assistant
-from errors import HostileDocument
-from ingest import IngestReport
-from loaders import limits
-from models.embeddings import HashEmbedder
-from settings import load_settings
+from kb_assistant import loaders
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.errors import HostileDocument
+from kb_assistant.ingest import IngestReport
+from kb_assistant.loaders import limits, sandbox
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import load_settings
 from tests.files import deflate_bomb, make_docx, make_raw_pdf, make_zip
 
 
@@ -164,6 +166,26 @@ def test_spreadsheets_are_parsed_through_defusedxml() -> None:
 # --- item 7: parsers that hang, spin, eat memory or crash ----------------------------------
 
 
+@pytest.fixture
+def hostile_loaders(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Let the parser worker import ``tests.hostile_loaders``. The product starts it isolated
+    (``python -I``: only the installed package), so the test adds this repository's root to
+    the worker's path through a launcher; the worker itself is the real one."""
+    root = str(Path(__file__).resolve().parent.parent)
+
+    def with_tests(module: str, *args: str) -> list[str]:
+        code = (
+            f"import runpy, sys; sys.path.insert(0, {root!r}); "
+            f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+        )
+        return [sys.executable, "-I", "-c", code, *args]
+
+    sandbox.POOL.clear()  # idle workers started without the launcher
+    monkeypatch.setattr(sandbox, "python_module", with_tests)
+    yield
+    sandbox.POOL.clear()
+
+
 @pytest.mark.parametrize(
     ("loader", "overrides", "expected"),
     [
@@ -172,6 +194,7 @@ def test_spreadsheets_are_parsed_through_defusedxml() -> None:
         ("crashes", {}, "the parser crashed (SIGSEGV)"),
     ],
 )
+@pytest.mark.usefixtures("hostile_loaders")
 def test_a_misbehaving_parser_is_stopped_and_the_batch_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loader: str, overrides: dict[str, object],
     expected: str,
@@ -185,11 +208,12 @@ def test_a_misbehaving_parser_is_stopped_and_the_batch_goes_on(
     assert expected in reason(report, "b.log")  # a fresh worker took the next file
 
 
+@pytest.mark.usefixtures("hostile_loaders")
 def test_a_parser_spinning_on_the_processor_is_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ingest import ingest
-    from loaders.sandbox import ParseLimits
+    from kb_assistant.ingest import ingest
+    from kb_assistant.loaders.sandbox import ParseLimits
 
     monkeypatch.setitem(loaders._FORMATS, ".log", ("text", "tests.hostile_loaders:spins_forever"))
     path = tmp_path / "spin.log"
@@ -224,6 +248,7 @@ def test_small_pdf_yielding_440k_characters_is_truncated(tmp_path: Path) -> None
     assert 0.9 * allowance < sum(len(t) for t in texts) < 1.25 * allowance  # chunks overlap
 
 
+@pytest.mark.usefixtures("hostile_loaders")
 def test_endless_parser_output_is_cut_at_the_allowance(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-import ingest as ingest_module
-from assistant import Assistant, build_assistant
-from models.embeddings import HashEmbedder
-from settings import Settings
+from kb_assistant import ingest as ingest_module
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import Settings
 from tests.files import make_pdf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,7 +127,7 @@ def test_file_that_disappears_mid_ingest_is_reported(
 ) -> None:
     vanishing = make_pdf(tmp_path / "vanishing.pdf", ["Soon gone."])
     stays = write(tmp_path / "stays.txt", "I stay.")
-    from vectorstore.files import hash_file as real_hash
+    from kb_assistant.vectorstore.files import hash_file as real_hash
 
     def hash_then_delete(path: Path) -> tuple[int, str]:
         result = real_hash(path)
@@ -145,11 +145,10 @@ def test_file_that_disappears_mid_ingest_is_reported(
 
 KILLER = """
 import os, signal, sys
-sys.path.insert(0, {root!r})
-from vectorstore.knowledge_base import KnowledgeBaseWriter
-from assistant import build_assistant
-from models.embeddings import HashEmbedder
-from settings import load_settings
+from kb_assistant.vectorstore.knowledge_base import KnowledgeBaseWriter
+from kb_assistant.assistant import build_assistant
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import load_settings
 original = KnowledgeBaseWriter.begin_document
 started = []
 def begin_then_die(self, *args, **kwargs):
@@ -172,9 +171,7 @@ def test_killed_ingest_leaves_whole_documents_only(
     first = build_assistant(settings, embeddings=HashEmbedder())
     first.ingest([write(tmp_path / "before.txt", paragraphs("earlier", 10))])
     first.close()
-    script = KILLER.format(
-        root=str(ROOT), kill_at=kill_at, home=str(settings.home), folder=str(folder)
-    )
+    script = KILLER.format(kill_at=kill_at, home=str(settings.home), folder=str(folder))
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, timeout=120, check=False
     )

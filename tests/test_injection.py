@@ -17,16 +17,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage
 
-from assistant import Assistant, build_assistant
-from chains.agent import AgentLimits, AgentTools, run_agent
-from chains.guard import OutputGuard, escape_markdown, new_canary
-from models.chat import ScriptedChatModel
-from models.embeddings import HashEmbedder
-from settings import Settings, load_settings
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.chains.agent import AgentLimits, AgentTools, run_agent
+from kb_assistant.chains.guard import OutputGuard, escape_markdown, new_canary
+from kb_assistant.models.chat import ScriptedChatModel
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import Settings, load_settings
+from kb_assistant.vectorstore.tables import TableRegistry
 from tests.files import CHINOOK, write_text
 from tests.rendering import fetched_when_rendered, render
 from tests.scripted_app import CODE, SECRET, ObedientChatModel
-from vectorstore.tables import TableRegistry
 
 HOST = "203.0.113.9"  # TEST-NET-3: never routed
 INJECTION = (

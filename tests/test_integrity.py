@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from assistant import Assistant, build_assistant
-from cli import main
-from errors import CorruptKnowledgeBase
-from models.embeddings import HashEmbedder
-from settings import Settings
-from vectorstore import vector_index
-from vectorstore.vector_index import INDEX_NAME, VectorIndex
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.cli import main
+from kb_assistant.errors import CorruptKnowledgeBase
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import Settings
+from kb_assistant.vectorstore import vector_index
+from kb_assistant.vectorstore.vector_index import INDEX_NAME, VectorIndex
 
 
 def kb(*args: str) -> Result:
@@ -47,21 +47,23 @@ def test_a_sound_knowledge_base_checks_ok(folder: Path) -> None:
     assert code == 0
     assert report == {
         "kb": "default", "ok": True, "documents": 3, "chunks": 3, "vectors": 3,
-        "problems": [], "repaired": [], "changed_sources": [],
+        "problems": [], "repaired": [], "notes": [], "changed_sources": [],
     }  # fmt: skip
 
 
-def test_flipped_byte_in_the_vector_file_is_found_and_rebuilt(folder: Path) -> None:
+def test_flipped_byte_in_the_vector_file_is_a_cache_to_rebuild(folder: Path) -> None:
     path = folder / INDEX_NAME
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    code, report = checked()
-    assert code == 1 and report["problems"] == [f"{path} is damaged (checksum mismatch)"]
-    code, report = checked("--repair")
-    assert code == 0 and report["ok"] and report["vectors"] == 3
-    assert report["repaired"] == [f"rebuilt {INDEX_NAME} from the catalog (3 vectors)"]
+    code, report = checked()  # the snapshot is a cache of the catalog: nothing is wrong
+    assert code == 0 and report["ok"] and report["problems"] == [] and report["vectors"] == 3
+    assert report["repaired"] == [
+        f"rebuilt {INDEX_NAME} from the catalog (it was damaged (checksum mismatch); 3 vectors)"
+    ]
     assert VectorIndex.load(path, 256)[0].count == 3
+    code, report = checked()
+    assert code == 0 and report["repaired"] == [] and report["notes"] == []
 
 
 def test_truncated_catalog_is_refused_at_open_with_what_to_do(
@@ -116,7 +118,8 @@ def test_manifest_naming_another_model_is_refused_then_restored(
     assert "fake-hash-256' (256 dimensions)" in str(caught.value)
     assert "kb check --kb default --repair" in str(caught.value)
     code, report = checked("--repair")
-    assert code == 0 and report["repaired"] == ["restored manifest.json from the catalog's copy"]
+    assert code == 0 and report["problems"] == []
+    assert report["repaired"][0] == "restored manifest.json from the catalog's copy"
     hits = build_assistant(settings, embeddings=HashEmbedder()).search("network interfaces", k=1)
     assert Path(hits[0].chunk.source).name == "d1.txt"
 
@@ -148,7 +151,8 @@ def test_check_finds_and_repairs_what_the_catalog_can_rebuild(folder: Path) -> N
     assert "recorded as 7 chunks, has 1" in text
     assert "1 chunk(s) belong to no document" in text
     assert "keyword index: 2 chunk(s) missing" in text  # the gap and the stray chunk
-    assert "vectors.faiss: 1 chunk(s) have no vector" in text
+    assert "vectors.faiss" not in text  # the snapshot is a cache: rebuilt, not a problem
+    assert "(1 chunk(s) had no vector; 4 vectors)" in report["repaired"][0]
     code, report = checked("--repair")
     assert code == 0 and report["ok"], report
     assert report["chunks"] == report["vectors"] == 3
@@ -170,9 +174,11 @@ def test_edited_and_deleted_sources_are_listed_but_not_problems(
 
 def test_human_output_names_problems_and_the_repair(folder: Path) -> None:
     (folder / INDEX_NAME).unlink()
+    (folder / "manifest.json").write_text("{}", encoding="utf-8")
     result = kb("check")
     assert result.exit_code == 1
-    assert "problem: " in result.output and "vectors.faiss is missing" in result.output
+    assert "problem: " in result.output and "manifest.json" in result.output
+    assert "repaired: rebuilt vectors.faiss from the catalog (it was missing" in result.output
     assert "'kb check --kb default --repair'" in result.output
 
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from assistant import build_assistant
-from cli import main
-from models.gguf_info import parameter_count, read_gguf_metadata
-from models.hardware import doctor_report
-from models.llm import LocalLLM, Sampling, resolve_chat_model
-from settings import load_settings
+from kb_assistant.assistant import build_assistant
+from kb_assistant.cli import main
+from kb_assistant.models.gguf_info import parameter_count, read_gguf_metadata
+from kb_assistant.models.hardware import doctor_report
+from kb_assistant.models.llm import LocalLLM, resolve_chat_model
+from kb_assistant.models.protocol import Sampling
+from kb_assistant.settings import load_settings
+from tests.files import CHINOOK
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +35,18 @@ MESSAGES = [
 
 
 def test_prompt_tokens_are_counted_exactly(llm: LocalLLM) -> None:
-    llama = llm._load()
-    result = llama.create_chat_completion(messages=MESSAGES, max_tokens=1, seed=1)
-    assert llm.count_prompt(MESSAGES) == result["usage"]["prompt_tokens"]
+    # The reference: llama-cpp-python's own count, in a process of its own.
+    code = (
+        "import json, sys; from llama_cpp import Llama;"
+        "m = Llama(model_path=sys.argv[1], n_ctx=512, verbose=False);"
+        "r = m.create_chat_completion(messages=json.loads(sys.argv[2]), max_tokens=1, seed=1);"
+        "print(r['usage']['prompt_tokens'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(llm.path), json.dumps(MESSAGES)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert llm.count_prompt(MESSAGES) == int(done.stdout)
     assert llm.n_ctx == 2048  # capped by the setting, below the 8192 it was trained with
 
 
@@ -99,15 +112,11 @@ def test_a_missing_model_file_is_a_clear_error(kb_home: Path, tmp_path: Path) ->
     assert "is not a GGUF model file" in result.stderr
 
 
-CHINOOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "chinook.sqlite"
-
-
-@pytest.mark.skipif(not CHINOOK.is_file(), reason=f"{CHINOOK} not found")
 def test_the_embedded_model_fills_query_forms_through_the_grammar(kb_home: Path) -> None:
     """The real tiny model picks the open slots (here: which column 'USA' belongs to, and
     which aggregation of which measure) and its output always parses."""
-    from assistant import build_assistant
-    from settings import load_settings
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.settings import load_settings
 
     assistant = build_assistant(load_settings(kb_home, chat_backend="llama-cpp"))
     assistant.connect_database(f"sqlite:///{CHINOOK}", name="chinook")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from errors import CorruptDocument, EmptyDocument, EncryptedDocument, UnsupportedFormat
-from loaders import LoadContext, Section, load_sections
-from loaders.text import SECTION_CHARS
+from kb_assistant.errors import CorruptDocument, EmptyDocument, EncryptedDocument, UnsupportedFormat
+from kb_assistant.loaders import LoadContext, Section, load_sections
+from kb_assistant.loaders.text import SECTION_CHARS
 from tests.files import make_docx, make_encrypted_pdf, make_epub, make_pdf, make_pptx, make_xlsx
 
 CHINESE = "知识库助手在本地运行。它不会把文件发送到网络上！用户可以用中文提问吗？当然可以。"

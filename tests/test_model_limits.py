@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from assistant import Assistant, build_assistant
-from errors import ContextOverflow
-from models.embeddings import HashEmbedder
-from settings import load_settings
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.errors import ContextOverflow
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import load_settings
 
 pytestmark = pytest.mark.slow
 TOPICS = ["pumps", "valves", "filters", "seals", "motors"]
@@ -73,30 +73,22 @@ def test_llama_refusing_the_prompt_is_retried_with_fewer_sources_then_explained(
 
 def test_four_threads_share_the_model_one_generation_at_a_time(small: Assistant) -> None:
     engine = engine_of(small)
-    llama = engine._load()
-    original = llama.create_chat_completion
+    worker = engine._load()
+    original = worker.stream
     flight = {"now": 0, "most": 0}
     guard = threading.Lock()
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
+    def counted(request: dict[str, Any]) -> Any:
         with guard:
             flight["now"] += 1
             flight["most"] = max(flight["most"], flight["now"])
         try:
-            result = original(*args, **kwargs)
-            if kwargs.get("stream"):
-                yield from result
-            else:
-                yield result
+            yield from original(request)
         finally:
             with guard:
                 flight["now"] -= 1
 
-    def streamed(*args: Any, **kwargs: Any) -> Any:
-        generator = counted(*args, **kwargs)
-        return generator if kwargs.get("stream") else next(generator)
-
-    llama.create_chat_completion = streamed
+    worker.stream = counted
     answers: dict[int, str] = {}
     errors: list[BaseException] = []
 
@@ -113,7 +105,7 @@ def test_four_threads_share_the_model_one_generation_at_a_time(small: Assistant)
         for t in threads:
             t.join(300)
     finally:
-        llama.create_chat_completion = original
+        worker.stream = original
     assert not errors and sorted(answers) == [0, 1, 2, 3] and all(answers.values())
     assert flight["most"] == 1
 
@@ -126,7 +118,7 @@ def test_the_lock_is_released_after_an_error_and_an_abandoned_stream(small: Assi
 
     with pytest.raises(RuntimeError, match="went away"):
         small.ask("How are seals maintained?", on_token=boom)
-    from models.llm import Sampling
+    from kb_assistant.models.protocol import Sampling
 
     messages = [{"role": "user", "content": "Say hello."}]
     stream = engine.stream_chat(messages, Sampling(max_tokens=16))
@@ -149,13 +141,13 @@ def test_a_context_overflow_is_one_line_at_the_command_line(
 ) -> None:
     from click.testing import CliRunner
 
-    from cli import main
+    from kb_assistant.cli import main
 
     monkeypatch.setattr(type(small.chat_model), "get_num_tokens", lambda self, text: 1)
     monkeypatch.setattr(
         type(small.chat_model), "get_num_tokens_from_messages", lambda self, m, **k: 10
     )
-    monkeypatch.setattr("cli.base.Context.assistant", lambda self: small)
+    monkeypatch.setattr("kb_assistant.cli.base.Context.assistant", lambda self: small)
     result = CliRunner().invoke(main, ["ask", "How are pumps maintained?"])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "do not fit the model's context window" in result.stderr

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from assistant import build_assistant
-from cli import main
-from settings import Settings
+from kb_assistant.assistant import build_assistant
+from kb_assistant.cli import main
+from kb_assistant.settings import Settings
 
 
 class Marker:

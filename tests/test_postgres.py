@@ -5,22 +5,20 @@ into it with its keys declared; connected, described, queried read-only, and ask
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from assistant import Assistant
-from chains.tools.sql import PostgresQueries
-from errors import QueryRejected, QueryTimeout
+from kb_assistant.assistant import Assistant
+from kb_assistant.chains.tools.sql import PostgresQueries
+from kb_assistant.errors import QueryRejected, QueryTimeout
+from tests.files import CHINOOK
 from tests.postgres import load_sqlite, postgres_server, server_bin
 
-CHINOOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "chinook.sqlite"
 pytestmark = [
     pytest.mark.skipif(
         server_bin() is None,
         reason="no PostgreSQL server binary (initdb, pg_ctl); .ci/run installs Debian's postgresql",
     ),
-    pytest.mark.skipif(not CHINOOK.is_file(), reason=f"{CHINOOK} not found"),
 ]
 
 

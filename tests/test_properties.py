@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from errors import IngestError, ParserStopped
-from loaders import Section, loader_of
-from loaders.base import LoadContext
-from loaders.sandbox import POOL, ParseLimits
-from loaders.splitter import ChunkSplitter, normalise_text
-from models.embeddings import HFTokenCounter, resolve_model
+from kb_assistant.errors import IngestError, ParserStopped
+from kb_assistant.loaders import Section, loader_of
+from kb_assistant.loaders.base import LoadContext
+from kb_assistant.loaders.sandbox import POOL, ParseLimits
+from kb_assistant.loaders.splitter import ChunkSplitter, normalise_text
+from kb_assistant.models.embeddings import HFTokenCounter, resolve_model
 from tests.files import make_docx, make_pdf, make_pptx, make_xlsx
 
 LIMITS = ParseLimits(timeout=20, cpu_seconds=20, memory_mb=2048)

@@ -7,14 +7,21 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import BaseMessage
 
-from assistant import Assistant, build_assistant
-from chains.citations import CitationFilter, clean_citations, infer_citations
-from chains.language import detect_language
-from chains.rag import Turn
-from models.chat import ScriptedChatModel
-from models.embeddings import HashEmbedder
-from prompts import LANGUAGES, VARIABLES, Language, load_prompt, render, template_variables
-from settings import Settings, load_settings
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.chains.citations import CitationFilter, clean_citations, infer_citations
+from kb_assistant.chains.language import detect_language
+from kb_assistant.chains.rag import Turn
+from kb_assistant.models.chat import ScriptedChatModel
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.prompts import (
+    LANGUAGES,
+    VARIABLES,
+    Language,
+    load_prompt,
+    render,
+    template_variables,
+)
+from kb_assistant.settings import Settings, load_settings
 
 DOCS = {
     "apt.md": "# Installing\n\nUse apt install NAME to install a package from a mirror.",
@@ -166,7 +173,7 @@ def test_budget_drops_lowest_ranked_sources_and_says_so(settings: Settings, corp
         text = f"# Apt {i}\n\n" + f"apt install packages variant{i} " * 40
         (corpus / f"apt{i}.md").write_text(text, "utf-8")
     assistant, model = make(settings, corpus, "Use apt [1].", max_sources=10, max_tokens=64)
-    model.context_window = 700
+    model.window = 700
     answer = assistant.ask("How do I install packages with apt?")
     dropped = answer.trace["dropped"]
     assert dropped and {d["reason"] for d in dropped} == {"context"}
@@ -219,7 +226,7 @@ def test_prompt_files_take_exactly_the_variables_the_chains_supply(language: str
 def test_history_is_trimmed_to_its_share_of_the_context(settings: Settings, corpus: Path) -> None:
     rewrite = "How do I install a package with apt on Debian?"
     assistant, model = make(settings, corpus, rewrite, "Use apt [1].")
-    model.context_window = 1000
+    model.window = 1000
     history = [Turn(f"question {i} " + "word " * 60, "answer " * 60) for i in range(10)]
     answer = assistant.rag_chain().answer("How do I install a package with apt?", history)
     kept = answer.trace["history_turns"]
@@ -291,7 +298,7 @@ def test_condense_falls_back_to_a_short_prompt_when_the_continuation_would_not_f
     assistant, model = make(settings, corpus, "Use apt install NAME [1]. " * 40, rewrite, "ok [1]")
     session = assistant.new_session()
     assistant.ask("How do I install a package with apt?", session=session)
-    model.context_window = 300  # the previous prompt plus its long answer no longer fits
+    model.window = 300  # the previous prompt plus its long answer no longer fits
     answer = assistant.ask("and the kernel?", session=session)
     condense = model.calls[1]
     assert [m.type for m in condense] == ["human"] and "and the kernel?" in str(condense[0].content)

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant import Assistant
-from errors import ModelError
-from models.embeddings import ModelFiles, build_embedder
-from models.onnx_embeddings import ensure_exported
-from settings import load_settings
+from kb_assistant.assistant import Assistant
+from kb_assistant.errors import ModelError
+from kb_assistant.models.embeddings import ModelFiles, build_embedder
+from kb_assistant.models.onnx_embeddings import ensure_exported
+from kb_assistant.settings import load_settings
 
 pytestmark = pytest.mark.slow
 

@@ -6,12 +6,12 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from assistant import Assistant, build_assistant
-from models.embeddings import HashEmbedder
-from settings import Settings, load_settings
-from vectorstore.hybrid import drop_near_duplicates, reciprocal_rank_fusion
-from vectorstore.keywords import keyword_tokens, match_query
-from vectorstore.knowledge_base import SearchHit
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import Settings, load_settings
+from kb_assistant.vectorstore.hybrid import drop_near_duplicates, reciprocal_rank_fusion
+from kb_assistant.vectorstore.keywords import keyword_tokens, match_query
+from kb_assistant.vectorstore.knowledge_base import SearchHit
 
 
 def test_reciprocal_rank_fusion_rewards_agreement() -> None:
@@ -115,7 +115,7 @@ def test_a_configured_reranker_reorders_the_results(settings: Settings, tmp_path
 def test_a_missing_reranker_model_is_a_clear_error(settings: Settings, tmp_path: Path) -> None:
     import pytest
 
-    from errors import ModelError
+    from kb_assistant.errors import ModelError
 
     configured = build_assistant(
         load_settings(settings.home, reranker_model=tmp_path / "nope"), embeddings=HashEmbedder()

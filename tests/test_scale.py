@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant import build_assistant
-from ingest import IngestProgress
-from settings import Settings
-from vectorstore import Library, vector_index
-from vectorstore.catalog import NewChunk
-from vectorstore.keywords import index_text
-from vectorstore.knowledge_base import KnowledgeBase
-from vectorstore.vector_index import INDEX_NAME, VectorIndex
+from kb_assistant.assistant import build_assistant
+from kb_assistant.ingest import IngestProgress
+from kb_assistant.settings import Settings
+from kb_assistant.vectorstore import Library, vector_index
+from kb_assistant.vectorstore.catalog import NewChunk
+from kb_assistant.vectorstore.keywords import index_text
+from kb_assistant.vectorstore.knowledge_base import KnowledgeBase
+from kb_assistant.vectorstore.vector_index import INDEX_NAME, VectorIndex
 
 DIM = 32
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from chains.sessions import ChatStore
-from cli import main
-from errors import SessionNotFound
+from kb_assistant.chains.sessions import ChatStore
+from kb_assistant.cli import main
+from kb_assistant.errors import SessionNotFound
 
 
 def test_store_round_trip(tmp_path: Path) -> None:

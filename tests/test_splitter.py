@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from loaders.splitter import ChunkSplitter, normalise_text, split_sentences
-from models.embeddings import HFTokenCounter, RegexTokenCounter, resolve_model
+from kb_assistant.loaders.splitter import ChunkSplitter, normalise_text, split_sentences
+from kb_assistant.models.embeddings import HFTokenCounter, RegexTokenCounter, resolve_model
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from chains.tools.sql import DuckDBQueries, SQLiteQueries, validate_select
-from errors import QueryRejected, QueryTimeout
-
-CHINOOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "chinook.sqlite"
-pytestmark = pytest.mark.skipif(not CHINOOK.is_file(), reason=f"{CHINOOK} not present")
+from kb_assistant.chains.tools.sql import DuckDBQueries, SQLiteQueries, validate_select
+from kb_assistant.errors import QueryRejected, QueryTimeout
+from tests.files import CHINOOK
 
 
 @pytest.fixture

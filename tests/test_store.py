@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from assistant import Assistant, build_assistant
-from errors import (
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.errors import (
     CorruptKnowledgeBase,
     EmbeddingMismatch,
     KnowledgeBaseLocked,
     KnowledgeBaseNotFound,
 )
-from models.embeddings import HashEmbedder
-from settings import Settings
-from vectorstore import Library
-from vectorstore.vector_index import INDEX_NAME
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import Settings
+from kb_assistant.vectorstore import Library
+from kb_assistant.vectorstore.vector_index import INDEX_NAME
 
 
 def write(folder: Path, name: str, text: str) -> Path:

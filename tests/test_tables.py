@@ -8,12 +8,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from assistant import Assistant
-from cli import EXIT_ERROR, main
-from errors import QueryRejected, TableError
-from tests.files import make_xlsx
-
-CHINOOK = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "chinook.sqlite"
+from kb_assistant.assistant import Assistant
+from kb_assistant.cli import EXIT_ERROR, main
+from kb_assistant.errors import QueryRejected, TableError
+from tests.files import CHINOOK, make_xlsx
 
 
 @pytest.fixture
@@ -54,7 +52,6 @@ def test_excel_sheets_become_tables_with_chinese_columns(
     assert assistant.sql('SELECT SUM("工资") FROM "公司_员工"').rows == [(70000,)]
 
 
-@pytest.mark.skipif(not CHINOOK.is_file(), reason=f"{CHINOOK} not present")
 def test_connected_sqlite_database_is_listed_and_only_read(kb_home: Path) -> None:
     runner = CliRunner()
     url = f"sqlite:///{CHINOOK}"
@@ -96,7 +93,7 @@ def test_drop_and_clear_errors(assistant: Assistant, weather: Path) -> None:
 
 
 def test_a_damaged_workbook_is_a_clear_error(assistant: Assistant, tmp_path: Path) -> None:
-    from errors import CorruptDocument
+    from kb_assistant.errors import CorruptDocument
 
     (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not really a workbook")
     with pytest.raises(CorruptDocument, match=r"damaged or not an Excel \.xlsx file"):

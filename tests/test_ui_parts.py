@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from assistant import Assistant
-from cli import main
-from errors import ConfigError
-from settings import load_settings, save_settings
-from ui.jobs import JobBoard, start_answer
-from ui.render import chart_kind, highlighted, plain
+from kb_assistant.assistant import Assistant
+from kb_assistant.cli import main
+from kb_assistant.errors import ConfigError
+from kb_assistant.settings import load_settings, save_settings
+from kb_assistant.ui.jobs import JobBoard, start_answer
+from kb_assistant.ui.render import chart_kind, highlighted, plain
 
 
 def test_plain_escapes_every_markup_character() -> None:
@@ -122,8 +122,8 @@ def test_kb_app_refuses_the_network_without_a_password(kb_home: Path) -> None:
 
 
 def test_the_answer_language_setting_overrides_the_question(kb_home: Path, tmp_path: Path) -> None:
-    from assistant import build_assistant
-    from models.embeddings import HashEmbedder
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.models.embeddings import HashEmbedder
 
     (tmp_path / "n.md").write_text("ifupdown configures interfaces.", encoding="utf-8")
     a = build_assistant(load_settings(kb_home, answer_language="zh"), embeddings=HashEmbedder())

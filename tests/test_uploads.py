@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from assistant import Assistant, build_assistant
-from errors import UploadRejected
-from models.embeddings import HashEmbedder
-from settings import Settings, load_settings
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.errors import UploadRejected
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.settings import Settings, load_settings
+from kb_assistant.uploads import check_batch, label
 from tests.files import make_docx, make_pdf
-from uploads import check_batch, label
 
 NAMES = [
     "../../x.md",

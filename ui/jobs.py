@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from errors import KBError
+from kb_assistant.errors import KBError
 
 if TYPE_CHECKING:
-    from assistant import Assistant
-    from ingest import IngestProgress, IngestReport
+    from kb_assistant.assistant import Assistant
+    from kb_assistant.ingest import IngestProgress, IngestReport
 
 logger = logging.getLogger(__name__)
 JobState = Literal["queued", "waiting", "running", "indexing", "done", "failed"]

@@ -13,8 +13,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from chains.guard import escape_markdown
-from vectorstore.keywords import content_words
+from kb_assistant.chains.guard import escape_markdown
+from kb_assistant.vectorstore.keywords import content_words
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 HIGHLIGHT = ":orange-background[{}]"

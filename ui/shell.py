@@ -7,11 +7,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from assistant import Assistant, build_assistant
-from errors import KBError
-from settings import Settings, load_settings
-from ui.i18n import LANGUAGES, Text
-from ui.state import Build, PageContext, job_board, set_context, shared_assistant
+from kb_assistant.assistant import Assistant, build_assistant
+from kb_assistant.errors import KBError
+from kb_assistant.settings import Settings, load_settings
+from kb_assistant.ui.i18n import LANGUAGES, Text
+from kb_assistant.ui.state import Build, PageContext, job_board, set_context, shared_assistant
 
 PAGES = Path(__file__).parent / "pages"
 

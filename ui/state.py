@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from assistant import Assistant
-from settings import Settings, load_settings
-from ui.i18n import Text
-from ui.jobs import JobBoard
+from kb_assistant.assistant import Assistant
+from kb_assistant.settings import Settings, load_settings
+from kb_assistant.ui.i18n import Text
+from kb_assistant.ui.jobs import JobBoard
 
 Build = Callable[[Settings], Assistant]
 

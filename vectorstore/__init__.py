@@ -1,9 +1,9 @@
 """Knowledge-base storage: SQLite catalog (truth), FAISS index (speed), manifest (identity)."""
 
-from vectorstore.catalog import ChunkRecord, DocumentRecord, NewChunk
-from vectorstore.knowledge_base import KnowledgeBase, KnowledgeBaseWriter, SearchHit
-from vectorstore.library import KnowledgeBaseSummary, Library, validate_name
-from vectorstore.manifest import Manifest
+from kb_assistant.vectorstore.catalog import ChunkRecord, DocumentRecord, NewChunk
+from kb_assistant.vectorstore.knowledge_base import KnowledgeBase, KnowledgeBaseWriter, SearchHit
+from kb_assistant.vectorstore.library import KnowledgeBaseSummary, Library, validate_name
+from kb_assistant.vectorstore.manifest import Manifest
 
 __all__ = [
     "ChunkRecord",

@@ -23,8 +23,8 @@ from typing import ParamSpec, TypeVar
 
 import numpy as np
 
-from errors import CorruptKnowledgeBase
-from vectorstore.keywords import any_of, quoted
+from kb_assistant.errors import CorruptKnowledgeBase
+from kb_assistant.vectorstore.keywords import any_of, quoted
 
 _DAMAGED = (
     "restore it from a backup, or delete the knowledge base and ingest again; "
@@ -225,8 +225,8 @@ class Catalog:
 
     def _fill_keywords(self) -> None:
         """Index every chunk's words in the keyword index (inside the caller's transaction)."""
-        from loaders.splitter import embed_text
-        from vectorstore.keywords import index_text
+        from kb_assistant.loaders.splitter import embed_text
+        from kb_assistant.vectorstore.keywords import index_text
 
         rows = self._db.execute("SELECT id, text, heading, sheet FROM chunks").fetchall()
         self._db.executemany(

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from errors import KnowledgeBaseError
+from kb_assistant.errors import KnowledgeBaseError
 
 
 def fsync_dir(path: Path) -> None:

@@ -13,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
-from vectorstore.keywords import keyword_tokens, query_terms
-from vectorstore.knowledge_base import KnowledgeBase, SearchHit
+from kb_assistant.vectorstore.keywords import keyword_tokens, query_terms
+from kb_assistant.vectorstore.knowledge_base import KnowledgeBase, SearchHit
 
 RetrievalMode = Literal["hybrid", "dense", "keyword"]
 RRF_K = 60

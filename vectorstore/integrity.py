@@ -1,9 +1,12 @@
 """``kb check``: verify a knowledge base on disk, and repair what the catalog can rebuild.
 
 The catalog is the truth: it holds every document, chunk, vector and a copy of the manifest.
-So a damaged or stale vector snapshot, a damaged keyword index, wrong chunk counts and a
-damaged or edited manifest are all rebuilt from it. A damaged catalog is not: it is reported
-with what to do (restore a backup, or delete the knowledge base and ingest again).
+So a damaged keyword index, wrong chunk counts and a damaged or edited manifest are rebuilt
+from it by ``--repair``. The vector snapshot (``vectors.faiss``) is only a cache of it: one that
+is missing, damaged, stale or inconsistent is not a problem but a rebuild, which the check does
+and saves at once when no writer is at work (listed under ``repaired``; ``ok`` stays true). A
+damaged catalog is a problem: it is reported with what to do (restore a backup, or delete the
+knowledge base and ingest again).
 """
 
 from __future__ import annotations
@@ -15,12 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from errors import CorruptKnowledgeBase
-from vectorstore.catalog import CATALOG_NAME, Catalog
-from vectorstore.files import hash_file
-from vectorstore.knowledge_base import build_index, verify_identity, writer_lock
-from vectorstore.manifest import Manifest
-from vectorstore.vector_index import INDEX_NAME, VectorIndex
+from kb_assistant.errors import CorruptKnowledgeBase
+from kb_assistant.vectorstore.catalog import CATALOG_NAME, Catalog
+from kb_assistant.vectorstore.files import hash_file
+from kb_assistant.vectorstore.knowledge_base import (
+    LoadedIndex,
+    build_index,
+    save_snapshot,
+    verify_identity,
+    writer_lock,
+)
+from kb_assistant.vectorstore.manifest import Manifest
+from kb_assistant.vectorstore.vector_index import INDEX_NAME, VectorIndex
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +44,7 @@ class CheckReport:
     vectors: int | None = None
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, nothing wrong
     changed_sources: list[str] = field(default_factory=list)  # edited or gone since ingest
 
     @property
@@ -52,6 +62,7 @@ class CheckReport:
             "vectors": self.vectors,
             "problems": self.problems,
             "repaired": self.repaired,
+            "notes": self.notes,
             "changed_sources": self.changed_sources,
         }
 
@@ -66,15 +77,15 @@ def check(folder: Path, *, repair: bool = False, lock_timeout: float = 600.0) ->
         KnowledgeBaseLocked: ``repair`` and another writer held the lock past the timeout.
     """
     if not repair:
-        return _inspect(folder)
+        return _inspect(folder, locked=False)
     with writer_lock(folder, timeout=lock_timeout):
         done = _repair(folder)
-        report = _inspect(folder)
-    report.repaired = done
+        report = _inspect(folder, locked=True)
+    report.repaired = done + report.repaired
     return report
 
 
-def _inspect(folder: Path) -> CheckReport:
+def _inspect(folder: Path, *, locked: bool) -> CheckReport:
     report = CheckReport(kb=folder.name)
     try:
         catalog = Catalog(folder / CATALOG_NAME)
@@ -82,7 +93,7 @@ def _inspect(folder: Path) -> CheckReport:
         report.problems.append(f"{exc} (the catalog holds the documents: it cannot be rebuilt)")
         return report
     try:
-        _inspect_catalog(folder, catalog, report)
+        _inspect_catalog(folder, catalog, report, locked=locked)
     except CorruptKnowledgeBase as exc:
         report.problems.append(str(exc))
     finally:
@@ -90,7 +101,7 @@ def _inspect(folder: Path) -> CheckReport:
     return report
 
 
-def _inspect_catalog(folder: Path, catalog: Catalog, report: CheckReport) -> None:
+def _inspect_catalog(folder: Path, catalog: Catalog, report: CheckReport, *, locked: bool) -> None:
     damage = catalog.quick_check()
     if damage:
         report.problems.append(
@@ -119,7 +130,7 @@ def _inspect_catalog(folder: Path, catalog: Catalog, report: CheckReport) -> Non
             f"{len(found['stray_keywords'])} entr(ies) of no chunk"
         )
     if not found["bad_vectors"]:
-        _inspect_vectors(folder, catalog, dimension, report)
+        _refresh_vectors(folder, catalog, dimension, report, locked=locked)
     for doc in documents:
         source = Path(doc.source)
         if not source.is_file():
@@ -144,38 +155,65 @@ def _manifest_problems(folder: Path, catalog: Catalog, report: CheckReport) -> i
     return stored or 0
 
 
-def _inspect_vectors(folder: Path, catalog: Catalog, dimension: int, report: CheckReport) -> None:
-    path = folder / INDEX_NAME
+def _refresh_vectors(
+    folder: Path, catalog: Catalog, dimension: int, report: CheckReport, *, locked: bool
+) -> None:
+    """Check the vector snapshot against the catalog; rebuild and save one that is not a
+    faithful copy (under the writer lock, taken here unless ``locked``)."""
     with catalog.snapshot():
         version = catalog.version()
         chunk_ids = catalog.chunk_ids()
-        try:
-            index, at = VectorIndex.load(path, dimension)
-        except FileNotFoundError:
-            report.vectors = 0
-            if len(chunk_ids):
-                report.problems.append(f"{path} is missing")
+        stale = _snapshot_problem(folder / INDEX_NAME, catalog, dimension, version, chunk_ids)
+        if stale is None:
+            report.vectors = len(chunk_ids)
             return
-        except CorruptKnowledgeBase as exc:
-            report.problems.append(str(exc))
-            return
-        if at > version:
-            report.problems.append(f"{path} is newer than the catalog ({at} > {version})")
-            return
-        index.remove(catalog.removed_since(at))  # replay, as every open does
-        for ids, vectors in catalog.embeddings(since_version=at):
-            index.add(ids, vectors)
-    held = index.ids()
-    report.vectors = len(held)
+        index = build_index(catalog, dimension)
+    report.vectors = index.count
+    loaded = LoadedIndex(index, version, stale)
+    if save_snapshot(catalog, folder, loaded, locked=locked):
+        report.repaired.append(
+            f"rebuilt {INDEX_NAME} from the catalog ({stale}; {index.count} vectors)"
+        )
+    else:
+        report.notes.append(
+            f"{folder / INDEX_NAME}: {stale}; it is rebuilt from the catalog in memory, and "
+            "saved by the writer at work now when it finishes"
+        )
+
+
+def _snapshot_problem(
+    path: Path, catalog: Catalog, dimension: int, version: int, chunk_ids: np.ndarray
+) -> str | None:
+    """Why ``vectors.faiss`` is not a faithful copy of the catalog (None when it is)."""
+    try:
+        index, at = VectorIndex.load(path, dimension)
+    except FileNotFoundError:
+        return "it was missing" if len(chunk_ids) else None
+    except CorruptKnowledgeBase as exc:
+        return f"it was damaged ({str(exc).rpartition('(')[2].rstrip(')')})"
+    if at > version:
+        return f"it was newer than the catalog ({at} > {version})"
+    index.remove(catalog.removed_since(at))  # replay, as every open does
+    for ids, vectors in catalog.embeddings(since_version=at):
+        index.add(ids, vectors)
+    problem = _id_problem(index.ids(), chunk_ids)
+    if problem is None and at < version:
+        return f"it was behind the catalog ({at} < {version})"
+    return problem
+
+
+def _id_problem(held: np.ndarray, chunk_ids: np.ndarray) -> str | None:
+    """How the replayed index's ids differ from the catalog's chunk ids (None: they agree)."""
     unique = np.unique(held)
     missing = np.setdiff1d(chunk_ids, unique, assume_unique=True)
     extra = np.setdiff1d(unique, chunk_ids, assume_unique=True)
     if len(unique) != len(held):
-        report.problems.append(f"{path}: {len(held) - len(unique)} duplicate vector id(s)")
+        return f"it held {len(held) - len(unique)} duplicate vector id(s)"
     if len(missing):
-        report.problems.append(f"{path}: {len(missing)} chunk(s) have no vector")
+        return f"{len(missing)} chunk(s) had no vector"
     if len(extra):
-        report.problems.append(f"{path}: {len(extra)} vector(s) belong to no chunk")
+        return f"{len(extra)} vector(s) belonged to no chunk"
+    return None
 
 
 def _repair(folder: Path) -> list[str]:
@@ -199,14 +237,6 @@ def _repair(folder: Path) -> list[str]:
             manifest.write(folder)
             done.append("restored manifest.json from the catalog's copy")
         done += catalog.repair(None if identity is not None else asdict(manifest))
-        report = CheckReport(kb=folder.name)
-        _inspect_vectors(folder, catalog, manifest.dimension, report)
-        if report.problems:
-            with catalog.snapshot():
-                index = build_index(catalog, manifest.dimension)
-                version = catalog.version()
-            index.save(folder / INDEX_NAME, version)
-            done.append(f"rebuilt {INDEX_NAME} from the catalog ({index.count} vectors)")
     finally:
         catalog.close()
     return done

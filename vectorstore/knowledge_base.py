@@ -8,6 +8,7 @@ so a killed ingest leaves the knowledge base as it was before the interrupted do
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -17,10 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from errors import CorruptKnowledgeBase, KnowledgeBaseLocked
-from vectorstore.catalog import CATALOG_NAME, Catalog, ChunkRecord, DocumentRecord, NewChunk
-from vectorstore.manifest import MANIFEST_NAME, Manifest
-from vectorstore.vector_index import INDEX_NAME, VectorIndex
+from kb_assistant.errors import CorruptKnowledgeBase, KnowledgeBaseLocked
+from kb_assistant.vectorstore.catalog import (
+    CATALOG_NAME,
+    Catalog,
+    ChunkRecord,
+    DocumentRecord,
+    NewChunk,
+)
+from kb_assistant.vectorstore.manifest import MANIFEST_NAME, Manifest
+from kb_assistant.vectorstore.vector_index import INDEX_NAME, VectorIndex
 
 logger = logging.getLogger(__name__)
 LOCK_NAME = ".write.lock"
@@ -42,37 +49,78 @@ class SearchHit:
     keyword_score: float | None = None
 
 
-def load_index(catalog: Catalog, folder: Path, dimension: int) -> tuple[VectorIndex, int]:
+@dataclass(frozen=True)
+class LoadedIndex:
+    """The vector index as of a catalog version, and why its snapshot needs saving again
+    (None: ``vectors.faiss`` already reflects that version)."""
+
+    index: VectorIndex
+    version: int
+    stale: str | None = None
+
+
+def load_index(catalog: Catalog, folder: Path, dimension: int) -> LoadedIndex:
     """The index as of the catalog's current version: snapshot + replay, or a full rebuild.
 
-    Returns the index and the catalog version it reflects.
+    The snapshot is a cache of the catalog: a missing, damaged, newer or older one costs a
+    rebuild or a replay, never data, and ``stale`` says which so that it can be saved again.
     """
+    path = folder / INDEX_NAME
     with catalog.snapshot():
         version = catalog.version()
         index: VectorIndex | None = None
+        stale: str | None = None
         try:
-            index, at = VectorIndex.load(folder / INDEX_NAME, dimension)
+            index, at = VectorIndex.load(path, dimension)
             if at > version:
-                logger.warning("%s is newer than the catalog; rebuilding it", folder / INDEX_NAME)
-                index = None
+                logger.warning("%s is newer than the catalog; rebuilding it", path)
+                index, stale = None, "it was newer than the catalog"
+            elif at < version:
+                stale = "it was behind the catalog"
         except FileNotFoundError:
-            pass
+            stale = "it was missing"
         except CorruptKnowledgeBase as exc:
-            logger.warning(
-                "%s; the vector index is rebuilt from the catalog for this session (nothing is "
-                "lost); 'kb check --kb %s --repair' rewrites the file",
-                exc, folder.name,
-            )  # fmt: skip
+            logger.warning("%s; rebuilt from the catalog (nothing is lost)", exc)
+            stale = "it was damaged"
         if index is not None:
             index.remove(catalog.removed_since(at))
             for ids, vectors in catalog.embeddings(since_version=at):
                 index.add(ids, vectors)
         if index is None or index.count != catalog.chunk_count():
             if index is not None:
-                logger.warning("%s disagrees with the catalog; rebuilding it", folder / INDEX_NAME)
+                logger.warning("%s disagrees with the catalog; rebuilding it", path)
+                stale = "it disagreed with the catalog"
             index = None  # freed before the new one is built: at 10^6 chunks each is 1.5 GB
             index = build_index(catalog, dimension)
-    return index, version
+    if stale == "it was missing" and index.count == 0:
+        stale = None  # a new, empty knowledge base: nothing to save yet
+    return LoadedIndex(index, version, stale)
+
+
+def save_snapshot(
+    catalog: Catalog, folder: Path, loaded: LoadedIndex, *, locked: bool = False
+) -> bool:
+    """Save a stale snapshot again, if the writer lock is free right now (or the caller holds
+    it: ``locked``) and nothing was committed since ``loaded`` was read; returns whether it was
+    saved.
+
+    The first open that can take the lock does it, so a killed first ingest costs one
+    rebuild, not one per open. A writer at work saves its own snapshot when it finishes.
+    """
+    if loaded.stale is None:
+        return False
+    try:
+        with contextlib.nullcontext() if locked else writer_lock(folder, timeout=0):
+            if catalog.version() != loaded.version:
+                return False  # a writer committed meanwhile and saved a newer snapshot
+            loaded.index.save(folder / INDEX_NAME, loaded.version)
+    except KnowledgeBaseLocked:
+        return False
+    except OSError as exc:  # a read-only folder: keep serving from memory
+        logger.warning("could not save %s (%s)", folder / INDEX_NAME, exc)
+        return False
+    logger.info("saved %s (%s)", folder / INDEX_NAME, loaded.stale)
+    return True
 
 
 def build_index(catalog: Catalog, dimension: int) -> VectorIndex:
@@ -181,9 +229,9 @@ class KnowledgeBase:
         with self._lock:
             version = self.catalog.version()
             if self._index is None or version != self._index_version:
-                self._index, self._index_version = load_index(
-                    self.catalog, self.folder, self.manifest.dimension
-                )
+                loaded = load_index(self.catalog, self.folder, self.manifest.dimension)
+                save_snapshot(self.catalog, self.folder, loaded)
+                self._index, self._index_version = loaded.index, loaded.version
             return self._index
 
     def search(self, vector: np.ndarray, k: int) -> list[SearchHit]:
@@ -230,12 +278,13 @@ class KnowledgeBaseWriter:
         self.catalog = Catalog(kb.folder / CATALOG_NAME)
         if self.catalog.identity() is None:  # a catalog from before identities were recorded
             self.catalog.record_identity(asdict(kb.manifest))
-        self.index, self._saved_version = load_index(self.catalog, kb.folder, kb.manifest.dimension)
+        loaded = load_index(self.catalog, kb.folder, kb.manifest.dimension)
+        self.index = loaded.index
         self._version: int | None = None
         self._doc_id: int | None = None
         self._ordinal = 0
         self._replaced: list[int] = []
-        self.changed = False
+        self.changed = loaded.stale is not None  # a stale snapshot is saved on close too
 
     def cached_vectors(self, hashes: list[str]) -> dict[str, np.ndarray]:
         """Vectors already stored for chunks with these embedded-text hashes."""

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from errors import InvalidName, KnowledgeBaseExists, KnowledgeBaseNotFound
-from vectorstore.catalog import CATALOG_NAME, Catalog
-from vectorstore.files import fsync_dir
-from vectorstore.knowledge_base import KnowledgeBase
-from vectorstore.manifest import Manifest
+from kb_assistant.errors import InvalidName, KnowledgeBaseExists, KnowledgeBaseNotFound
+from kb_assistant.vectorstore.catalog import CATALOG_NAME, Catalog
+from kb_assistant.vectorstore.files import fsync_dir
+from kb_assistant.vectorstore.knowledge_base import KnowledgeBase
+from kb_assistant.vectorstore.manifest import Manifest
 
 # Letters of any script (Chinese names welcome), digits, '_', '-', '.'; not starting with '.'.
 _NAME = re.compile(r"^[^\W][\w.-]{0,63}$", re.UNICODE)

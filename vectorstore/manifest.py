@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from errors import CorruptKnowledgeBase, EmbeddingMismatch
-from vectorstore.files import atomic_write_bytes
+from kb_assistant.errors import CorruptKnowledgeBase, EmbeddingMismatch
+from kb_assistant.vectorstore.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from chains.tools.sql import (
+from kb_assistant.chains.tools.sql import (
     INTERNAL_PREFIX,
     DuckDBQueries,
     PostgresQueries,
@@ -26,8 +26,8 @@ from chains.tools.sql import (
     quote_ident,
     redact_url,
 )
-from errors import QueryRejected, TableError
-from vectorstore.files import atomic_write_bytes
+from kb_assistant.errors import QueryRejected, TableError
+from kb_assistant.vectorstore.files import atomic_write_bytes
 
 __all__ = ["TableInfo", "TableRegistry", "table_json", "table_name"]
 
@@ -45,7 +45,7 @@ def table_name(text: str) -> str:
 
 def _rows_of(path: Path) -> dict[str, list[list[str]]]:
     """Raw rows per sheet (one unnamed sheet for CSV), read as the document loaders read them."""
-    from loaders.tabular import read_csv_rows, read_xlsx_sheets
+    from kb_assistant.loaders.tabular import read_csv_rows, read_xlsx_sheets
 
     suffix = path.suffix.lower()
     if suffix in {".csv", ".tsv"}:
@@ -59,7 +59,7 @@ def _frame(rows: list[list[str]], where: str) -> tuple[Any, bool]:
     """A typed DataFrame from raw rows: header detected, numbers and dates inferred."""
     import pandas as pd
 
-    from loaders.tabular import detect_header
+    from kb_assistant.loaders.tabular import detect_header
 
     rows = [r for r in rows if any(str(v).strip() for v in r)]
     if not rows:

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from errors import CorruptKnowledgeBase
-from vectorstore.files import atomic_writer
+from kb_assistant.errors import CorruptKnowledgeBase
+from kb_assistant.vectorstore.files import atomic_writer
 
 IVF_FROM = 200_000  # vectors; below this, exact search
 PROBE_SHARE = 8  # a query scans 1/8 of the inverted lists (recall@10 0.97 at 10^6)

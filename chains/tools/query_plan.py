@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from chains.tools.sql import ReadOnlyQueries, TableInfo, quote_ident, quote_literal
-from errors import QueryRejected
+from kb_assistant.chains.tools.sql import ReadOnlyQueries, TableInfo, quote_ident, quote_literal
+from kb_assistant.errors import QueryRejected
 
 AGGREGATIONS = ("count", "sum", "avg", "min", "max", "none")
 MAX_DISTINCT = 1000  # text columns with more distinct values are not scanned for mentions

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from errors import QueryRejected, QueryTimeout
+from kb_assistant.errors import QueryRejected, QueryTimeout
 
 logger = logging.getLogger(__name__)
 ROW_CAP = 200

@@ -8,11 +8,11 @@ from typing import Any
 
 import streamlit as st
 
-from chains.sessions import SessionInfo, StoredTurn
-from ui.i18n import Text
-from ui.jobs import AnswerJob, start_answer
-from ui.render import format_seconds, highlight_terms, highlighted, plain, where
-from ui.state import PageContext, current_context
+from kb_assistant.chains.sessions import SessionInfo, StoredTurn
+from kb_assistant.ui.i18n import Text
+from kb_assistant.ui.jobs import AnswerJob, start_answer
+from kb_assistant.ui.render import format_seconds, highlight_terms, highlighted, plain, where
+from kb_assistant.ui.state import PageContext, current_context
 
 CURSOR = "▌"
 

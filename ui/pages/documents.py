@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from errors import KBError, UploadRejected
-from loaders import SUPPORTED_EXTENSIONS
-from ui.jobs import IngestJob
-from ui.render import highlight_terms, highlighted, plain, where
-from ui.state import PageContext, current_context
-from uploads import check_batch, label
+from kb_assistant.errors import KBError, UploadRejected
+from kb_assistant.loaders import SUPPORTED_EXTENSIONS
+from kb_assistant.ui.jobs import IngestJob
+from kb_assistant.ui.render import highlight_terms, highlighted, plain, where
+from kb_assistant.ui.state import PageContext, current_context
+from kb_assistant.uploads import check_batch, label
 
 
 def render(ctx: PageContext) -> None:

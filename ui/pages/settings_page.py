@@ -7,11 +7,11 @@ from typing import Any
 
 import streamlit as st
 
-from errors import KBError
-from models.llm import DEFAULT_CHAT_MODEL
-from settings import Settings, load_settings, save_settings, set_in_environment
-from ui.i18n import LANGUAGES, Text
-from ui.state import PageContext, current_context
+from kb_assistant.errors import KBError
+from kb_assistant.models.llm import DEFAULT_CHAT_MODEL
+from kb_assistant.settings import Settings, load_settings, save_settings, set_in_environment
+from kb_assistant.ui.i18n import LANGUAGES, Text
+from kb_assistant.ui.state import PageContext, current_context
 
 EDITABLE = (
     "chat_model", "n_gpu_layers", "context_size", "temperature", "top_k", "top_p", "max_tokens",
@@ -91,10 +91,10 @@ def _candidate(t: Text, s: Settings, values: dict[str, Any]) -> Settings | None:
 
 def _memory(t: Text, candidate: Settings) -> None:
     """The memory estimate of ``kb doctor`` for the chosen model and context, before loading."""
-    from models.hardware import doctor_report
+    from kb_assistant.models.hardware import doctor_report
 
     try:
-        report = doctor_report(candidate)
+        report = doctor_report(candidate, check=False)
     except KBError as exc:
         st.error(str(exc))
         return

@@ -8,12 +8,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from chains.agent import AgentResult, AgentStep
-from chains.tools.sql import TableInfo, quote_ident
-from errors import KBError
-from ui.i18n import Text
-from ui.render import chart_kind, plain
-from ui.state import PageContext, current_context
+from kb_assistant.chains.agent import AgentResult, AgentStep
+from kb_assistant.chains.tools.sql import TableInfo, quote_ident
+from kb_assistant.errors import KBError
+from kb_assistant.ui.i18n import Text
+from kb_assistant.ui.render import chart_kind, plain
+from kb_assistant.ui.state import PageContext, current_context
 
 TABLE_TYPES = ["csv", "tsv", "xlsx", "xls"]
 PREVIEW_ROWS = 20

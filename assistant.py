@@ -14,15 +14,15 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from kb_assistant import uploads
-from kb_assistant.chains import Answer, ChatStore, RagChain, RagParams
+from kb_assistant.chains import Answer, RagChain, RagParams, history_from
 from kb_assistant.chains.agent import AgentLimits, AgentResult, AgentStep, AgentTools, run_agent
 from kb_assistant.chains.guard import new_canary
-from kb_assistant.chains.tools.sql import QueryResult
+from kb_assistant.chains.tools.sql import run_query
 from kb_assistant.errors import DocumentNotFound, KBError, KnowledgeBaseExists
 from kb_assistant.ingest import IngestReport, ProgressCallback, ingest
 from kb_assistant.loaders.sandbox import ParseLimits
-from kb_assistant.models.chat import build_chat_model
-from kb_assistant.models.embeddings import Embedder, build_embedder
+from kb_assistant.models.embeddings import Embedder
+from kb_assistant.models.factory import build_chat_model, build_embedder
 from kb_assistant.models.protocol import ChatModel
 from kb_assistant.models.reranker import CrossEncoderScorer, Scorer
 from kb_assistant.settings import Settings, load_settings
@@ -34,6 +34,9 @@ from kb_assistant.vectorstore import (
     SearchHit,
     validate_name,
 )
+from kb_assistant.vectorstore.conversations import ConversationStore
+from kb_assistant.vectorstore.databases import QueryResult
+from kb_assistant.vectorstore.files import atomic_write_bytes
 from kb_assistant.vectorstore.hybrid import hybrid_search, rerank
 from kb_assistant.vectorstore.integrity import CheckReport
 from kb_assistant.vectorstore.tables import TableInfo, TableRegistry
@@ -58,7 +61,7 @@ class Assistant:
         self.library = Library(settings.home)
         self._embedder = embeddings
         self._chat_model = chat_model
-        self._chats: ChatStore | None = None
+        self._conversations: ConversationStore | None = None
         self._reranker: Scorer | None = reranker
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.RLock()
@@ -84,12 +87,12 @@ class Assistant:
             return self._chat_model
 
     @property
-    def chats(self) -> ChatStore:
-        """Saved conversations."""
+    def conversations(self) -> ConversationStore:
+        """Saved conversations (``<home>/chats.sqlite``)."""
         with self._lock:
-            if self._chats is None:
-                self._chats = ChatStore(self.settings.home / "chats.sqlite")
-            return self._chats
+            if self._conversations is None:
+                self._conversations = ConversationStore(self.settings.home / "chats.sqlite")
+            return self._conversations
 
     def _kb_name(self, name: str | None) -> str:
         return name or self.settings.kb
@@ -115,9 +118,9 @@ class Assistant:
             for kb in self._open.values():
                 kb.close()
             self._open.clear()
-            if self._chats is not None:
-                self._chats.close()
-                self._chats = None
+            if self._conversations is not None:
+                self._conversations.close()
+                self._conversations = None
 
     # --- knowledge bases ----------------------------------------------------------------
 
@@ -232,9 +235,7 @@ class Assistant:
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"upload{ext}"
         if not target.exists():
-            temp = folder / f".upload{ext}.part"
-            temp.write_bytes(data)
-            temp.replace(target)
+            atomic_write_bytes(target, data)  # written, fsync'd, then renamed into place
         return target
 
     def documents(self, kb: str | None = None) -> list[DocumentRecord]:
@@ -345,16 +346,16 @@ class Assistant:
         """Every table the knowledge base can query, with its columns."""
         return self._tables(kb).describe()
 
-    def sql(self, query: str, *, source: str | None = None, kb: str | None = None) -> QueryResult:
+    def sql(self, query: str, *, database: str | None = None, kb: str | None = None) -> QueryResult:
         """Run one read-only query on the uploaded tables or a connected database.
 
         Raises:
             QueryRejected: the query breaks a safety rule (see ``chains.tools.sql``).
             QueryTimeout: it ran past the time limit.
         """
-        return self._tables(kb).queries(source).run(
-            query, row_cap=self.settings.max_rows_per_query,
-            time_limit=self.settings.query_time_limit,
+        return run_query(
+            self._tables(kb).database(database), query,
+            row_cap=self.settings.max_rows_per_query, time_limit=self.settings.query_time_limit,
         )  # fmt: skip
 
     # --- answers ------------------------------------------------------------------------
@@ -363,8 +364,8 @@ class Assistant:
         """The answering chain over one knowledge base."""
         s = self.settings
         params = RagParams(
-            candidates=max(s.retrieval_k, s.max_sources), max_sources=s.max_sources,
-            source_token_budget=s.source_token_budget, answer_tokens=s.max_tokens,
+            candidates=max(s.retrieval_k, s.max_sources), max_passages=s.max_sources,
+            passage_token_budget=s.source_token_budget, answer_tokens=s.max_tokens,
             min_dense=s.abstain_min_dense, min_coverage=s.abstain_min_coverage,
             language=None if s.answer_language == "auto" else s.answer_language,
             condense=self._condenses(),
@@ -392,11 +393,12 @@ class Assistant:
         question: str,
         *,
         kb: str | None = None,
-        session: str | None = None,
+        conversation: str | None = None,
         on_token: Callable[[str], None] | None = None,
         on_wait: Callable[[], None] | None = None,
     ) -> Answer:
-        """Answer a question from a knowledge base; with ``session``, as a follow-up in it.
+        """Answer a question from a knowledge base; with ``conversation`` (its id), as a
+        follow-up in it, and saved there.
 
         Raises:
             KBError: empty question; KnowledgeBaseNotFound; SessionNotFound; ModelError.
@@ -404,17 +406,17 @@ class Assistant:
         if not question.strip():
             raise KBError("the question is empty")
         history = []
-        if session is not None:
-            info = self.chats.get(session)
+        if conversation is not None:
+            info = self.conversations.get(conversation)
             kb = kb or info.kb
-            history = self.chats.history(info.session_id)
+            history = history_from(self.conversations.turns(info.session_id))
         self.knowledge_base(kb)  # fail early, before any model loads, if it does not exist
         result = self.rag_chain(kb).answer(
             question.strip(), history, on_token=on_token, on_wait=on_wait
         )
-        if session is not None:
+        if conversation is not None:
             data = result.to_json()
-            self.chats.add(
+            self.conversations.add(
                 info.session_id, question.strip(), result.answer,
                 refused=result.refused, citations=data["citations"], trace=result.trace,
             )  # fmt: skip
@@ -444,7 +446,6 @@ class Assistant:
             TableRegistry(base.folder),
             (lambda q, k: self.search(q, k=k, kb=name)) if has_documents else None,
             limits,
-            self.chat_model.fill_form if self.chat_model.capabilities.fill_form else None,
         )
         return run_agent(
             question.strip(), tools, self.chat_model,
@@ -452,11 +453,11 @@ class Assistant:
             on_step=on_step, canary=self.canary,
         )  # fmt: skip
 
-    def new_session(self, kb: str | None = None, title: str = "") -> str:
+    def new_conversation(self, kb: str | None = None, title: str = "") -> str:
         """Start a saved conversation over a knowledge base; returns its id."""
         name = self._kb_name(kb)
         self.knowledge_base(name)
-        return self.chats.create(name, title)
+        return self.conversations.create(name, title)
 
 
 def _match(docs: list[DocumentRecord], ref: str) -> list[DocumentRecord]:

@@ -42,7 +42,7 @@ FOLLOW_UPS = [
 ]
 
 
-FOLLOW_UP_SOURCES = RagParams().follow_up_sources
+FOLLOW_UP_SOURCES = RagParams().follow_up_passages
 
 
 def raw_call(llama: Any, messages: list[dict[str, str]], sampling: Any) -> tuple[float, float, int]:
@@ -86,9 +86,9 @@ def follow_ups(home: Path, raw: Any, sampling: Any, record: bool) -> None:
     chat_sent = capture_prompts(chatting.chat_model.engine)  # type: ignore[attr-defined]
     pairs = []
     for first, second in FOLLOW_UPS:
-        session = chatting.new_session("faq")
-        cold = chatting.ask(first, session=session).trace
-        follow = chatting.ask(second, session=session).trace
+        session = chatting.new_conversation("faq")
+        cold = chatting.ask(first, conversation=session).trace
+        follow = chatting.ask(second, conversation=session).trace
         # The same follow-up prompt without the cache: what the prefix reuse saved.
         follow["uncached_ttft_s"] = raw_call(raw, chat_sent[-1], sampling)[0]
         pairs.append((cold, follow))

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from kb_assistant.loaders import LoadContext, load_sections  # noqa: E402
 from kb_assistant.loaders.splitter import ChunkSplitter  # noqa: E402
-from kb_assistant.models.embeddings import build_embedder  # noqa: E402
+from kb_assistant.models.factory import build_embedder  # noqa: E402
 from kb_assistant.settings import load_settings  # noqa: E402
 
 

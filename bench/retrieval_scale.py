@@ -173,7 +173,7 @@ def main() -> None:
     rng = np.random.default_rng(11)
     pool = sorted({" ".join(h.split()) for h in headings if len(h.split()) >= 2})
     queries = [pool[i] for i in rng.choice(len(pool), min(QUERIES, len(pool)), replace=False)]
-    from kb_assistant.models.embeddings import build_embedder
+    from kb_assistant.models.factory import build_embedder
     from kb_assistant.settings import load_settings
 
     model_id = build_embedder(

@@ -154,11 +154,11 @@ def _read_until(fd: int, marker: bytes, timeout: float = 300) -> bytes:
 
 def core_ttfts(home: Path) -> list[float]:
     """``first_token_after_s`` of every measured question, in the order asked."""
-    from kb_assistant.chains.sessions import ChatStore
+    from kb_assistant.vectorstore.conversations import ConversationStore
 
-    store = ChatStore(home / "chats.sqlite")
+    store = ConversationStore(home / "chats.sqlite")
     try:
-        turns = [t for s in store.sessions() for t in store.turns(s.session_id)]
+        turns = [t for s in store.conversations() for t in store.turns(s.session_id)]
     finally:
         store.close()
     measured = sorted((t for t in turns if t.question == MEASURED), key=lambda t: t.created_at)

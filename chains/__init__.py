@@ -1,6 +1,6 @@
-"""Chains over the knowledge base: answering with citations, condensing, conversations."""
+"""Chains over the knowledge base: answering with citations, the agent and its tools."""
 
-from kb_assistant.chains.rag import Answer, Citation, RagChain, RagParams, Turn
-from kb_assistant.chains.sessions import ChatStore, SessionInfo
+from kb_assistant.chains.citations import Citation
+from kb_assistant.chains.rag import Answer, RagChain, RagParams, Turn, history_from
 
-__all__ = ["Answer", "ChatStore", "Citation", "RagChain", "RagParams", "SessionInfo", "Turn"]
+__all__ = ["Answer", "Citation", "RagChain", "RagParams", "Turn", "history_from"]

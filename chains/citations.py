@@ -11,9 +11,40 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from kb_assistant.loaders.splitter import split_sentences
 from kb_assistant.vectorstore.keywords import content_words
+from kb_assistant.vectorstore.knowledge_base import SearchHit
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A numbered passage of an answer: the document it comes from and where in it."""
+
+    n: int
+    source: str
+    name: str
+    page: int | None
+    heading: str | None
+    sheet: str | None
+    text: str
+    inferred: bool = False
+
+    @classmethod
+    def from_hit(cls, n: int, hit: SearchHit, *, inferred: bool = False) -> Citation:
+        """Passage ``n`` of an answer, from the chunk retrieval found."""
+        c = hit.chunk
+        return cls(n, c.source, c.name, c.page, c.heading, c.sheet, c.text, inferred)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable machine-readable form (``--json``)."""
+        return {
+            "n": self.n, "source": self.source, "name": self.name, "page": self.page,
+            "heading": self.heading, "sheet": self.sheet, "text": self.text,
+            "inferred": self.inferred,
+        }  # fmt: skip
+
 
 _CITATION = re.compile(r"[\[【]\s*(\d+(?:\s*[,，、;]\s*\d+)*)\s*[\]】]")
 _OPEN_CITATION = re.compile(r"\s*[\[【]\s*[\d,，、;\s]*")
@@ -25,12 +56,6 @@ def _clean_match(match: re.Match[str], valid: set[int]) -> str:
     numbers = [int(n) for n in re.findall(r"\d+", match.group(1))]
     kept = list(dict.fromkeys(n for n in numbers if n in valid))
     return "".join(f"[{n}]" for n in kept)
-
-
-def clean_citations(text: str, valid: set[int]) -> str:
-    """``text`` with citations to unknown sources removed and the rest normalised to [n]."""
-    cleaned = _CITATION.sub(lambda m: _clean_match(m, valid), text)
-    return re.sub(r"[ \t]+([.,;:!?。，；：！？])", r"\1", cleaned)
 
 
 def cited_numbers(text: str) -> list[int]:

@@ -2,7 +2,7 @@
 
 ``RagChain`` is built from parts it is given (a retrieve function, a LangChain chat model,
 parameters) and reads no settings. The prompt puts static text first (the system rules), then
-the sources, then the conversation, then the question. A follow-up continues the previous
+the passages, then the conversation, then the question. A follow-up continues the previous
 prompt: that prompt and its answer are repeated exactly, and the follow-up's message brings the
 passages new to the conversation (numbered after the others) with the question, so llama.cpp
 evaluates only that message. Sources are fenced as data; text in them cannot close the fence.
@@ -18,13 +18,14 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from kb_assistant.chains.citations import CitationFilter, infer_citations
+from kb_assistant.chains.citations import Citation, CitationFilter, infer_citations
 from kb_assistant.chains.guard import OutputGuard, new_canary
 from kb_assistant.chains.language import detect_language
 from kb_assistant.errors import ContextOverflow
 from kb_assistant.models.protocol import ChatModel, Generation
-from kb_assistant.prompts import Language, load_prompt, render
+from kb_assistant.prompts import LANGUAGES, Language, load_prompt, render
 from kb_assistant.vectorstore import SearchHit
+from kb_assistant.vectorstore.conversations import StoredTurn
 from kb_assistant.vectorstore.keywords import content_words
 
 Retrieve = Callable[[str, int], list[SearchHit]]
@@ -42,13 +43,34 @@ class Turn:
 
     question: str
     answer: str
-    sources: tuple[int, ...] = ()  # chunk ids that were in the prompt, numbered from 1
-    # None: the turn's prompt was new (all sources in the system message). A number: it
-    # continued the previous turn's prompt, adding that many of ``sources`` (the last ones)
+    passages: tuple[int, ...] = ()  # chunk ids that were in the prompt, numbered from 1
+    # None: the turn's prompt was new (all passages in the system message). A number: it
+    # continued the previous turn's prompt, adding that many of ``passages`` (the last ones)
     # in its own message.
     appended: int | None = None
     earlier: int = 0  # a new prompt: how many of the turns before it were in it
     language: Language | None = None
+
+
+def history_from(turns: Sequence[StoredTurn]) -> list[Turn]:
+    """A stored conversation as the chain's history (refusals are left out: they carry no
+    content)."""
+    return [_turn(t) for t in turns if not t.refused]
+
+
+def _turn(stored: StoredTurn) -> Turn:
+    """A stored turn as history, with the layout of its prompt (to rebuild it exactly)."""
+    trace = stored.trace
+    prompt = trace.get("prompt", {})
+    language = trace.get("language")
+    return Turn(
+        stored.question,
+        stored.answer,
+        tuple(s["chunk_id"] for s in trace.get("in_prompt", [])),
+        appended=prompt["appended_sources"] if prompt.get("continues_previous") else None,
+        earlier=trace.get("history_turns", {}).get("kept", 0),
+        language=language if language in LANGUAGES else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -56,9 +78,9 @@ class RagParams:
     """What the chain needs to know; chosen by the caller (from settings)."""
 
     candidates: int = 8  # retrieved, scored and shown in the trace
-    max_sources: int = 4  # at most this many go into the prompt
-    follow_up_sources: int = 2  # a follow-up adds those of its best this many not yet shown
-    source_token_budget: int = 700  # and at most this many tokens of them
+    max_passages: int = 4  # at most this many go into the prompt
+    follow_up_passages: int = 2  # a follow-up adds those of its best this many not yet shown
+    passage_token_budget: int = 700  # and at most this many tokens of them
     answer_tokens: int = 384  # reserved for the answer
     history_share: float = 0.25  # of the context, at most, for earlier turns
     min_dense: float = 0.35  # abstain below this cosine ...
@@ -66,20 +88,6 @@ class RagParams:
     condense: bool = True  # rewrite follow-ups with the model (else: previous question + it)
     condense_tokens: int = 48  # a longer rewrite is refused anyway (24 words at most)
     language: Language | None = None  # answer in this language; None: the question's
-
-
-@dataclass(frozen=True)
-class Citation:
-    """A numbered source of an answer."""
-
-    n: int
-    source: str
-    name: str
-    page: int | None
-    heading: str | None
-    sheet: str | None
-    text: str
-    inferred: bool = False
 
 
 @dataclass
@@ -91,7 +99,7 @@ class Answer:
     language: Language
     citations: list[Citation] = field(default_factory=list)
     trace: dict[str, Any] = field(default_factory=dict)
-    sources: list[Citation] = field(default_factory=list)  # every passage in the prompt
+    passages: list[Citation] = field(default_factory=list)  # every passage in the prompt
 
     def to_json(self) -> dict[str, Any]:
         """The stable machine-readable form (``kb ask --json``)."""
@@ -99,17 +107,10 @@ class Answer:
             "answer": self.answer,
             "refused": self.refused,
             "language": self.language,
-            "citations": [_citation_json(c) for c in self.citations],
-            "sources": [_citation_json(c) for c in self.sources],
+            "citations": [c.to_json() for c in self.citations],
+            "sources": [c.to_json() for c in self.passages],
             "trace": self.trace,
         }
-
-
-def _citation_json(c: Citation) -> dict[str, Any]:
-    return {
-        "n": c.n, "source": c.source, "name": c.name, "page": c.page, "heading": c.heading,
-        "sheet": c.sheet, "text": c.text, "inferred": c.inferred,
-    }  # fmt: skip
 
 
 def fence(text: str) -> str:
@@ -117,8 +118,8 @@ def fence(text: str) -> str:
     return _FENCE.sub(lambda m: m.group().replace("<", "&lt;"), text)
 
 
-def source_block(n: int, hit: SearchHit) -> str:
-    """One source as the prompt shows it."""
+def passage_block(n: int, hit: SearchHit) -> str:
+    """One passage as the prompt shows it (a ``<source>`` block)."""
     chunk = hit.chunk
     attrs = [f'id="{n}"', f'file="{fence(chunk.name)}"']
     attrs += [f'page="{chunk.page}"'] if chunk.page else []
@@ -144,7 +145,7 @@ class Prior:
     """The previous turn's prompt and answer, rebuilt message for message."""
 
     messages: list[BaseMessage]
-    sources: list[SearchHit]  # every passage in it, numbered from 1
+    passages: list[SearchHit]  # every passage in it, numbered from 1
     base: int  # how many of them are in the system message
     turns: int  # how many earlier turns it holds
 
@@ -208,7 +209,7 @@ class RagChain:
     def _replay(self, history: Sequence[Turn], language: Language) -> Prior | None:
         """The previous turn's prompt followed by its answer, as sent; None when it cannot be
         rebuilt exactly (no history, a passage deleted since, another answer language)."""
-        if not history or not history[-1].sources or self.fetch is None:
+        if not history or not history[-1].passages or self.fetch is None:
             return None
         start = len(history) - 1
         while start > 0 and history[start].appended is not None:
@@ -216,13 +217,13 @@ class RagChain:
         head, chain = history[start], history[start:]
         if head.appended is not None or head.language not in (None, language):
             return None  # the conversation's first prompt is not in the history given
-        wanted = history[-1].sources
+        wanted = history[-1].passages
         hits = self.fetch(wanted)
-        base = len(head.sources)
+        base = len(head.passages)
         appended = sum(t.appended or 0 for t in chain[1:])
         if [h.chunk.chunk_id for h in hits] != list(wanted) or base + appended != len(wanted):
             return None
-        blocks = "\n".join(source_block(n, h) for n, h in enumerate(hits[:base], start=1))
+        blocks = "\n".join(passage_block(n, h) for n, h in enumerate(hits[:base], start=1))
         earlier = history[max(0, start - head.earlier) : start]
         messages = self._messages(language, blocks, earlier, head.question)
         messages.append(AIMessage(head.answer))
@@ -242,7 +243,7 @@ class RagChain:
         """A follow-up's message: the passages it adds (numbered from ``first``), the question."""
         if not added:
             return question
-        blocks = "\n".join(source_block(n, h) for n, h in enumerate(added, start=first))
+        blocks = "\n".join(passage_block(n, h) for n, h in enumerate(added, start=first))
         return render("follow_up", language, sources=blocks, question=question).rstrip()
 
     def _condense_messages(
@@ -327,12 +328,12 @@ class RagChain:
         return Answer(text, True, language, [], trace)
 
     def _messages(
-        self, language: Language, sources: str, history: Sequence[Turn], question: str
+        self, language: Language, passages: str, history: Sequence[Turn], question: str
     ) -> list[BaseMessage]:
         system = render("secret", language, canary=self.canary)
         system += load_prompt("answer_system", language)
-        if sources:
-            system += render("sources", language, sources=sources)
+        if passages:
+            system += render("sources", language, sources=passages)
         turns: list[BaseMessage] = []
         for turn in history:
             turns += [HumanMessage(turn.question), AIMessage(turn.answer)]
@@ -346,7 +347,7 @@ class RagChain:
         hits: list[SearchHit],
         trace: dict[str, Any],
     ) -> tuple[list[SearchHit], list[Turn]]:
-        """Sources and history that fit the context, best sources and latest turns first."""
+        """Passages and history that fit the context, best passages and latest turns first."""
         window = self.chat_model.context_window
         count = self.chat_model.get_num_tokens
         kept_history: list[Turn] = []
@@ -360,14 +361,14 @@ class RagChain:
         base = self.chat_model.get_num_tokens_from_messages(
             self._messages(language, "", kept_history, question)
         )
-        room = window - base - self.params.answer_tokens - 64  # 64: the sources fence
-        room = min(room, self.params.source_token_budget)
+        room = window - base - self.params.answer_tokens - 64  # 64: the <sources> fence
+        room = min(room, self.params.passage_token_budget)
         chosen: list[SearchHit] = []
         dropped = []
         for hit in hits:
-            size = count(source_block(len(chosen) + 1, hit)) + 2
-            if len(chosen) >= self.params.max_sources or size > room:
-                reason = "max_sources" if len(chosen) >= self.params.max_sources else "context"
+            size = count(passage_block(len(chosen) + 1, hit)) + 2
+            if len(chosen) >= self.params.max_passages or size > room:
+                reason = "max_sources" if len(chosen) >= self.params.max_passages else "context"
                 dropped.append({"chunk_id": hit.chunk.chunk_id, "reason": reason})
                 continue
             chosen.append(hit)
@@ -394,8 +395,8 @@ class RagChain:
         None when the conversation has grown too long for them, so that a new prompt is built.
         """
         window = self.chat_model.context_window
-        shown = {h.chunk.chunk_id for h in prior.sources}
-        best = hits[: self.params.follow_up_sources]
+        shown = {h.chunk.chunk_id for h in prior.passages}
+        best = hits[: self.params.follow_up_passages]
         new = [h for h in best if h.chunk.chunk_id not in shown]
         message = self._follow_up(language, new, len(shown) + 1, question)
         messages = [*prior.messages, HumanMessage(message)]
@@ -404,12 +405,12 @@ class RagChain:
             return None
         trace["dropped"] = [
             {"chunk_id": h.chunk.chunk_id, "reason": "follow_up"}
-            for h in hits[len(best) : self.params.max_sources]
+            for h in hits[len(best) : self.params.max_passages]
             if h.chunk.chunk_id not in shown
         ]
         trace["history_turns"] = {"given": given, "kept": prior.turns}
         trace["context_window"] = window
-        return messages, [*prior.sources, *new], len(new)
+        return messages, [*prior.passages, *new], len(new)
 
     def _generate(
         self,
@@ -429,32 +430,32 @@ class RagChain:
         if prior is not None:
             plan = self._continue(prior, language, question, hits, given=len(history), trace=trace)
         if plan is not None:
-            messages, sources, added = plan
+            messages, passages, added = plan
             trace["prompt"] = {"continues_previous": True, "appended_sources": added}
         else:
             chosen, kept = self._budget(language, history, question, hits, trace)
-            sources = _prefix_stable(chosen, [] if prior is None else prior.sources[: prior.base])
-            blocks = "\n".join(source_block(n, h) for n, h in enumerate(sources, start=1))
+            passages = _prefix_stable(chosen, [] if prior is None else prior.passages[: prior.base])
+            blocks = "\n".join(passage_block(n, h) for n, h in enumerate(passages, start=1))
             messages = self._messages(language, blocks, kept, question)
             trace["prompt"] = {"continues_previous": False, "appended_sources": 0}
         trace["in_prompt"] = [
-            {"n": n, "chunk_id": h.chunk.chunk_id} for n, h in enumerate(sources, start=1)
+            {"n": n, "chunk_id": h.chunk.chunk_id} for n, h in enumerate(passages, start=1)
         ]
         stats = Generation()
-        screen = _Screen(self.canary, len(sources))
+        screen = _Screen(self.canary, len(passages))
         shown: list[str] = []
         try:
             self._stream(messages, stats, screen, shown, trace, on_token, on_wait, started)
         except ContextOverflow as exc:
             # The budget counts tokens as the template will; should the model still find the
-            # prompt too long, retry once with half the sources and no history, then say so.
+            # prompt too long, retry once with half the passages and no history, then say so.
             if shown:
                 raise
-            sources = sources[: len(sources) // 2]
-            blocks = "\n".join(source_block(n, h) for n, h in enumerate(sources, start=1))
+            passages = passages[: len(passages) // 2]
+            blocks = "\n".join(passage_block(n, h) for n, h in enumerate(passages, start=1))
             messages = self._messages(language, blocks, [], question)
-            trace["context_retry"] = {"error": str(exc), "sources": len(sources)}
-            screen = _Screen(self.canary, len(sources))
+            trace["context_retry"] = {"error": str(exc), "sources": len(passages)}
+            screen = _Screen(self.canary, len(passages))
             try:
                 self._stream(messages, stats, screen, shown, trace, on_token, on_wait, started)
             except ContextOverflow as again:
@@ -462,13 +463,13 @@ class RagChain:
                     raise
                 window = self.chat_model.context_window
                 raise ContextOverflow(
-                    f"the question and its sources do not fit the model's context window "
-                    f"({window} tokens), even with fewer sources; ask a shorter question, or "
+                    f"the question and its passages do not fit the model's context window "
+                    f"({window} tokens), even with fewer passages; ask a shorter question, or "
                     "raise the context_size setting"
                 ) from again
         tail = screen.flush()
         text = screen.guard.settle(("".join(shown) + tail).strip())
-        by_number = {n: h for n, h in enumerate(sources, start=1)}
+        by_number = {n: h for n, h in enumerate(passages, start=1)}
         attributions = infer_citations(text, {n: h.chunk.text for n, h in by_number.items()})
         if screen.guard.findings:
             trace["screened"] = dict(screen.guard.findings)
@@ -478,8 +479,8 @@ class RagChain:
         if tail and on_token is not None:
             on_token(tail)
         trace.update(_timing(stats, self.chat_model, started))
-        cited = [_citation(a.n, by_number[a.n], a.inferred) for a in attributions]
-        given = [_citation(n, h, False) for n, h in by_number.items()]
+        cited = [Citation.from_hit(a.n, by_number[a.n], inferred=a.inferred) for a in attributions]
+        given = [Citation.from_hit(n, h) for n, h in by_number.items()]
         return Answer(text, False, language, cited, trace, given)
 
     def _stream(  # noqa: PLR0917 (the loop's state, passed to both attempts)
@@ -522,9 +523,9 @@ class RagChain:
 class _Screen:
     """Model text -> what the user sees: the output guard, then the citation filter."""
 
-    def __init__(self, canary: str, sources: int) -> None:
+    def __init__(self, canary: str, passages: int) -> None:
         self.guard = OutputGuard(canary)
-        self.citations = CitationFilter(set(range(1, sources + 1)))
+        self.citations = CitationFilter(set(range(1, passages + 1)))
 
     def feed(self, piece: str) -> str:
         return self.citations.feed(self.guard.feed(piece))
@@ -534,9 +535,9 @@ class _Screen:
 
 
 def _prefix_stable(chosen: list[SearchHit], previous: list[SearchHit]) -> list[SearchHit]:
-    """The chosen sources, those also in the previous prompt first, in their previous order.
+    """The chosen passages, those also in the previous prompt first, in their previous order.
 
-    Which sources go in is decided by rank alone; only their order changes, so that a
+    Which passages go in is decided by rank alone; only their order changes, so that a
     follow-up's prompt starts like the previous one and llama.cpp skips that prefix.
     """
     found = {h.chunk.chunk_id: h for h in chosen}
@@ -553,11 +554,6 @@ def _candidate(hit: SearchHit) -> dict[str, Any]:
         "keyword": None if hit.keyword_score is None else round(hit.keyword_score, 3),
         "fused": round(hit.score, 5),
     }  # fmt: skip
-
-
-def _citation(n: int, hit: SearchHit, inferred: bool) -> Citation:
-    c = hit.chunk
-    return Citation(n, c.source, c.name, c.page, c.heading, c.sheet, c.text, inferred)
 
 
 def _timing(stats: Generation, model: ChatModel, started: float) -> dict[str, Any]:

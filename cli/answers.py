@@ -46,13 +46,13 @@ def _echo_stream(piece: str) -> None:
 
 
 def _print_sources(answer: Any) -> None:
-    if answer.refused or not answer.sources:
+    if answer.refused or not answer.passages:
         return
     if answer.citations:
         click.echo("\nSources:")
     else:
         click.echo("\nThe answer cites no source; the passages it was given:")
-    for c in answer.citations or answer.sources:
+    for c in answer.citations or answer.passages:
         where = (
             c.name
             + (f", page {c.page}" if c.page else "")
@@ -76,7 +76,8 @@ def agent(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> No
 
     The SQL that ran and the rows it returned are shown with the answer.
     """
-    from kb_assistant.chains.agent import AgentStep, rows_text
+    from kb_assistant.chains.agent import AgentStep
+    from kb_assistant.chains.tools.toolbox import rows_text
 
     def step(s: AgentStep) -> None:
         shown = ", ".join(f"{k}={v!r}" for k, v in s.input.items())
@@ -98,8 +99,8 @@ def agent(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> No
         lines = rows_text(result.columns, result.rows).splitlines()
         click.echo("Rows:\n" + "\n".join("  " + line for line in lines))
     for c in result.citations:
-        where = c["source"] + (f", page {c['page']}" if c.get("page") else "")
-        click.echo(f"  [{c['n']}] {where}")
+        where = c.source + (f", page {c.page}" if c.page else "")
+        click.echo(f"  [{c.n}] {where}")
     if result.stopped:
         click.echo(f"(stopped: {result.stopped})", err=True)
 
@@ -118,16 +119,16 @@ def chat(
     with reported(as_json):
         assistant = ctx.assistant()
         if list_only:
-            rows = [vars(s) for s in assistant.chats.sessions()]
+            rows = [vars(s) for s in assistant.conversations.conversations()]
             emit(rows, as_json, lambda: _print_sessions(rows))
             return
         if session_id:
-            info = assistant.chats.get(session_id)
+            info = assistant.conversations.get(session_id)
             session_id = info.session_id
-            for turn in assistant.chats.turns(session_id):
+            for turn in assistant.conversations.turns(session_id):
                 click.echo(f"you> {turn.question}\n{turn.answer}\n")
         else:
-            session_id = assistant.new_session(kb_name)
+            session_id = assistant.new_conversation(kb_name)
     click.echo(
         f"Session {session_id} — ask a question; /new starts another conversation, "
         "/exit or Ctrl-D leaves.", err=True,
@@ -142,14 +143,14 @@ def chat(
         if question.strip() == "/new":
             click.echo(f"Saved. Resume with: kb chat --session {session_id}", err=True)
             with reported(False):
-                session_id = assistant.new_session(assistant.chats.get(session_id).kb)
+                session_id = assistant.new_conversation(assistant.conversations.get(session_id).kb)
             click.echo(f"Session {session_id}", err=True)
             continue
         if not question.strip():
             continue
         with reported(False):
             answer = assistant.ask(
-                question, session=session_id, on_token=_echo_stream, on_wait=_waiting
+                question, conversation=session_id, on_token=_echo_stream, on_wait=_waiting
             )
         click.echo()
         _print_sources(answer)

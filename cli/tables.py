@@ -38,7 +38,7 @@ def _print_tables(rows: list[dict[str, Any]]) -> None:
             for c in r["columns"]
         )
         note = " (truncated)" if r.get("truncated") else ""
-        click.echo(f"{r['source']}.{r['name']}  {r['rows']} rows{note}  ({columns})")
+        click.echo(f"{r['database']}.{r['name']}  {r['rows']} rows{note}  ({columns})")
 
 
 @main.group("table")
@@ -104,16 +104,18 @@ def tables_command(ctx: Context, kb_name: str | None, as_json: bool) -> None:
 
 @main.command("sql")
 @click.argument("query")
-@click.option("--db", "source", metavar="NAME", help="A connected database (default: the tables).")
+@click.option(
+    "--db", "database", metavar="NAME", help="A connected database (default: the tables)."
+)
 @kb_option
 @json_option
 @click.pass_obj
 def sql_command(
-    ctx: Context, query: str, source: str | None, kb_name: str | None, as_json: bool
+    ctx: Context, query: str, database: str | None, kb_name: str | None, as_json: bool
 ) -> None:
     """Run one read-only SELECT (checked, row-capped, time-limited)."""
     with reported(as_json):
-        result = ctx.assistant().sql(query, source=source, kb=kb_name)
+        result = ctx.assistant().sql(query, database=database, kb=kb_name)
     data = {
         "sql": result.sql, "columns": result.columns, "rows": [list(r) for r in result.rows],
         "truncated": result.truncated, "seconds": round(result.seconds, 4),

@@ -40,8 +40,8 @@ def _row(q: dict[str, Any], answer: Answer, seconds: float, answerable: bool) ->
         "citations": len(inline) + len(inferred),
         "correct_citations": sum(inline) + sum(inferred),
         "inline_citations": len(inline), "correct_inline": sum(inline),
-        "gold_in_prompt": any(is_hit(s.text, gold) for s in answer.sources),
-        "sources_listed": len(answer.sources) + len(answer.citations) if answer.refused else 0,
+        "gold_in_prompt": any(is_hit(s.text, gold) for s in answer.passages),
+        "sources_listed": len(answer.passages) + len(answer.citations) if answer.refused else 0,
         "dense": trace.get("evidence", {}).get("dense"),
         "ttft_s": trace.get("time_to_first_token_s"), "seconds": round(seconds, 2),
     }  # fmt: skip

@@ -17,11 +17,11 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Tool
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, Field
 
-from kb_assistant.models.llm import LocalLLM, resolve_chat_model
+from kb_assistant.models.llm import LocalLLM
 from kb_assistant.models.protocol import Capabilities, ChatModel, Generation, Sampling
 
 if TYPE_CHECKING:
-    from kb_assistant.settings import Settings
+    pass
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 _WORDISH = re.compile(r"[\u3400-\u9fff]|[^\W_]+|[^\w\s]", re.UNICODE)
@@ -279,27 +279,3 @@ class ScriptedChatModel(_StreamingChatModel):
     ) -> int:
         """Tokens of every message plus 4 per message for the template."""
         return sum(self.get_num_tokens(str(m.content)) + 4 for m in messages)
-
-
-def sampling_from(settings: Settings) -> Sampling:
-    """The sampling settings."""
-    return Sampling(
-        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-        repeat_penalty=settings.repeat_penalty, max_tokens=settings.max_tokens,
-        seed=settings.seed,
-    )  # fmt: skip
-
-
-def build_chat_model(settings: Settings) -> ChatModel:
-    """The chat model the settings ask for; the GGUF loads on first use, not here."""
-    if settings.chat_backend == "fake":
-        return ScriptedChatModel()
-    engine = LocalLLM(
-        resolve_chat_model(settings.chat_model),
-        context_cap=settings.context_size,
-        n_gpu_layers=settings.n_gpu_layers,
-        threads=settings.effective_threads,
-        lora_path=settings.lora_path,
-        prompt_cache_bytes=settings.prompt_cache_mb * 2**20,
-    )
-    return LlamaCppChatModel(engine=engine, sampling=sampling_from(settings))

@@ -28,7 +28,6 @@ from kb_assistant.errors import ModelError
 
 if TYPE_CHECKING:
     from kb_assistant.loaders.splitter import TokenCounter
-    from kb_assistant.settings import Settings
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -217,31 +216,4 @@ def _read_model_dir(path: Path, model_id: str) -> ModelFiles:
         max_tokens=min(max_tokens, position_limit),
         pooling=pooling,
         plain=set(kinds) <= {"Transformer", "Pooling", "Normalize"},
-    )
-
-
-def build_embedder(settings: Settings) -> Embedder:
-    """The embedder the settings ask for; heavy libraries load on first use, not here."""
-    if settings.embedding_backend == "fake":
-        return HashEmbedder()
-    files = resolve_model(settings.embedding_model)
-    if settings.embedding_backend == "onnx":
-        from kb_assistant.models.onnx_embeddings import OnnxEmbedder
-
-        if not files.plain:
-            raise ModelError(
-                f"{files.path}: this model has layers beyond Transformer + Pooling, which the "
-                "onnx backend does not export; set embedding_backend = 'sentence-transformers'"
-            )
-        return OnnxEmbedder(
-            files,
-            cache_dir=settings.model_cache_dir,
-            quantize=settings.embedding_quantize,
-            threads=settings.effective_threads,
-            batch_size=settings.embedding_batch_size,
-        )
-    from kb_assistant.models.st_embeddings import SentenceTransformerEmbedder
-
-    return SentenceTransformerEmbedder(
-        files, threads=settings.effective_threads, batch_size=settings.embedding_batch_size
     )

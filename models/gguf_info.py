@@ -128,14 +128,10 @@ _DIGESTS: dict[tuple[str, int, float], str] = {}
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a model file (remembered per path, size and modification time)."""
-    import hashlib
+    from kb_assistant.vectorstore.files import hash_file
 
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime)
     if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while block := fh.read(1 << 22):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
+        _DIGESTS[key] = hash_file(path)[1]
     return _DIGESTS[key]

@@ -22,6 +22,20 @@ VARIABLES: dict[str, frozenset[str]] = {
     "condense_turn": frozenset({"question"}),
     "refusal": frozenset(),
     "guard_note": frozenset(),
+    # The agent (chains.agent, chains.tools.slot_filling): its system prompt and what it says.
+    "agent_system": frozenset(),
+    "agent_no_query": frozenset({"reason"}),
+    "agent_nothing": frozenset(),
+    "agent_query_failed": frozenset({"error"}),
+    "agent_no_rows": frozenset(),
+    "agent_one_row": frozenset({"value"}),
+    "agent_rows": frozenset({"count", "rows", "more"}),
+    "agent_more_rows": frozenset({"count"}),
+    "agent_stop_time": frozenset({"seconds"}),
+    "agent_stop_steps": frozenset({"steps"}),
+    "agent_stop_errors": frozenset(),
+    "agent_stopped": frozenset({"reason"}),
+    "agent_stopped_with": frozenset({"reason", "last"}),
 }
 
 

@@ -98,17 +98,3 @@ def real_assistant(kb_home: Path, model_cache: Path) -> Iterator[Assistant]:
     a = build_assistant(load_settings(kb_home, embedding_backend="onnx", model_cache=model_cache))
     yield a
     a.close()
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Record (and refuse) every attempt to open a network connection."""
-    attempts: list[object] = []
-
-    def refuse(self: socket.socket, address: object, *args: object) -> None:
-        attempts.append(address)
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    return attempts

@@ -85,9 +85,9 @@ def load_sqlite(source: Path, url: str, database: str) -> str:
                     copy.write_row(row)
         # Chinook's SQLite file declares no foreign keys; declare the ones its names imply,
         # so PostgreSQL's catalogue (not inference) is what the tests read back.
-        from kb_assistant.chains.tools.sql import SQLiteQueries
+        from kb_assistant.vectorstore.databases import SQLiteDatabase
 
-        for described in SQLiteQueries(source).describe():
+        for described in SQLiteDatabase(source).describe():
             for fk in described.foreign_keys:
                 pg.execute(
                     f'ALTER TABLE "{described.name}" ADD FOREIGN KEY ("{fk.column}") '

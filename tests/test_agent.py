@@ -20,9 +20,10 @@ from langchain_core.messages import AIMessage
 from kb_assistant.assistant import Assistant
 from kb_assistant.chains.agent import AgentLimits, AgentTools, run_agent
 from kb_assistant.chains.tools.query_plan import QueryPlanner
-from kb_assistant.chains.tools.sql import SQLiteQueries
+from kb_assistant.chains.tools.sql import run_query
 from kb_assistant.cli import main
 from kb_assistant.models.chat import ScriptedChatModel
+from kb_assistant.vectorstore.databases import SQLiteDatabase
 from kb_assistant.vectorstore.tables import TableRegistry
 from tests.files import CHINOOK, write_text
 
@@ -36,7 +37,7 @@ _IDS = (f"call_{i}" for i in itertools.count())
 
 @pytest.fixture
 def planner() -> QueryPlanner:
-    runner = SQLiteQueries(CHINOOK, "chinook")
+    runner = SQLiteDatabase(CHINOOK, "chinook")
     return QueryPlanner(runner, runner.describe())
 
 
@@ -50,7 +51,7 @@ def first_choices(planner: QueryPlanner, question: str) -> list[tuple[object, ..
     """Fill every open slot with its first choice; run the SQL."""
     form = planner.form(question)
     filled = {k: v["enum"][0] for k, v in form.schema["properties"].items()}
-    return planner.runner.run(planner.compile(filled, form)).rows
+    return run_query(planner.database, planner.compile(filled, form)).rows
 
 
 # --- linking, forms and compiling -----------------------------------------------------------
@@ -100,14 +101,14 @@ def test_chinese_column_names_are_linked_and_quoted(assistant: Assistant, tmp_pa
     csv = write_text(tmp_path / "销售.csv", "城市,销售额\n北京,120\n上海,80\n北京,30\n")
     assistant.add_table(csv)
     registry = TableRegistry(assistant.knowledge_base().folder)
-    runner = registry.queries("tables")
+    runner = registry.database("tables")
     planner = QueryPlanner(runner, runner.describe())
     form = planner.form("北京的销售额总和是多少？")
     filled = {k: v["enum"][0] for k, v in form.schema["properties"].items()}
     filled["aggregation"] = "sum"
     sql = planner.compile(filled, form)
     assert '"销售"."销售额"' in sql and "'北京'" in sql
-    assert runner.run(sql).rows == [(150,)]
+    assert run_query(runner, sql).rows == [(150,)]
 
 
 # --- the agent with the slot-filling policy -------------------------------------------------
@@ -147,7 +148,7 @@ def test_documents_answer_when_nothing_in_the_tables_is_named(
     result = chinook_kb.agent("Within how many days are refunds paid?")
     assert [s.tool for s in result.steps] == ["search_documents"]
     assert "14 days" in result.answer and result.citations
-    assert result.citations[0]["source"].endswith("policy.md")
+    assert result.citations[0].source.endswith("policy.md")
 
 
 def test_a_mixed_question_uses_a_table_and_a_document(

@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 from kb_assistant.assistant import Assistant, build_assistant
 from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.settings import load_settings
+from kb_assistant.ui.render import conversation_markdown
 from kb_assistant.ui.state import job_board
 from tests import scripted_app
 
@@ -148,7 +149,7 @@ def test_ask_streams_an_answer_with_source_cards_and_a_trace(kb_home: Path, tmp_
     assert ":orange-background[interfaces]" in "".join(m.value for m in card.markdown)
     metrics = {m.label: m.value for m in at.metric}
     assert int(metrics["Prompt tokens"]) > 0
-    sessions = build_assistant(load_settings(kb_home)).chats.sessions()
+    sessions = build_assistant(load_settings(kb_home)).conversations.conversations()
     assert [s.title for s in sessions] == ["How are network interfaces configured?"]
 
 
@@ -211,13 +212,14 @@ def test_conversations_reopen_rename_export_and_delete(kb_home: Path, tmp_path: 
     assert "ifupdown configures network interfaces" in markdown(at)
     at.sidebar.text_input[-1].input("Interfaces").run()
     next(b for b in at.sidebar.button if b.label == "Rename").click().run()
-    chats = build_assistant(load_settings(kb_home)).chats
-    assert [s.title for s in chats.sessions()] == ["Interfaces"]
-    exported = chats.export_markdown(chats.sessions()[0].session_id)
+    chats = build_assistant(load_settings(kb_home)).conversations
+    assert [s.title for s in chats.conversations()] == ["Interfaces"]
+    info = chats.conversations()[0]
+    exported = conversation_markdown(info, chats.turns(info.session_id))
     assert exported.startswith("# Interfaces") and "network\\.md" in exported
     next(b for b in at.sidebar.button if b.label == "Delete conversation").click().run()
     assert not at.exception
-    assert build_assistant(load_settings(kb_home)).chats.sessions() == []
+    assert build_assistant(load_settings(kb_home)).conversations.conversations() == []
 
 
 def test_a_queued_question_says_it_waits_for_the_model(kb_home: Path, tmp_path: Path) -> None:

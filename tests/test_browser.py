@@ -113,10 +113,10 @@ def _two_tabs_queue(context: Any, url: str) -> None:
 
 
 def _stored_turns(home: Path) -> list[Any]:
-    from kb_assistant.chains.sessions import ChatStore
+    from kb_assistant.vectorstore.conversations import ConversationStore
 
-    store = ChatStore(home / "chats.sqlite")
+    store = ConversationStore(home / "chats.sqlite")
     try:
-        return [t for s in store.sessions() for t in store.turns(s.session_id)]
+        return [t for s in store.conversations() for t in store.turns(s.session_id)]
     finally:
         store.close()

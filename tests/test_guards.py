@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SKIP = {".venv", ".git", "node_modules", "build", "dist", "__pycache__"}
+SKIP = {".venv", ".git", ".typecheck", "node_modules", "build", "dist", "__pycache__"}
 # Text that must not appear in code: each one has been the hole in a peer's product.
 FORBIDDEN = {
     "allow_dangerous_deserialization=True": "FAISS.load_local unpickles its docstore",
@@ -123,3 +123,77 @@ def test_loopback_connections_still_work() -> None:
     thread.join(5)
     server.close()
     assert accepted == [b"hello"]
+
+
+# --- layers ---------------------------------------------------------------------------------
+
+# Imports point one way: faces -> assistant -> chains/ingest -> vectorstore/models -> loaders
+# -> errors/settings/prompts. A module may import its own layer or any layer below.
+LAYERS: dict[str, int] = {
+    "app": 5, "cli": 5, "ui": 5, "api": 5, "eval": 5,  # faces (eval: `kb eval` through them)
+    "assistant": 4,
+    "chains": 3, "ingest": 3,
+    "vectorstore": 2, "models": 2, "uploads": 2,  # storage and models
+    "loaders": 1,
+    "errors": 0, "settings": 0, "prompts": 0, "processes": 0, "__init__": 0,
+}  # fmt: skip
+PACKAGE_PARTS = set(LAYERS) - {"__init__"}
+
+
+def product_modules() -> list[tuple[str, Path]]:
+    """(top-level part, file) for every module of the installed package."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if set(rel.parts) & SKIP or rel.parts[0] in {"tests", "bench", "scripts", "docs"}:
+            continue
+        found.append((rel.parts[0] if len(rel.parts) > 1 else rel.stem, path))
+    return found
+
+
+def imported_parts(path: Path) -> list[tuple[int, str]]:
+    """(line, part of kb_assistant) for each import in a file; bare top-level names of the
+    package's parts (``import models``) are reported as ``bare:<name>``."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = (
+                [node.module]
+                if node.module != "kb_assistant"
+                else [f"kb_assistant.{a.name}" for a in node.names]
+            )
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        for name in names:
+            head, _, rest = name.partition(".")
+            if head == "kb_assistant" and rest:
+                found.append((node.lineno, rest.split(".")[0]))
+            elif head in PACKAGE_PARTS:
+                found.append((node.lineno, f"bare:{head}"))
+    return found
+
+
+def test_imports_point_down_the_layers() -> None:
+    modules = product_modules()
+    assert {part for part, _ in modules} - {"__init__"} >= {"assistant", "chains", "models"}
+    wrong = []
+    for part, path in modules:
+        assert part in LAYERS, f"{part}: a new top-level part needs a layer in LAYERS"
+        for line, target in imported_parts(path):
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if target.startswith("bare:"):
+                wrong.append(f"{where} imports '{target[5:]}' bare (use kb_assistant.{target[5:]})")
+            elif LAYERS[target] > LAYERS[part]:
+                wrong.append(f"{where}: {part} (layer {LAYERS[part]}) imports {target} "
+                             f"(layer {LAYERS[target]})")  # fmt: skip
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_layer_check_catches_an_import_that_runs_back_up(tmp_path: Path) -> None:
+    planted = tmp_path / "planted.py"
+    planted.write_text("from kb_assistant.chains.rag import RagChain\nimport settings\n")
+    assert imported_parts(planted) == [(1, "chains"), (2, "bare:settings")]
+    assert LAYERS["chains"] > LAYERS["vectorstore"]  # so vectorstore importing it is caught

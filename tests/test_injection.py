@@ -23,6 +23,7 @@ from kb_assistant.chains.guard import OutputGuard, escape_markdown, new_canary
 from kb_assistant.models.chat import ScriptedChatModel
 from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.settings import Settings, load_settings
+from kb_assistant.ui.render import conversation_markdown
 from kb_assistant.vectorstore.tables import TableRegistry
 from tests.files import CHINOOK, write_text
 from tests.rendering import fetched_when_rendered, render
@@ -145,9 +146,9 @@ def obeyed(settings: Settings, tmp_path: Path) -> Assistant:
 
 
 def test_an_obeyed_injection_reaches_the_user_as_nothing(obeyed: Assistant) -> None:
-    session = obeyed.new_session()
+    session = obeyed.new_conversation()
     streamed: list[str] = []
-    answer = obeyed.ask("When is the backup server checked?", session=session,
+    answer = obeyed.ask("When is the backup server checked?", conversation=session,
                         on_token=streamed.append)  # fmt: skip
     canary = obeyed.canary
     system = str(obeyed.chat_model.calls[0][0].content)  # type: ignore[attr-defined]
@@ -159,9 +160,9 @@ def test_an_obeyed_injection_reaches_the_user_as_nothing(obeyed: Assistant) -> N
     assert answer.answer.startswith("The server is checked every Monday [1].")
     assert "were removed" in answer.answer
     assert answer.trace["screened"] == {"canary": 2, "image": 1, "html": 1}
-    [turn] = obeyed.chats.turns(session)
+    [turn] = obeyed.conversations.turns(session)
     assert canary not in turn.answer and HOST not in turn.answer
-    exported = obeyed.chats.export_markdown(session)
+    exported = export(obeyed, session)
     assert fetched_when_rendered(exported) == [] and canary not in exported
 
 
@@ -178,15 +179,21 @@ def test_the_answer_ends_where_the_model_starts_inventing_sources(
     assert answer.answer == "Every Monday [1]." and "screened" not in answer.trace
 
 
+def export(assistant: Assistant, conversation: str) -> str:
+    """The app's Markdown export of a conversation."""
+    store = assistant.conversations
+    return conversation_markdown(store.get(conversation), store.turns(conversation))
+
+
 def test_an_old_answer_with_an_image_exports_as_text(obeyed: Assistant) -> None:
     """Answers stored before the guard existed, and hostile names, stay text in an export."""
-    session = obeyed.new_session(title=f"![t](http://{HOST}/t.png)")
-    obeyed.chats.add(
+    session = obeyed.new_conversation(title=f"![t](http://{HOST}/t.png)")
+    obeyed.conversations.add(
         session, f"<img src=http://{HOST}/q.png>", f"Old [1] ![a](http://{HOST}/a.png)",
         refused=False, trace={},
         citations=[{"n": 1, "source": "/d/x.md", "name": f"<img src=http://{HOST}/n.png>.md"}],
     )  # fmt: skip
-    exported = obeyed.chats.export_markdown(session)
+    exported = export(obeyed, session)
     shown = render(exported)
     assert f"&lt;img src=http://{HOST}/n.png&gt;.md" in shown, "the name shows as it is"
     assert fetched_when_rendered(exported) == []

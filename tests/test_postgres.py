@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from kb_assistant.assistant import Assistant
-from kb_assistant.chains.tools.sql import PostgresQueries
+from kb_assistant.chains.tools.sql import run_query
 from kb_assistant.errors import QueryRejected, QueryTimeout
+from kb_assistant.vectorstore.databases import PostgresDatabase
 from tests.files import CHINOOK
 from tests.postgres import load_sqlite, postgres_server, server_bin
 
@@ -59,24 +60,26 @@ def test_connect_describe_and_query(assistant: Assistant, pg_chinook: str) -> No
     ],
 )
 def test_writes_and_escapes_are_refused(pg_chinook: str, sql: str, message: str) -> None:
-    runner = PostgresQueries(pg_chinook, "pg")
+    runner = PostgresDatabase(pg_chinook, "pg")
     with pytest.raises(QueryRejected, match=message):
-        runner.run(sql)
+        run_query(runner, sql)
     assert _count(pg_chinook, "Customer") == 59
 
 
 def test_the_server_refuses_writes_even_past_the_validator(pg_chinook: str) -> None:
-    runner = PostgresQueries(pg_chinook, "pg")
+    runner = PostgresDatabase(pg_chinook, "pg")
     for sql in ('DELETE FROM "Customer"', "CREATE TABLE x (a int)", "SELECT nextval('s')"):
         with pytest.raises(QueryRejected, match="refused"):
-            runner._execute(sql, 10, 5.0)  # the read-only transaction itself says no
+            runner.execute(
+                sql, row_cap=10, time_limit=5.0
+            )  # the read-only transaction itself says no
     assert _count(pg_chinook, "Customer") == 59
 
 
 def test_a_cross_join_is_stopped_at_the_time_limit(pg_chinook: str) -> None:
-    runner = PostgresQueries(pg_chinook, "pg")
+    runner = PostgresDatabase(pg_chinook, "pg")
     with pytest.raises(QueryTimeout, match="longer than 1 s"):
-        runner.run('SELECT COUNT(*) FROM "Track" a, "Track" b, "Track" c', time_limit=1.0)
+        run_query(runner, 'SELECT COUNT(*) FROM "Track" a, "Track" b, "Track" c', time_limit=1.0)
 
 
 def test_the_agent_answers_from_postgres(assistant: Assistant, pg_chinook: str) -> None:

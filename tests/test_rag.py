@@ -8,7 +8,7 @@ import pytest
 from langchain_core.messages import BaseMessage
 
 from kb_assistant.assistant import Assistant, build_assistant
-from kb_assistant.chains.citations import CitationFilter, clean_citations, infer_citations
+from kb_assistant.chains.citations import CitationFilter, infer_citations
 from kb_assistant.chains.language import detect_language
 from kb_assistant.chains.rag import Turn
 from kb_assistant.models.chat import ScriptedChatModel
@@ -108,9 +108,9 @@ def test_prompt_order_static_rules_then_sources_then_history_then_question(
     assistant, model = make(
         settings, corpus, "Install it with apt [1].", "linux-image [1].", "apt [1]."
     )
-    session = assistant.new_session()
-    assistant.ask("How do I install a package with apt?", session=session)
-    assistant.ask("How do I upgrade the Linux kernel package?", session=session)
+    session = assistant.new_conversation()
+    assistant.ask("How do I install a package with apt?", conversation=session)
+    assistant.ask("How do I upgrade the Linux kernel package?", conversation=session)
     final = model.calls[-1]
     system, question = system_and_user(final)
     assert system.startswith(rules(assistant, "en"))  # identical prefix every time
@@ -128,9 +128,9 @@ def test_follow_up_is_condensed_with_the_history(settings: Settings, corpus: Pat
         "How do I upgrade the Linux kernel?",
         "Reboot [1].",
     )
-    session = assistant.new_session()
-    assistant.ask("How do I install a package?", session=session)
-    answer = assistant.ask("and the kernel?", session=session)
+    session = assistant.new_conversation()
+    assistant.ask("How do I install a package?", conversation=session)
+    answer = assistant.ask("and the kernel?", conversation=session)
     condense = model.calls[1]  # the previous prompt + one instruction: the cached prefix is reused
     assert [m.type for m in condense] == ["system", "human", "ai", "human"]
     assert str(condense[0].content) == str(model.calls[0][0].content)
@@ -138,7 +138,7 @@ def test_follow_up_is_condensed_with_the_history(settings: Settings, corpus: Pat
     assert "and the kernel?" in str(condense[-1].content)
     assert answer.trace["standalone_query"] == "How do I upgrade the Linux kernel?"
     assert Path(answer.trace["candidates"][0]["source"]).name == "kernel.md"
-    assert [t.question for t in assistant.chats.history(session)] == [
+    assert [t.question for t in assistant.conversations.turns(session)] == [
         "How do I install a package?",
         "and the kernel?",
     ]
@@ -150,9 +150,9 @@ def test_without_condensing_the_previous_question_is_searched_with_the_follow_up
     assistant, model = make(
         settings, corpus, "Use apt [1].", "Reboot [2].", condense_follow_ups="never"
     )
-    session = assistant.new_session()
-    assistant.ask("How do I install a package with apt?", session=session)
-    answer = assistant.ask("and the Linux kernel?", session=session)
+    session = assistant.new_conversation()
+    assistant.ask("How do I install a package with apt?", conversation=session)
+    answer = assistant.ask("and the Linux kernel?", conversation=session)
     assert len(model.calls) == 2  # no rewrite call: straight to the answer
     query = "How do I install a package with apt? and the Linux kernel?"
     assert answer.trace["standalone_query"] == query and "condense_s" not in answer.trace
@@ -161,9 +161,9 @@ def test_without_condensing_the_previous_question_is_searched_with_the_follow_up
 
 def test_rambling_condense_falls_back_to_the_conversation(settings: Settings, corpus: Path) -> None:
     assistant, _ = make(settings, corpus, "Use apt [1].", "Bananas are yellow.", "ok [1]")
-    session = assistant.new_session()
-    assistant.ask("How do I install a package with apt?", session=session)
-    answer = assistant.ask("and then?", session=session)
+    session = assistant.new_conversation()
+    assistant.ask("How do I install a package with apt?", conversation=session)
+    answer = assistant.ask("and then?", conversation=session)
     assert answer.trace["standalone_query"] == "How do I install a package with apt? and then?"
     assert answer.trace["condense_fallback"] == "Bananas are yellow."
 
@@ -203,7 +203,8 @@ def test_a_document_cannot_change_the_instructions(settings: Settings, tmp_path:
 
 
 def test_citation_helpers() -> None:
-    assert clean_citations("a [1]【2】 b [3, 1] c [4].", {1, 2}) == "a [1][2] b [1] c."
+    whole = CitationFilter({1, 2})
+    assert whole.feed("a [1]【2】 b [3, 1] c [4].") + whole.flush() == "a [1][2] b [1] c."
     stream = CitationFilter({1})
     pieces = ["See [", "1", "] and [2", "] then [x]", " end [1"]
     assert "".join(stream.feed(p) for p in pieces) + stream.flush() == "See [1] and then [x] end"
@@ -246,9 +247,9 @@ def test_follow_up_continues_the_previous_prompt_with_only_the_new_passages(
     assistant, model = make(
         settings, corpus, "Use apt install NAME [1].", rewrite, "Reboot [2].", max_sources=1
     )
-    session = assistant.new_session()
-    first = assistant.ask("How do I install a package with apt?", session=session)
-    second = assistant.ask("and the kernel?", session=session)
+    session = assistant.new_conversation()
+    first = assistant.ask("How do I install a package with apt?", conversation=session)
+    second = assistant.ask("and the kernel?", conversation=session)
     before = [s["chunk_id"] for s in first.trace["in_prompt"]]
     best = second.trace["candidates"][0]["chunk_id"]
     assert best not in before
@@ -275,10 +276,10 @@ def test_a_third_question_replays_the_whole_conversation_from_the_store(
         "Reboot [2].", "rsync 备份 外置硬盘", "rsync [3].",
         max_sources=1,
     )  # fmt: skip
-    session = assistant.new_session()
-    assistant.ask("How do I install a package with apt?", session=session)
-    second = assistant.ask("and the kernel?", session=session)
-    third = assistant.ask("and backups with rsync?", session=session)
+    session = assistant.new_conversation()
+    assistant.ask("How do I install a package with apt?", conversation=session)
+    second = assistant.ask("and the kernel?", conversation=session)
+    third = assistant.ask("and backups with rsync?", conversation=session)
     answered = model.calls[2]  # the second answer's prompt, as it was sent
     prompt = model.calls[-1]
     assert contents(prompt[: len(answered)]) == contents(answered)
@@ -296,10 +297,10 @@ def test_condense_falls_back_to_a_short_prompt_when_the_continuation_would_not_f
 ) -> None:
     rewrite = "How do I upgrade the Linux kernel package?"
     assistant, model = make(settings, corpus, "Use apt install NAME [1]. " * 40, rewrite, "ok [1]")
-    session = assistant.new_session()
-    assistant.ask("How do I install a package with apt?", session=session)
+    session = assistant.new_conversation()
+    assistant.ask("How do I install a package with apt?", conversation=session)
     model.window = 300  # the previous prompt plus its long answer no longer fits
-    answer = assistant.ask("and the kernel?", session=session)
+    answer = assistant.ask("and the kernel?", conversation=session)
     condense = model.calls[1]
     assert [m.type for m in condense] == ["human"] and "and the kernel?" in str(condense[0].content)
     assert answer.trace["prompt"]["continues_previous"] is False
@@ -310,9 +311,9 @@ def test_follow_up_on_the_same_passages_adds_only_the_question(
 ) -> None:
     rewrite = "How do I install a package with apt, and which command does it?"
     assistant, model = make(settings, corpus, "Use apt install NAME [1].", rewrite, "apt [1].")
-    session = assistant.new_session()
-    first = assistant.ask("How do I install a package with apt?", session=session)
-    second = assistant.ask("Which command does it?", session=session)
+    session = assistant.new_conversation()
+    first = assistant.ask("How do I install a package with apt?", conversation=session)
+    second = assistant.ask("Which command does it?", conversation=session)
     # Its best passages are all in the conversation already: nothing is added.
     best = [c["chunk_id"] for c in second.trace["candidates"][:2]]
     assert set(best) <= {s["chunk_id"] for s in first.trace["in_prompt"]}
@@ -332,10 +333,10 @@ def test_follow_up_after_a_passage_was_removed_builds_a_new_prompt(
         settings, corpus, "Use apt install NAME [1].", "How do I upgrade the Linux kernel?",
         "Reboot [1].", max_sources=1,
     )  # fmt: skip
-    session = assistant.new_session()
-    assistant.ask("How do I install a package with apt?", session=session)
+    session = assistant.new_conversation()
+    assistant.ask("How do I install a package with apt?", conversation=session)
     assistant.remove(["apt.md"])
-    second = assistant.ask("and the kernel?", session=session)
+    second = assistant.ask("and the kernel?", conversation=session)
     # The first prompt cannot be repeated without its passage: a new one, sources by rank.
     assert second.trace["prompt"]["continues_previous"] is False
     assert [m.type for m in model.calls[1]] == ["human"]  # the short condense prompt

@@ -10,7 +10,7 @@ from kb_assistant.assistant import Assistant, build_assistant
 from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.settings import Settings, load_settings
 from kb_assistant.vectorstore.hybrid import drop_near_duplicates, reciprocal_rank_fusion
-from kb_assistant.vectorstore.keywords import keyword_tokens, match_query
+from kb_assistant.vectorstore.keywords import any_of, keyword_tokens, query_terms
 from kb_assistant.vectorstore.knowledge_base import SearchHit
 
 
@@ -38,8 +38,8 @@ def test_near_duplicates_keep_the_best_ranked(assistant: Assistant, tmp_path: Pa
 
 def test_chinese_is_segmented_for_keyword_search() -> None:
     assert {"数据", "备份"} <= set(keyword_tokens("数据备份怎么做？"))
-    assert match_query("的 了 是") is None  # only stopwords: nothing to match
-    assert match_query('a "quoted" word') == '"quoted" OR "word"'
+    assert query_terms("的 了 是") == []  # only stopwords: nothing to match
+    assert any_of(query_terms('a "quoted" word')) == '"quoted" OR "word"'
 
 
 def test_keyword_ranking_finds_an_exact_term_dense_misses(

@@ -8,22 +8,25 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kb_assistant.chains.sessions import ChatStore
+from kb_assistant.chains import history_from
 from kb_assistant.cli import main
 from kb_assistant.errors import SessionNotFound
+from kb_assistant.ui.render import conversation_markdown
+from kb_assistant.vectorstore.conversations import ConversationStore
 
 
 def test_store_round_trip(tmp_path: Path) -> None:
-    store = ChatStore(tmp_path / "chats.sqlite")
+    store = ConversationStore(tmp_path / "chats.sqlite")
     sid = store.create("default")
     cited = [{"n": 1, "source": "/d/apt.md", "page": None}]
     store.add(sid, "What is apt?", "A tool [1].", refused=False, citations=cited, trace={"x": 1})
     store.add(sid, "Capital of France?", "not covered", refused=True, citations=[], trace={})
     info = store.get(sid[:6])
     assert (info.title, info.turns, info.kb) == ("What is apt?", 2, "default")
-    assert [t.question for t in store.history(sid)] == ["What is apt?"]  # refusals carry nothing
+    history = history_from(store.turns(sid))
+    assert [t.question for t in history] == ["What is apt?"]  # refusals carry nothing
     store.rename(sid, "Package tools")
-    markdown = store.export_markdown(sid)
+    markdown = conversation_markdown(store.get(sid), store.turns(sid))
     assert markdown.startswith("# Package tools") and "- \\[1\\] apt\\.md" in markdown
     store.delete(sid)
     with pytest.raises(SessionNotFound, match="kb chat --list"):

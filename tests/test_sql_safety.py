@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from kb_assistant.chains.tools.sql import DuckDBQueries, SQLiteQueries, validate_select
+from kb_assistant.chains.tools.sql import run_query, validate_select
 from kb_assistant.errors import QueryRejected, QueryTimeout
+from kb_assistant.vectorstore.databases import DuckDBDatabase, SQLiteDatabase
 from tests.files import CHINOOK
 
 
@@ -26,13 +27,14 @@ def digest(path: Path) -> str:
 
 
 def test_a_select_runs_with_a_row_cap(chinook: Path) -> None:
-    queries = SQLiteQueries(chinook)
-    result = queries.run("SELECT COUNT(*) FROM Customer WHERE Country = 'Brazil'")
+    queries = SQLiteDatabase(chinook)
+    result = run_query(queries, "SELECT COUNT(*) FROM Customer WHERE Country = 'Brazil'")
     assert result.rows == [(5,)]
-    capped = queries.run("SELECT Name FROM Track", row_cap=10)
+    capped = run_query(queries, "SELECT Name FROM Track", row_cap=10)
     assert len(capped.rows) == 10 and capped.truncated and capped.columns == ["Name"]
-    joined = queries.run(
-        "WITH t AS (SELECT InvoiceId, Total FROM Invoice) SELECT ROUND(SUM(Total), 2) FROM t"
+    joined = run_query(
+        queries,
+        "WITH t AS (SELECT InvoiceId, Total FROM Invoice) SELECT ROUND(SUM(Total), 2) FROM t",
     )
     assert joined.rows == [(2328.6,)]
 
@@ -63,7 +65,7 @@ def test_every_writing_or_escaping_statement_is_refused(
 ) -> None:
     before = digest(chinook)
     with pytest.raises(QueryRejected, match=reason):
-        SQLiteQueries(chinook).run(sql)
+        run_query(SQLiteDatabase(chinook), sql)
     assert digest(chinook) == before
     assert sorted(p.name for p in chinook.parent.iterdir()) == ["chinook.sqlite"]
 
@@ -87,17 +89,19 @@ def test_every_writing_or_escaping_statement_is_refused(
 def test_the_engine_refuses_writes_even_past_the_validator(chinook: Path, sql: str) -> None:
     """Defence in depth: the connection alone (validator bypassed) blocks what the validator
     would have caught: writes, attachments, the schema tables, other databases."""
-    queries = SQLiteQueries(chinook)
+    queries = SQLiteDatabase(chinook)
     with pytest.raises(QueryRejected, match=r"refused|no such table"):
-        queries._execute(sql.format(dir=chinook.parent), 10, 5.0)
+        queries.execute(sql.format(dir=chinook.parent), row_cap=10, time_limit=5.0)
     assert sorted(p.name for p in chinook.parent.iterdir()) == ["chinook.sqlite"]
-    assert queries.run("SELECT COUNT(*) FROM Track").rows == [(3503,)]
+    assert run_query(queries, "SELECT COUNT(*) FROM Track").rows == [(3503,)]
 
 
 def test_a_runaway_query_is_stopped_at_the_time_limit(chinook: Path) -> None:
     started = time.perf_counter()
     with pytest.raises(QueryTimeout, match="longer than 1 s"):
-        SQLiteQueries(chinook).run("SELECT COUNT(*) FROM Track a, Track b, Track c", time_limit=1)
+        run_query(
+            SQLiteDatabase(chinook), "SELECT COUNT(*) FROM Track a, Track b, Track c", time_limit=1
+        )
     assert time.perf_counter() - started < 10  # 4.3e10 rows would take hours
 
 
@@ -107,17 +111,19 @@ def test_duckdb_tables_are_read_only_and_sealed_from_files(tmp_path: Path) -> No
     path = tmp_path / "tables.duckdb"
     with duckdb.connect(str(path)) as db:
         db.execute("CREATE TABLE cars AS SELECT * FROM range(100000) r(i)")
-    queries = DuckDBQueries(path)
-    assert queries.run("SELECT COUNT(*) FROM cars").rows == [(100000,)]
+    queries = DuckDBDatabase(path)
+    assert run_query(queries, "SELECT COUNT(*) FROM cars").rows == [(100000,)]
     for sql in ("DELETE FROM cars", "SELECT * FROM '/etc/passwd'", "COPY cars TO '/tmp/x.csv'",
                 "SELECT * FROM read_csv_auto('/etc/passwd')"):  # fmt: skip
         with pytest.raises(QueryRejected):
-            queries.run(sql)
+            run_query(queries, sql)
     with pytest.raises(QueryTimeout):
-        queries.run(
-            "SELECT COUNT(*) FROM cars a, cars b, cars c WHERE a.i + b.i = c.i", time_limit=1
+        run_query(
+            queries,
+            "SELECT COUNT(*) FROM cars a, cars b, cars c WHERE a.i + b.i = c.i",
+            time_limit=1,
         )
-    assert queries.run("SELECT COUNT(*) FROM cars").rows == [(100000,)]
+    assert run_query(queries, "SELECT COUNT(*) FROM cars").rows == [(100000,)]
 
 
 def test_validation_returns_normalised_sql() -> None:

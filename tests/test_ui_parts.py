@@ -76,14 +76,15 @@ def test_a_background_ingest_that_fails_says_why(assistant: Assistant, tmp_path:
 def test_an_answer_job_streams_and_saves_the_turn(assistant: Assistant, tmp_path: Path) -> None:
     (tmp_path / "n.md").write_text("ifupdown configures interfaces.", encoding="utf-8")
     assistant.ingest([tmp_path / "n.md"])
-    session = assistant.new_session()
+    session = assistant.new_conversation()
     job = start_answer(assistant, "default", session, "What configures interfaces?")
     seen = 0
     while not job.done:
         job.wait_for_change(seen, timeout=5)
         seen = len(job.text)
     assert job.error is None and "ifupdown" in job.text
-    assert [t.question for t in assistant.chats.turns(session)] == ["What configures interfaces?"]
+    turns = assistant.conversations.turns(session)
+    assert [t.question for t in turns] == ["What configures interfaces?"]
 
 
 def test_save_settings_validates_merges_and_keeps_the_old_file(kb_home: Path) -> None:

@@ -198,7 +198,7 @@ def start_answer(assistant: Assistant, kb: str, session: str, question: str) -> 
     def run() -> None:
         try:
             answer = assistant.ask(
-                question, kb=kb, session=session,
+                question, kb=kb, conversation=session,
                 on_token=lambda piece: job._update(text=job.text + piece, waiting=False),
                 on_wait=lambda: job._update(waiting=True),
             )  # fmt: skip

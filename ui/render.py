@@ -11,9 +11,11 @@ import re
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
+from pathlib import PurePath
 from typing import Any, Literal
 
 from kb_assistant.chains.guard import escape_markdown
+from kb_assistant.vectorstore.conversations import ConversationInfo, StoredTurn
 from kb_assistant.vectorstore.keywords import content_words
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
@@ -88,3 +90,23 @@ def _is_number(value: Any) -> bool:
 def format_seconds(value: float | None) -> str:
     """``1.23 s`` or an em dash."""
     return "—" if value is None else f"{value:.2f} s"
+
+
+def conversation_markdown(info: ConversationInfo, turns: Sequence[StoredTurn]) -> str:
+    """A conversation as Markdown, with its sources.
+
+    Every text in it is escaped (``chains.guard.escape_markdown``): opened in a Markdown
+    viewer it shows what the app showed, and an image or HTML in an old answer, a question
+    or a document's name stays text, so the viewer fetches nothing.
+    """
+    lines = [f"# {escape_markdown(info.title or 'Conversation')}", "",
+             f"Knowledge base: {escape_markdown(info.kb)}", ""]  # fmt: skip
+    for turn in turns:
+        lines += [f"**Q:** {escape_markdown(turn.question)}", "",
+                  escape_markdown(turn.answer), ""]  # fmt: skip
+        for c in turn.citations:
+            page = f", page {c['page']}" if c.get("page") else ""
+            name = c.get("name") or PurePath(c["source"]).name
+            lines.append(f"- \\[{c['n']}\\] {escape_markdown(name)}{page}")
+        lines.append("")
+    return "\n".join(lines)

@@ -67,9 +67,3 @@ def any_of(terms: list[str]) -> str:
 def quoted(term: str) -> str:
     """One term as an FTS5 string."""
     return '"' + term.replace('"', '""') + '"'
-
-
-def match_query(text: str) -> str | None:
-    """An FTS5 query matching any meaningful word of ``text`` (None if it has none)."""
-    terms = query_terms(text)
-    return any_of(terms) if terms else None

@@ -4,7 +4,8 @@
 detected, column types inferred, Chinese column names kept and quoted); ``<kb>/databases.json``
 (mode 0600: a PostgreSQL URL may hold a password) lists connected databases by name and
 SQLAlchemy-style URL: ``sqlite:///path/file.db`` or ``postgresql://user:pw@host:port/db``.
-Queries never run here: they go through ``chains.tools.sql``, read-only.
+Each is a ``vectorstore.databases.Database``; queries reach them through ``chains.tools.sql``
+(validated, then run read-only).
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kb_assistant.chains.tools.sql import (
+from kb_assistant.errors import QueryRejected, TableError
+from kb_assistant.vectorstore.databases import (
     INTERNAL_PREFIX,
-    DuckDBQueries,
-    PostgresQueries,
-    ReadOnlyQueries,
-    SQLiteQueries,
+    Database,
+    DuckDBDatabase,
+    PostgresDatabase,
+    SQLiteDatabase,
     TableInfo,
     quote_ident,
     redact_url,
 )
-from kb_assistant.errors import QueryRejected, TableError
 from kb_assistant.vectorstore.files import atomic_write_bytes
 
 __all__ = ["TableInfo", "TableRegistry", "table_json", "table_name"]
@@ -151,7 +152,7 @@ class TableRegistry:
                 )
             db.execute("COMMIT")
         added = {t for t, _, _ in frames}
-        return [t for t in DuckDBQueries(self.tables_path).describe() if t.name in added]
+        return [t for t in DuckDBDatabase(self.tables_path).describe() if t.name in added]
 
     def drop(self, name: str) -> None:
         """Remove an uploaded table or disconnect a database.
@@ -166,7 +167,7 @@ class TableRegistry:
             return
         import duckdb
 
-        if self.tables_path.is_file() and name in DuckDBQueries(self.tables_path).tables():
+        if self.tables_path.is_file() and name in DuckDBDatabase(self.tables_path).tables():
             with duckdb.connect(str(self.tables_path)) as db:
                 db.execute("BEGIN")
                 db.execute(f"DROP TABLE {quote_ident(name)}")
@@ -200,13 +201,13 @@ class TableRegistry:
         name = table_name(name)
         if name == "tables":
             raise TableError("'tables' names the uploaded tables; choose another name")
-        runner = _runner(url, name)
+        database = _open_database(url, name)
         try:
-            described = runner.describe()
+            described = database.describe()
         except (QueryRejected, OSError, sqlite3.DatabaseError) as exc:
             raise TableError(f"cannot use database '{name}': {exc}") from exc
-        if isinstance(runner, SQLiteQueries):
-            url = f"sqlite:///{runner.path.resolve()}"
+        if isinstance(database, SQLiteDatabase):
+            url = f"sqlite:///{database.path.resolve()}"
         databases = self._databases()
         databases[name] = url
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -215,41 +216,41 @@ class TableRegistry:
 
     # --- listing ------------------------------------------------------------------------
 
-    def sources(self) -> list[str]:
+    def databases(self) -> list[str]:
         """'tables' (if any were uploaded) and the name of every connected database."""
         return (["tables"] if self.tables_path.is_file() else []) + list(self._databases())
 
     def describe(self) -> list[TableInfo]:
         """Every uploaded table and every table of every connected database."""
-        return [t for source in self.sources() for t in self.queries(source).describe()]
+        return [t for name in self.databases() for t in self.database(name).describe()]
 
-    def queries(self, source: str | None = None) -> ReadOnlyQueries:
-        """The read-only query runner for the uploaded tables or a connected database.
+    def database(self, name: str | None = None) -> Database:
+        """The uploaded tables (``'tables'``) or a connected database, opened read-only.
 
-        With no ``source``: the uploaded tables, or else the only connected database.
+        With no ``name``: the uploaded tables, or else the only connected database.
         """
-        if source is None and not self.tables_path.is_file() and len(self._databases()) == 1:
-            source = next(iter(self._databases()))
-        if source in (None, "tables"):
+        if name is None and not self.tables_path.is_file() and len(self._databases()) == 1:
+            name = next(iter(self._databases()))
+        if name in (None, "tables"):
             if not self.tables_path.is_file():
                 raise TableError("no tables yet; add one with 'kb table add FILE.csv'")
-            return DuckDBQueries(self.tables_path)
+            return DuckDBDatabase(self.tables_path)
         databases = self._databases()
-        if source not in databases:
-            known = ", ".join(self.sources()) or "none"
-            raise TableError(f"no database named '{source}' (known: {known})")
-        return _runner(databases[source], source)
+        if name not in databases:
+            known = ", ".join(self.databases()) or "none"
+            raise TableError(f"no database named '{name}' (known: {known})")
+        return _open_database(databases[name], name)
 
 
-def _runner(url: str, name: str) -> ReadOnlyQueries:
+def _open_database(url: str, name: str) -> Database:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///")).expanduser()
         try:
-            return SQLiteQueries(path, name)
+            return SQLiteDatabase(path, name)
         except QueryRejected as exc:
             raise TableError(f"cannot open {path} as a SQLite database ({exc})") from exc
     if url.split("://", maxsplit=1)[0].split("+", maxsplit=1)[0] in {"postgresql", "postgres"}:
-        return PostgresQueries(url, name)
+        return PostgresDatabase(url, name)
     raise TableError(
         f"cannot connect '{redact_url(url)}': give sqlite:///path/to/file.db or "
         "postgresql://user:password@host:port/database"
@@ -257,5 +258,6 @@ def _runner(url: str, name: str) -> ReadOnlyQueries:
 
 
 def table_json(info: TableInfo) -> dict[str, Any]:
-    """A table's description as JSON."""
-    return asdict(info)
+    """A table's description as JSON (``source``: the same as ``database``, the key older
+    versions wrote, kept for scripts that read it)."""
+    return {**asdict(info), "source": info.database}

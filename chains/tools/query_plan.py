@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kb_assistant.chains.tools.sql import ReadOnlyQueries, TableInfo, quote_ident, quote_literal
+from kb_assistant.chains.tools.sql import run_query
 from kb_assistant.errors import QueryRejected
+from kb_assistant.vectorstore.databases import Database, TableInfo, quote_ident, quote_literal
 
 AGGREGATIONS = ("count", "sum", "avg", "min", "max", "none")
 MAX_DISTINCT = 1000  # text columns with more distinct values are not scanned for mentions
@@ -154,8 +155,8 @@ class Form:
 class QueryPlanner:
     """Links questions to one database's schema, builds the form, compiles filled forms."""
 
-    def __init__(self, runner: ReadOnlyQueries, tables: list[TableInfo]) -> None:
-        self.runner = runner
+    def __init__(self, database: Database, tables: list[TableInfo]) -> None:
+        self.database = database
         self.tables = {t.name: t for t in tables}
         self.columns: dict[str, list[ColumnRef]] = {}
         self._values: list[tuple[str, ColumnRef]] = []
@@ -179,7 +180,8 @@ class QueryPlanner:
                     continue
                 col = quote_ident(ref.column)
                 try:
-                    result = self.runner.run(
+                    result = run_query(
+                        self.database,
                         f"SELECT DISTINCT {col} FROM {quote_ident(table)} WHERE {col} IS NOT NULL "
                         f"LIMIT {MAX_DISTINCT + 1}",
                         row_cap=MAX_DISTINCT + 1,
@@ -422,7 +424,7 @@ class QueryPlanner:
             elif key.startswith("year_"):
                 ref, year = str(choice)[len("year(") :].split(") = ", 1)
                 table, column = ref.split(".", 1)
-                part = _date_part("year", _col(table, column), self.runner.dialect)
+                part = _date_part("year", _col(table, column), self.database.dialect)
                 conditions.append(f"{part} = {int(year)}")
             else:
                 continue
@@ -438,8 +440,8 @@ class QueryPlanner:
         tables_used.append(table)
         expr = _col(table, column)
         if m:
-            return _date_part(m.group(1), expr, self.runner.dialect), [
-                _date_part(m.group(1), expr, self.runner.dialect)
+            return _date_part(m.group(1), expr, self.database.dialect), [
+                _date_part(m.group(1), expr, self.database.dialect)
             ]
         labels = {c.column for c in self.label_columns(table)}
         keys = [_col(table, k) for k in self.tables[table].primary_key[:1] if column in labels]

@@ -8,11 +8,18 @@ from typing import Any
 
 import streamlit as st
 
-from kb_assistant.chains.sessions import SessionInfo, StoredTurn
 from kb_assistant.ui.i18n import Text
 from kb_assistant.ui.jobs import AnswerJob, start_answer
-from kb_assistant.ui.render import format_seconds, highlight_terms, highlighted, plain, where
+from kb_assistant.ui.render import (
+    conversation_markdown,
+    format_seconds,
+    highlight_terms,
+    highlighted,
+    plain,
+    where,
+)
 from kb_assistant.ui.state import PageContext, current_context
+from kb_assistant.vectorstore.conversations import ConversationInfo, StoredTurn
 
 CURSOR = "▌"
 
@@ -25,7 +32,7 @@ def render(ctx: PageContext) -> None:
         st.info(t("chat.no_kb", kb=ctx.kb))
         st.page_link("ui/pages/documents.py", label=t("nav.documents"), icon="📁")
         return
-    sessions = [s for s in ctx.assistant.chats.sessions() if s.kb == ctx.kb]
+    sessions = [s for s in ctx.assistant.conversations.conversations() if s.kb == ctx.kb]
     current = st.session_state.get("chat")
     if current not in {s.session_id for s in sessions}:
         current = None
@@ -34,12 +41,12 @@ def render(ctx: PageContext) -> None:
     # One question at a time per tab: while it is answered the box is disabled.
     question = st.chat_input(t("chat.placeholder"), disabled=busy)
     if question and not busy and current is None:
-        current = ctx.assistant.new_session(ctx.kb, title=question)
+        current = ctx.assistant.new_conversation(ctx.kb, title=question)
         st.session_state["chat"] = current
-        sessions = [ctx.assistant.chats.get(current), *sessions]
+        sessions = [ctx.assistant.conversations.get(current), *sessions]
     _conversations(ctx, sessions, current)
     if current is not None:
-        for turn in ctx.assistant.chats.turns(current):
+        for turn in ctx.assistant.conversations.turns(current):
             with st.chat_message("user"):
                 st.markdown(plain(turn.question))
             with st.chat_message("assistant"):
@@ -142,7 +149,7 @@ def _trace(t: Text, trace: dict[str, Any]) -> None:
             st.caption(t("trace.screened", what=what))
 
 
-def _conversations(ctx: PageContext, sessions: list[SessionInfo], current: str | None) -> None:
+def _conversations(ctx: PageContext, sessions: list[ConversationInfo], current: str | None) -> None:
     """The sidebar: a new conversation, the saved ones (the open one highlighted)."""
     t = ctx.t
     side = st.sidebar
@@ -164,25 +171,26 @@ def _conversations(ctx: PageContext, sessions: list[SessionInfo], current: str |
             _manage(ctx, info)
 
 
-def _label(info: SessionInfo) -> str:
+def _label(info: ConversationInfo) -> str:
     when = datetime.fromisoformat(info.updated_at).astimezone().strftime("%m-%d %H:%M")
     return f"{info.title or '…'} · {when}"
 
 
-def _manage(ctx: PageContext, info: SessionInfo) -> None:
+def _manage(ctx: PageContext, info: ConversationInfo) -> None:
     t = ctx.t
     with st.sidebar.expander(t("chat.manage")):
         title = st.text_input(t("chat.rename"), value=info.title, key=f"rename-{info.session_id}")
         if st.button(t("chat.save_title")) and title.strip() and title != info.title:
-            ctx.assistant.chats.rename(info.session_id, title)
+            ctx.assistant.conversations.rename(info.session_id, title)
             st.rerun()
+        turns = ctx.assistant.conversations.turns(info.session_id)
         st.download_button(
-            t("chat.export"), ctx.assistant.chats.export_markdown(info.session_id),
+            t("chat.export"), conversation_markdown(info, turns),
             file_name=f"conversation-{info.session_id}.md", mime="text/markdown",
             icon=":material/download:",
         )  # fmt: skip
         if st.button(t("chat.delete"), icon=":material/delete:"):
-            ctx.assistant.chats.delete(info.session_id)
+            ctx.assistant.conversations.delete(info.session_id)
             st.session_state["chat"] = None
             st.rerun()
 

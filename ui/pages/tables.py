@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from kb_assistant.chains.agent import AgentResult, AgentStep
-from kb_assistant.chains.tools.sql import TableInfo, quote_ident
 from kb_assistant.errors import KBError
 from kb_assistant.ui.i18n import Text
 from kb_assistant.ui.render import chart_kind, plain
 from kb_assistant.ui.state import PageContext, current_context
+from kb_assistant.vectorstore.databases import TableInfo, quote_ident
 
 TABLE_TYPES = ["csv", "tsv", "xlsx", "xls"]
 PREVIEW_ROWS = 20
@@ -102,15 +101,17 @@ def _browse(ctx: PageContext, tables: list[TableInfo]) -> None:
     if not tables:
         st.info(t("tables.none"))
         return
-    for source in dict.fromkeys(i.source for i in tables):
-        label = t("tables.uploaded") if source == "tables" else t("tables.database", name=source)
+    for database in dict.fromkeys(i.database for i in tables):
+        label = (
+            t("tables.uploaded") if database == "tables" else t("tables.database", name=database)
+        )
         st.subheader(label)
-        for info in (i for i in tables if i.source == source):
+        for info in (i for i in tables if i.database == database):
             _table(ctx, info)
-        if source != "tables" and st.button(
-            t("tables.disconnect", name=source), key=f"disconnect-{source}"
+        if database != "tables" and st.button(
+            t("tables.disconnect", name=database), key=f"disconnect-{database}"
         ):
-            _drop(ctx, source)
+            _drop(ctx, database)
 
 
 def _table(ctx: PageContext, info: TableInfo) -> None:
@@ -130,17 +131,17 @@ def _table(ctx: PageContext, info: TableInfo) -> None:
         )  # fmt: skip
         if info.origin:
             st.caption(plain(t("tables.origin", origin=info.origin)))
-        if st.toggle(t("tables.preview"), key=f"preview-{info.source}-{info.name}"):
+        if st.toggle(t("tables.preview"), key=f"preview-{info.database}-{info.name}"):
             try:
                 result = ctx.assistant.sql(
                     f"SELECT * FROM {quote_ident(info.name)} LIMIT {PREVIEW_ROWS}",
-                    source=info.source, kb=ctx.kb,
+                    database=info.database, kb=ctx.kb,
                 )  # fmt: skip
             except KBError as exc:
                 st.error(str(exc))
                 return
             st.dataframe(_frame(result.columns, result.rows), hide_index=True)
-        if info.source == "tables" and st.button(
+        if info.database == "tables" and st.button(
             t("tables.drop", name=info.name), key=f"drop-{info.name}"
         ):
             _drop(ctx, info.name)
@@ -232,12 +233,8 @@ def show_result(t: Text, result: AgentResult) -> None:
             else:
                 st.bar_chart(series)
     for c in result.citations:
-        page = f" — {t('where.page').format(page=c['page'])}" if c.get("page") else ""
-        st.caption(
-            plain(
-                f"[{c.get('n', '')}] {c.get('name') or Path(str(c.get('source', ''))).name}{page}"
-            )
-        )
+        page = f" — {t('where.page').format(page=c.page)}" if c.page else ""
+        st.caption(plain(f"[{c.n}] {c.name}{page}"))
 
 
 def _frame(columns: list[str], rows: list[Any]) -> pd.DataFrame:

@@ -1,4 +1,9 @@
-"""Conversations, persisted in ``<home>/chats.sqlite`` so that a chat can be resumed."""
+"""Conversations (saved chats), stored in ``<home>/chats.sqlite`` so that one can be resumed.
+
+Storage only: the answering chain turns stored turns into its history
+(``chains.rag.history_from``) and the app writes the Markdown export (``ui.render``). The
+table and column names (``sessions``, ``session_id``) are those of the file as it always was.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kb_assistant.chains.guard import escape_markdown
-from kb_assistant.chains.rag import Turn
 from kb_assistant.errors import SessionNotFound
-from kb_assistant.prompts import LANGUAGES
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -32,7 +34,7 @@ CREATE INDEX IF NOT EXISTS messages_by_session ON messages(session_id, id);
 
 
 @dataclass(frozen=True)
-class SessionInfo:
+class ConversationInfo:
     """One line of ``kb chat --list``."""
 
     session_id: str
@@ -55,26 +57,11 @@ class StoredTurn:
     created_at: str
 
 
-def _turn(stored: StoredTurn) -> Turn:
-    """A stored turn as history, with the layout of its prompt (to rebuild it exactly)."""
-    trace = stored.trace
-    prompt = trace.get("prompt", {})
-    language = trace.get("language")
-    return Turn(
-        stored.question,
-        stored.answer,
-        tuple(s["chunk_id"] for s in trace.get("in_prompt", [])),
-        appended=prompt["appended_sources"] if prompt.get("continues_previous") else None,
-        earlier=trace.get("history_turns", {}).get("kept", 0),
-        language=language if language in LANGUAGES else None,
-    )
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-class ChatStore:
+class ConversationStore:
     """All conversations of one data directory."""
 
     def __init__(self, path: Path) -> None:
@@ -91,7 +78,7 @@ class ChatStore:
             self._db.close()
 
     def create(self, kb: str, title: str = "") -> str:
-        """A new empty session; returns its id."""
+        """A new empty conversation; returns its id."""
         session_id = uuid.uuid4().hex[:12]
         with self._lock:
             self._db.execute(
@@ -100,11 +87,11 @@ class ChatStore:
             )
         return session_id
 
-    def get(self, session_id: str) -> SessionInfo:
-        """A session by id (a unique prefix of the id works too).
+    def get(self, session_id: str) -> ConversationInfo:
+        """A conversation by id (a unique prefix of the id works too).
 
         Raises:
-            SessionNotFound: naming how to list sessions.
+            SessionNotFound: naming how to list conversations.
         """
         with self._lock:
             rows = self._db.execute(
@@ -115,21 +102,21 @@ class ChatStore:
             ).fetchall()
         if len(rows) != 1:
             raise SessionNotFound(
-                f"no chat session '{session_id}'"
+                f"no conversation '{session_id}'"
                 + (" (the prefix matches several)" if rows else "")
                 + "; 'kb chat --list' lists them"
             )
-        return SessionInfo(*rows[0])
+        return ConversationInfo(*rows[0])
 
-    def sessions(self) -> list[SessionInfo]:
-        """All sessions, most recent first."""
+    def conversations(self) -> list[ConversationInfo]:
+        """All conversations, most recent first."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT s.id, s.kb, s.title, count(m.id), s.created_at, s.updated_at "
                 "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id "
                 "GROUP BY s.id ORDER BY s.updated_at DESC, s.rowid DESC"
             ).fetchall()
-        return [SessionInfo(*r) for r in rows]
+        return [ConversationInfo(*r) for r in rows]
 
     def add(
         self,
@@ -141,7 +128,7 @@ class ChatStore:
         citations: list[dict[str, Any]],
         trace: dict[str, Any],
     ) -> None:
-        """Append a turn; the first question becomes the title of an untitled session."""
+        """Append a turn; the first question becomes the title of an untitled conversation."""
         with self._lock:
             self._db.execute("BEGIN")
             self._db.execute(
@@ -159,7 +146,7 @@ class ChatStore:
             self._db.execute("COMMIT")
 
     def turns(self, session_id: str) -> list[StoredTurn]:
-        """Every turn of a session, oldest first."""
+        """Every turn of a conversation, oldest first."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT question, answer, refused, citations, trace, created_at FROM messages "
@@ -171,12 +158,8 @@ class ChatStore:
             for q, a, r, c, t, at in rows
         ]
 
-    def history(self, session_id: str) -> list[Turn]:
-        """The turns as chain history (refusals are left out: they carry no content)."""
-        return [_turn(t) for t in self.turns(session_id) if not t.refused]
-
     def rename(self, session_id: str, title: str) -> None:
-        """Give a session a new title."""
+        """Give a conversation a new title."""
         info = self.get(session_id)
         with self._lock:
             self._db.execute(
@@ -184,27 +167,7 @@ class ChatStore:
             )
 
     def delete(self, session_id: str) -> None:
-        """Delete a session and its turns."""
+        """Delete a conversation and its turns."""
         info = self.get(session_id)
         with self._lock:
             self._db.execute("DELETE FROM sessions WHERE id = ?", (info.session_id,))
-
-    def export_markdown(self, session_id: str) -> str:
-        """The conversation as Markdown, with its sources.
-
-        Every text in it is escaped (``chains.guard.escape_markdown``): opened in a Markdown
-        viewer it shows what the app showed, and an image or HTML in an old answer, a question
-        or a document's name stays text, so the viewer fetches nothing.
-        """
-        info = self.get(session_id)
-        lines = [f"# {escape_markdown(info.title or 'Conversation')}", "",
-                 f"Knowledge base: {escape_markdown(info.kb)}", ""]  # fmt: skip
-        for turn in self.turns(info.session_id):
-            lines += [f"**Q:** {escape_markdown(turn.question)}", "",
-                      escape_markdown(turn.answer), ""]  # fmt: skip
-            for c in turn.citations:
-                page = f", page {c['page']}" if c.get("page") else ""
-                name = c.get("name") or Path(c["source"]).name
-                lines.append(f"- \\[{c['n']}\\] {escape_markdown(name)}{page}")
-            lines.append("")
-        return "\n".join(lines)

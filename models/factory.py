@@ -1,0 +1,71 @@
+"""Which models the settings ask for: the one place that picks a backend.
+
+Backends are chosen by a typed mode (``embedding_backend``, ``chat_backend``) that includes
+``fake``; the heavy libraries (ONNX Runtime, torch, llama.cpp) load inside the branch that
+needs them, on first use, never at import. Kept apart from the backends so that none of them
+imports another through it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kb_assistant.errors import ModelError
+from kb_assistant.models.chat import LlamaCppChatModel, ScriptedChatModel
+from kb_assistant.models.embeddings import Embedder, HashEmbedder, resolve_model
+from kb_assistant.models.llm import LocalLLM, resolve_chat_model
+from kb_assistant.models.protocol import ChatModel, Sampling
+
+if TYPE_CHECKING:
+    from kb_assistant.settings import Settings
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """The embedder the settings ask for; heavy libraries load on first use, not here."""
+    if settings.embedding_backend == "fake":
+        return HashEmbedder()
+    files = resolve_model(settings.embedding_model)
+    if settings.embedding_backend == "onnx":
+        from kb_assistant.models.onnx_embeddings import OnnxEmbedder
+
+        if not files.plain:
+            raise ModelError(
+                f"{files.path}: this model has layers beyond Transformer + Pooling, which the "
+                "onnx backend does not export; set embedding_backend = 'sentence-transformers'"
+            )
+        return OnnxEmbedder(
+            files,
+            cache_dir=settings.model_cache_dir,
+            quantize=settings.embedding_quantize,
+            threads=settings.effective_threads,
+            batch_size=settings.embedding_batch_size,
+        )
+    from kb_assistant.models.st_embeddings import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(
+        files, threads=settings.effective_threads, batch_size=settings.embedding_batch_size
+    )
+
+
+def sampling_from(settings: Settings) -> Sampling:
+    """The sampling settings."""
+    return Sampling(
+        temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+        repeat_penalty=settings.repeat_penalty, max_tokens=settings.max_tokens,
+        seed=settings.seed,
+    )  # fmt: skip
+
+
+def build_chat_model(settings: Settings) -> ChatModel:
+    """The chat model the settings ask for; the GGUF loads on first use, not here."""
+    if settings.chat_backend == "fake":
+        return ScriptedChatModel()
+    engine = LocalLLM(
+        resolve_chat_model(settings.chat_model),
+        context_cap=settings.context_size,
+        n_gpu_layers=settings.n_gpu_layers,
+        threads=settings.effective_threads,
+        lora_path=settings.lora_path,
+        prompt_cache_bytes=settings.prompt_cache_mb * 2**20,
+    )
+    return LlamaCppChatModel(engine=engine, sampling=sampling_from(settings))

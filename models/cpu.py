@@ -63,11 +63,12 @@ def is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64")
 
 
-def cmake_args(flags: set[str] | None = None) -> str:
-    """The llama.cpp CMake flags for this CPU: every instruction set it has, none it lacks, no
-    AMX, no ``-march=native``. Elsewhere than x86-64 Linux, llama.cpp's defaults."""
+def cmake_args(flags: set[str] | None = None, *, x86: bool | None = None) -> str:
+    """The llama.cpp CMake flags for a CPU (this one unless ``flags``/``x86`` are given): every
+    instruction set it has, none it lacks, no AMX, no ``-march=native``. Elsewhere than x86-64
+    Linux, llama.cpp's defaults."""
     flags = cpu_flags() if flags is None else flags
-    if not (is_x86() and flags):
+    if not ((is_x86() if x86 is None else x86) and flags):
         return "-DLLAVA_BUILD=OFF"
     args = ["-DGGML_NATIVE=OFF"]
     for needs, option in X86_FEATURES.values():
@@ -82,10 +83,13 @@ def build_features(system_info: str) -> set[str]:
     return set(_SYSTEM_INFO.findall(system_info))
 
 
-def missing_features(system_info: str, flags: set[str] | None = None) -> list[str]:
-    """Features the build uses that this CPU does not advertise (empty when it cannot tell)."""
+def missing_features(
+    system_info: str, flags: set[str] | None = None, *, x86: bool | None = None
+) -> list[str]:
+    """Features the build uses that a CPU (this one unless ``flags``/``x86`` are given) does
+    not advertise; empty when it cannot tell."""
     flags = cpu_flags() if flags is None else flags
-    if not (is_x86() and flags):
+    if not ((is_x86() if x86 is None else x86) and flags):
         return []
     return sorted(
         name

@@ -202,8 +202,6 @@ def test_an_old_answer_with_an_image_exports_as_text(obeyed: Assistant) -> None:
 def test_an_agent_that_obeys_drops_nothing_and_leaks_nothing(
     assistant: Assistant, tmp_path: Path
 ) -> None:
-    if not CHINOOK.is_file():
-        pytest.skip(f"{CHINOOK} not found")
     before = CHINOOK.read_bytes()
     assistant.connect_database(f"sqlite:///{CHINOOK}", name="chinook")
     assistant.ingest([write_text(tmp_path / "backup.md", INJECTION)])

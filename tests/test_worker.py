@@ -156,20 +156,19 @@ NATIVE_BUILD = (
 )
 
 
-@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 flags")
 def test_the_build_flags_follow_the_cpu_and_never_include_amx() -> None:
-    amx = cmake_args(AMX_MACHINE)
+    amx = cmake_args(AMX_MACHINE, x86=True)
     assert "-DGGML_NATIVE=OFF" in amx and "-DGGML_AVX512=ON" in amx
     assert "-DGGML_AVX512_BF16=ON" in amx and "AMX" not in amx
-    older = cmake_args(AVX2_ONLY)
+    older = cmake_args(AVX2_ONLY, x86=True)
     assert "-DGGML_AVX2=ON" in older and "-DGGML_AVX512=OFF" in older
     assert "-DGGML_AVX_VNNI=OFF" in older
+    assert cmake_args(AMX_MACHINE, x86=False) == "-DLLAVA_BUILD=OFF"  # Arm: llama.cpp's own
 
 
-@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 flags")
 def test_a_wheel_built_on_another_cpu_is_recognised() -> None:
     assert "AMX_INT8" in build_features(NATIVE_BUILD)
-    assert missing_features(NATIVE_BUILD, AMX_MACHINE) == []
-    missing = missing_features(NATIVE_BUILD, AVX2_ONLY)
+    assert missing_features(NATIVE_BUILD, AMX_MACHINE, x86=True) == []
+    missing = missing_features(NATIVE_BUILD, AVX2_ONLY, x86=True)
     assert missing == ["AMX_INT8", "AVX512", "AVX512_BF16", "AVX512_VBMI", "AVX512_VNNI",
                        "AVX_VNNI"]  # fmt: skip

@@ -149,7 +149,9 @@ def test_installs_beside_a_distribution_with_top_level_models_and_eval(tmp_path:
         assert done.returncode == 0, done.stderr
     installed = sorted(p.name for p in target.iterdir() if not p.name.endswith(".dist-info"))
     assert [n for n in installed if n not in {"bin", "__pycache__"}] == [
-        "eval.py", "kb_assistant", "models"
+        "eval.py",
+        "kb_assistant",
+        "models",
     ]
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import models, eval; "

@@ -17,6 +17,7 @@ from kb_assistant.cli.base import (
     model_options,
     reported,
 )
+from kb_assistant.errors import KBError
 
 
 def _waiting() -> None:
@@ -148,10 +149,13 @@ def chat(
             continue
         if not question.strip():
             continue
-        with reported(False):
+        try:
             answer = assistant.ask(
                 question, conversation=session_id, on_token=_echo_stream, on_wait=_waiting
             )
+        except KBError as exc:  # one question failed (a crashed model worker...): go on
+            click.echo(f"\nerror: {exc}", err=True)
+            continue
         click.echo()
         _print_sources(answer)
         click.echo()

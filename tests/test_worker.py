@@ -74,6 +74,30 @@ def test_a_worker_killed_mid_answer_costs_one_question(
     assistant.close()
 
 
+def test_kb_chat_goes_on_after_the_worker_dies_mid_answer(
+    assistant: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kb_assistant.cli import answers
+
+    monkeypatch.setattr("kb_assistant.cli.base.Context.assistant", lambda self: assistant)
+    echo, killed = answers._echo_stream, []
+
+    def kill_then_echo(piece: str) -> None:
+        if not killed:
+            killed.append(pid_of(assistant))
+            os.kill(killed[0], signal.SIGKILL)
+        echo(piece)
+
+    monkeypatch.setattr(answers, "_echo_stream", kill_then_echo)
+    questions = "How do I install a package?\nHow do I install a package?\n/exit\n"
+    result = CliRunner().invoke(main, ["chat"], input=questions)
+    assert result.exit_code == 0, result.output
+    assert "error: " in result.stderr and "SIGKILL" in result.stderr
+    assert "Sources:" in result.stdout or "passages it was given" in result.stdout  # 2nd answered
+    assert pid_of(assistant) != killed[0]
+    assistant.close()
+
+
 def test_a_worker_killed_between_questions_is_replaced(assistant: Assistant) -> None:
     assistant.ask("How do I install a package?")
     victim = pid_of(assistant)

@@ -80,7 +80,8 @@ def test_kb_chat_goes_on_after_the_worker_dies_mid_answer(
     from kb_assistant.cli import answers
 
     monkeypatch.setattr("kb_assistant.cli.base.Context.assistant", lambda self: assistant)
-    echo, killed = answers._echo_stream, []
+    echo = answers._echo_stream
+    killed: list[int] = []
 
     def kill_then_echo(piece: str) -> None:
         if not killed:

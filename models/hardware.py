@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 from kb_assistant.errors import ModelError
 from kb_assistant.models.cpu import X86_FEATURES, cpu_flags, rebuild_command
 from kb_assistant.models.gguf_info import file_sha256, read_gguf_metadata, template_problem
-from kb_assistant.models.llm import LocalLLM, llama_build, resolve_chat_model
+from kb_assistant.models.llm import LocalLLM, resolve_chat_model
 from kb_assistant.models.protocol import Generation, Sampling
+from kb_assistant.models.worker import llama_build
 
 if TYPE_CHECKING:
     from kb_assistant.settings import Settings

@@ -2,8 +2,10 @@
 
 Python puts the current folder first on ``sys.path`` for ``python -m`` and ``python -c``, so a
 child started that way from a folder holding ``loaders/sandbox.py`` or ``settings.py`` would run
-the user's file instead of ours. ``-I`` (isolated mode) leaves the current folder and every
-``PYTHON*`` variable out; the child imports only the installed ``kb_assistant``.
+the user's file instead of ours. ``-P`` leaves the current folder out and ``-E`` every
+``PYTHON*`` variable (``PYTHONPATH`` among them); the child imports only the installed
+``kb_assistant``. Unlike ``-I``, this keeps the user's own site-packages, where
+``pip install --user`` puts kb-assistant.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import sys
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+ISOLATED = ("-E", "-P")  # no PYTHON* variables, nothing from the current folder
 
 
 def python_module(module: str, *args: str) -> list[str]:
     """The command line that runs ``python -m module args…`` isolated, with this interpreter."""
-    return [sys.executable, "-I", "-m", module, *args]
+    return [sys.executable, *ISOLATED, "-m", module, *args]
 
 
 def python_code(code: str, *args: str) -> list[str]:
     """The command line that runs ``python -c code args…`` isolated, with this interpreter."""
-    return [sys.executable, "-I", "-c", code, *args]
+    return [sys.executable, *ISOLATED, "-c", code, *args]

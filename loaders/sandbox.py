@@ -57,7 +57,7 @@ class ParseLimits:
 class ParserProcess:
     """One worker process and the pipes to it.
 
-    Started as ``python -I -m kb_assistant.loaders.sandbox`` (isolated: nothing from the
+    Started as ``python -E -P -m kb_assistant.loaders.sandbox`` (isolated: nothing from the
     current folder or ``PYTHON*`` variables can be imported in its place) rather than through
     ``multiprocessing``, whose children re-import the parent's main module: under Streamlit
     that is ``app.py``, and the worker would run the whole app.

@@ -43,6 +43,7 @@ X86_FEATURES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "AMX_BF16": (("amx_bf16", "amx_tile"), None),
 }
 _SYSTEM_INFO = re.compile(r"([A-Z0-9_]+) = 1")
+LLAMA_CPP_VERSION = "0.3.36"  # the version pyproject.toml pins (a test keeps them equal)
 
 
 def cpu_flags() -> set[str]:
@@ -103,7 +104,7 @@ def rebuild_command() -> str:
     return (
         'scripts/setup --rebuild-llama (or: CMAKE_ARGS="'
         f'{cmake_args()}" pip install --force-reinstall --no-deps --no-cache-dir '
-        "llama-cpp-python)"
+        f"llama-cpp-python=={LLAMA_CPP_VERSION})"
     )
 
 

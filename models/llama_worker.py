@@ -3,7 +3,7 @@
 llama.cpp is native code. An instruction this CPU cannot run (SIGILL, or a fault on AMX tiles),
 a malformed GGUF (SIGSEGV) or the kernel's out-of-memory killer ends the process it runs in;
 here that is this worker, never the app. ``models.llm.LocalLLM`` starts it as
-``python -I -m kb_assistant.models.llama_worker IN OUT CONFIG`` (isolated: nothing from the
+``python -E -P -m kb_assistant.models.llama_worker IN OUT CONFIG`` (isolated: nothing from the
 current folder is imported), talks JSON over two pipes, and starts a fresh one after a death.
 
 Protocol (one JSON object per message; ``id`` pairs replies with requests):
@@ -88,7 +88,7 @@ class Worker:
             op = request.get("op")
             if op == "cancel":
                 self._cancelled.add(int(request["target"]))
-            elif op in ("chat", "json"):
+            elif op in ("chat", "json", "reset"):
                 threading.Thread(target=self._generate, args=(request,), daemon=True).start()
             else:
                 self._answer(request)
@@ -102,10 +102,6 @@ class Worker:
                 value = len(self.tokens(request["text"]))
             elif request["op"] == "count_prompt":
                 value = len(self.tokens(self.prompt_text(request["messages"])))
-            elif request["op"] == "reset":
-                with self._generating:
-                    self.llama.reset()
-                value = None
             else:
                 raise ValueError(f"unknown request {request['op']!r}")
         except Exception as exc:
@@ -125,6 +121,9 @@ class Worker:
             try:
                 if request["op"] == "json":
                     self.send({"id": rid, "ok": self._json(request)})
+                elif request["op"] == "reset":
+                    self.llama.reset()
+                    self.send({"id": rid, "ok": None})
                 else:
                     self._chat(rid, request)
             except Exception as exc:

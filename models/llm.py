@@ -97,6 +97,8 @@ class LocalLLM:
         """The running worker, started (and the model loaded) when there is none."""
         with self._load_lock:
             if self._worker is None or not self._worker.alive:
+                if self._worker is not None:
+                    self._worker.stop()  # a dead one: release its pipes and log now
                 self._worker = self._start()
             return self._worker
 
@@ -149,7 +151,7 @@ class LocalLLM:
         try:
             return worker.call(request)
         except ModelCrashed as exc:
-            if not worker.served:
+            if not worker.served or worker.stopped:
                 raise
             logger.warning("%s; starting a new one", exc)
             return self._load().call(request)
@@ -217,9 +219,10 @@ class LocalLLM:
                         yield from _pieces(replies, stats, started)
                     break
                 except ModelCrashed as exc:
-                    # Died before this answer showed anything, after serving others: it died
-                    # while idle, so a new worker takes the question. Mid-answer: an error.
-                    if retry or stats.completion_tokens or not worker.served:
+                    # Died before it took this prompt up, after serving others: it died while
+                    # idle, so a new worker takes the question. Later (this prompt may be what
+                    # killed it), or stopped on purpose: an error.
+                    if retry or stats.prompt_tokens or not worker.served or worker.stopped:
                         raise
                     logger.warning("%s; starting a new one", exc)
             stats.seconds = time.perf_counter() - started

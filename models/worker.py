@@ -27,6 +27,7 @@ from kb_assistant.models.cpu import rebuild_command
 from kb_assistant.processes import python_module
 
 WORKER_MODULE = "kb_assistant.models.llama_worker"
+_STOPPED = "the model worker was stopped"
 
 
 @cache
@@ -74,38 +75,46 @@ class WorkerProcess:
         return self._dead is None and self._process.poll() is None
 
     def _first_message(self) -> dict[str, Any]:
+        """The worker's ``ready`` report; whatever else happens (a death, a fatal report, an
+        interrupted wait), the worker is stopped and its pipes and log released."""
         try:
-            message = json.loads(self._replies.recv_bytes())
-        except (EOFError, OSError):
-            cause = self._cause("loading the model")
-            self.stop()
-            raise ModelCrashed(f"{self.model}: {cause}") from None
-        if "fatal" in message:
-            self.stop()
-            raise ModelError(f"{self.model}: {message['fatal']}")
-        return dict(message["ready"])
-
-    def _read(self) -> None:
-        """Hand each reply to the request waiting for it; on EOF, fail every waiter."""
-        while True:
             try:
                 message = json.loads(self._replies.recv_bytes())
             except (EOFError, OSError):
-                break
-            waiting = self._pending.get(int(message.get("id", 0)))
-            if waiting is not None:
-                waiting.put(message)
-        if self._dead is None:  # not stopped on purpose
-            self._dead = self._cause("answering")
-        for waiting in list(self._pending.values()):
-            waiting.put({"died": self._dead})
+                raise ModelCrashed(f"{self.model}: {self._cause('loading the model')}") from None
+            if "fatal" in message:
+                raise ModelError(f"{self.model}: {message['fatal']}")
+            return dict(message["ready"])
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read(self) -> None:
+        """Hand each reply to the request waiting for it; when the pipe ends (or anything
+        goes wrong here), fail every waiter: none may wait forever."""
+        try:
+            while True:
+                try:
+                    message = json.loads(self._replies.recv_bytes())
+                except (EOFError, OSError):
+                    break
+                waiting = self._pending.get(int(message.get("id", 0)))
+                if waiting is not None:
+                    waiting.put(message)
+        finally:
+            if self._dead is None:  # not stopped on purpose
+                self._dead = self._cause("answering")
+            for waiting in list(self._pending.values()):
+                waiting.put({"died": self._dead})
 
     def _cause(self, stage: str) -> str:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._process.wait(5)
-        self._stderr.seek(0, os.SEEK_END)
-        self._stderr.seek(max(0, self._stderr.tell() - 2000))
-        stderr = self._stderr.read().decode(errors="replace")
+        stderr = ""
+        with contextlib.suppress(OSError, ValueError):  # ValueError: closed by stop() meanwhile
+            self._stderr.seek(0, os.SEEK_END)
+            self._stderr.seek(max(0, self._stderr.tell() - 2000))
+            stderr = self._stderr.read().decode(errors="replace")
         return f"the model worker died while {stage}: {_death(self._process.returncode, stderr)}"
 
     def _open(self, request: dict[str, Any]) -> tuple[int, queue.SimpleQueue[dict[str, Any]]]:
@@ -164,14 +173,21 @@ class WorkerProcess:
         finally:
             if not ended and self.alive:
                 with contextlib.suppress(OSError, ModelError):
-                    self._requests.send_bytes(json.dumps({"op": "cancel", "target": rid}).encode())
+                    cancel = json.dumps({"op": "cancel", "target": rid}).encode()
+                    with self._send_lock:  # one message at a time on the pipe
+                        self._requests.send_bytes(cancel)
                     while "end" not in self._take(replies):
                         pass
             self._pending.pop(rid, None)
 
+    @property
+    def stopped(self) -> bool:
+        """Whether it was stopped on purpose (``stop``), not by a death."""
+        return self._dead == _STOPPED
+
     def stop(self) -> None:
         """End the worker now."""
-        self._dead = self._dead or "the model worker was stopped"
+        self._dead = self._dead or _STOPPED
         for end in (self._requests, self._replies):
             with contextlib.suppress(OSError):
                 end.close()
@@ -182,7 +198,7 @@ class WorkerProcess:
         self._stderr.close()
 
 
-_SIGNALS = {
+_SIGNALS: dict[int, str] = {
     signal.SIGILL: (
         "this llama.cpp build uses an instruction the CPU cannot run; it was probably compiled "
         f"for another machine. Rebuild it for this one: {rebuild_command()}"
@@ -206,7 +222,10 @@ def _death(code: int | None, stderr: str) -> str:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     last = f" (last output: {lines[-1][:300]})" if lines else ""
     if code is not None and code < 0:
-        number = signal.Signals(-code)
-        reason = _SIGNALS.get(number, "llama.cpp crashed")
-        return f"{number.name}: {reason}{last}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal has no name
+            name = f"signal {-code}"
+        reason = _SIGNALS.get(-code, "llama.cpp crashed")
+        return f"{name}: {reason}{last}"
     return f"exit status {code}{last}"

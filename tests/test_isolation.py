@@ -101,7 +101,7 @@ def test_the_app_started_from_such_a_folder_runs_none_of_them(
             p for p in psutil.Process(process.pid).children(recursive=True)
             if "streamlit" in " ".join(p.cmdline())
         )  # fmt: skip
-        assert "-I" in streamlit.cmdline() and Path(streamlit.cwd()) == PACKAGE_DIR
+        assert {"-E", "-P"} <= set(streamlit.cmdline()) and Path(streamlit.cwd()) == PACKAGE_DIR
         if browser_missing() is None:  # a session runs app.py and its pages
             with chromium() as browser:
                 page = browser.new_page()

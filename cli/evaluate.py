@@ -117,7 +117,11 @@ def eval_retrieval(
 
 @eval_group.command("answers")
 @click.argument("qa", type=_file)
-@click.option("--offtopic", type=_file, help="Off-topic questions (default: the shipped set).")
+@click.option(
+    "--offtopic",
+    type=_file,
+    help="Off-topic questions (default: the shipped set in the questions' language).",
+)
 @click.option("--limit", type=click.IntRange(1), help="Ask at most this many of each set.")
 @kb_option
 @_out_option
@@ -128,10 +132,12 @@ def eval_answers(
     ctx: Context, *, qa: Path, offtopic: Path | None, limit: int | None, kb_name: str | None,
     out: Path | None, as_json: bool,
 ) -> None:  # fmt: skip
-    """Abstention and citation correctness of answers to QA and to off-topic questions.
+    """Answer correctness, abstention and citations on QA and on off-topic questions.
 
-    QA holds answerable questions (JSONL: id, question, gold_text); off-topic questions should
-    be abstained from. Each question is answered by the chat model, as 'kb ask' does.
+    QA holds answerable questions (JSONL: id, question, gold_text, and for answer correctness
+    'all' and/or 'any': facts a correct answer contains, e.g. eval/answers.en.jsonl);
+    off-topic questions should be abstained from. Each question is answered by the chat
+    model, as 'kb ask' does.
     """
     from kb_assistant import eval as package
     from kb_assistant.eval import report as r
@@ -140,7 +146,10 @@ def eval_answers(
 
     with reported(as_json):
         answerable = read_questions(qa, ("question", "gold_text"))[:limit]
-        default = Path(package.__file__).with_name("offtopic.jsonl")
+        from kb_assistant.chains.language import detect_language
+
+        language = detect_language(" ".join(q["question"] for q in answerable[:20]))
+        default = Path(package.__file__).with_name(f"offtopic.{language}.jsonl")
         off = read_questions(offtopic or default, ("question",))[:limit]
         assistant = ctx.assistant()
         base = assistant.knowledge_base(kb_name)
@@ -148,22 +157,29 @@ def eval_answers(
             result = evaluate_answers(lambda q: assistant.ask(q, kb=base.name), answerable, off,
                                       progress)  # fmt: skip
         folder = _folder(ctx, out, "answers")
+        with (folder / "answers.jsonl").open("w", encoding="utf-8") as rows_file:
+            for row in result.rows:
+                rows_file.write(json.dumps(row, ensure_ascii=False) + "\n")
         s = assistant.settings
-        plots = [r.plot_abstention(result.scores, folder / "abstention.png"),
-                 r.plot_evidence(result.rows, s.abstain_min_dense, folder / "evidence.png"),
+        plots = [r.plot_correctness(result.rows, folder / "correctness.png"),
+                 r.plot_abstention(result.scores, folder / "abstention.png"),
+                 r.plot_evidence(result.rows, assistant.rag_chain(base.name).params.min_dense,
+                                 folder / "evidence.png"),
                  r.plot_citations(result.rows, folder / "citations.png")]  # fmt: skip
         intro = [
             f"Answerable: `{qa}` ({len(answerable)}); off-topic: `{offtopic or default}` "
             f"({len(off)}); knowledge base `{base.name}`; model `{s.chat_model or 'embedded'}`.",
+            "An answer is correct when it holds every 'all' fact and one 'any' fact of its "
+            "question and is not a refusal. "
             "A citation is correct when the passage it cites comes from the question's gold "
             "section (the retrieval hit rule). 'gold_in_prompt': answers whose prompt held a "
             "gold passage at all.",
         ]
-        details = (["id", "answerable", "abstained", "citations", "correct", "cosine", "s",
-                    "answer"],
-                   [(x["id"], x["answerable"], x["refused"], x["citations"],
-                     x["correct_citations"], x["dense"], x["seconds"], x["answer"][:160])
-                    for x in result.rows])  # fmt: skip
+        details = (["id", "answerable", "correct", "abstained", "flagged", "citations",
+                    "cited gold", "cosine", "ttft s", "s", "answer"],
+                   [(x["id"], x["answerable"], x["correct"], x["refused"], x["flagged"],
+                     x["citations"], x["correct_citations"], x["dense"], x["ttft_s"],
+                     x["seconds"], x["answer"][:160]) for x in result.rows])  # fmt: skip
         report = r.write_report(folder, "Answer evaluation", intro, result.scores,
                                 details=details, plots=plots)  # fmt: skip
     _finish(report, result.scores, as_json)

@@ -49,13 +49,13 @@ def main(argv: list[str]) -> None:
     def rate(rows: list[tuple[float, float]], dense: float, cover: float) -> float:
         return sum(d < dense and c < cover for d, c in rows) / len(rows)
 
-    grid = [(d / 100, c / 100) for d in range(20, 71, 1) for c in (50, 60, 67, 75, 80, 90, 101)]
+    grid = [(d / 100, c / 100) for d in range(20, 96, 1) for c in (50, 60, 67, 75, 80, 90, 101)]
     feasible = [(-rate(cal, d, c), d, c) for d, c in grid if rate(answerable, d, c) <= 0.05]
     # The most off-topic abstention, then the *lowest* thresholds that reach it: real questions
     # are less literal than FAQ headings, so leave answerable ones as much room as possible.
     best = min(feasible)
     settings = assistant.settings
-    chosen = (settings.abstain_min_dense, settings.abstain_min_coverage)
+    chosen = (assistant.rag_chain("faq").params.min_dense, settings.abstain_min_coverage)
     report = {
         "answerable_questions": len(answerable),
         "offtopic_calibration": len(cal),
@@ -71,6 +71,9 @@ def main(argv: list[str]) -> None:
         "dense_offtopic_max": round(max(d for d, _ in cal + held_out), 4),
     }  # fmt: skip
     print(json.dumps(report, indent=2))
+    # The evidence itself, for calibrating one threshold across languages (stderr).
+    rows = {"answerable": answerable, "calibration": cal, "held_out": held_out}
+    print(json.dumps(rows), file=sys.stderr)
 
 
 if __name__ == "__main__":

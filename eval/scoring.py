@@ -1,8 +1,11 @@
 """Retrieval scoring, the same rule as ../shared/eval/score_retrieval.py.
 
-A retrieved chunk is a hit when at least half of its word 4-grams occur in the gold section, or
-it holds at least half of the gold section's 4-grams (short sections). The rule does not depend
-on how the documents were chunked, so runs of different pipelines compare.
+A retrieved chunk is a hit when at least half of its token 4-grams occur in the gold section, or
+it holds at least half of the gold section's 4-grams (short sections). A token is a run of
+letters/digits, except that each Chinese/Japanese ideograph is a token of its own: Chinese,
+written without spaces, is scored by character 4-grams, and text without CJK exactly as by word
+4-grams. The rule does not depend on how the documents were chunked, so runs of different
+pipelines compare.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-WORD = re.compile(r"\w+", re.UNICODE)
+CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+WORD = re.compile(rf"[{CJK}]|[^\W{CJK}]+", re.UNICODE)
 
 
 def grams(text: str, n: int = 4) -> set[tuple[str, ...]]:
-    """The word n-grams of ``text`` (a short text is one gram)."""
+    """The token n-grams of ``text`` (a short text is one gram)."""
     words = WORD.findall(text.lower())
     if len(words) < n:
         return {tuple(words)} if words else set()

@@ -19,7 +19,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from langchain_core.embeddings import Embeddings
@@ -38,6 +38,16 @@ class Embedder(Embeddings):
 
     model_id: str
     dimension: int
+    # The best passage's cosine below which a question counts as off-topic (with too few of
+    # its words in any passage, see chains.rag.evidence). Each model spreads cosines
+    # differently, so each has its own, calibrated by eval/abstention.py on the dev sets;
+    # this one is all-MiniLM-L6-v2's (docs/benchmarks.md).
+    abstain_cosine: float = 0.35
+    # An answer sentence at least this close to a passage counts as supported by it (with its
+    # key terms in the passage, see chains.support). Meaning alone does not separate wrong
+    # answers from right ones (a wrong answer paraphrases its passage too); it catches
+    # sentences about something else. MiniLM's value is set below its abstention cosine.
+    support_cosine: float = 0.3
 
     @property
     @abstractmethod
@@ -48,13 +58,17 @@ class Embedder(Embeddings):
     def embed_array(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts as a ``(len(texts), dimension)`` float32 array of unit vectors."""
 
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed search queries; models trained with a query prefix (e5) override this."""
+        return self.embed_array(texts)
+
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """LangChain interface: one vector per text."""
         return self.embed_array(texts).tolist()  # type: ignore[no-any-return]
 
     def embed_query(self, text: str) -> list[float]:
         """LangChain interface: the vector of one query."""
-        return self.embed_array([text])[0].tolist()  # type: ignore[no-any-return]
+        return self.embed_queries([text])[0].tolist()  # type: ignore[no-any-return]
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:
@@ -118,14 +132,24 @@ class HashEmbedder(Embedder):
 class HFTokenCounter:
     """Token counts from the model's own fast tokenizer (``tokenizer.json``), without torch."""
 
-    def __init__(self, tokenizer_file: Path) -> None:
+    def __init__(self, tokenizer: Path | Any) -> None:
+        """``tokenizer``: a ``tokenizer.json`` path or a ``tokenizers.Tokenizer`` (then changed:
+        truncation and padding are turned off)."""
         from tokenizers import Tokenizer
 
-        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        if isinstance(tokenizer, Path):
+            self._tokenizer = Tokenizer.from_file(str(tokenizer))
+        else:
+            self._tokenizer = tokenizer
         # The file ships with truncation and padding at 128, which would make every long
         # sentence look short: counting needs neither.
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
+
+    @property
+    def tokenizer(self) -> Any:
+        """The ``tokenizers.Tokenizer`` (no truncation, no padding)."""
+        return self._tokenizer
 
     def count(self, texts: Sequence[str]) -> list[int]:
         """Number of tokens of each text (no special tokens)."""

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 
 from kb_assistant.errors import ModelError
 from kb_assistant.models.chat import LlamaCppChatModel, ScriptedChatModel
-from kb_assistant.models.embeddings import Embedder, HashEmbedder, resolve_model
+from kb_assistant.models.e5 import E5_MODEL_ID, E5_NAME, E5Embedder, packaged_e5
+from kb_assistant.models.embeddings import (
+    DEFAULT_MODEL_ID,
+    DEFAULT_MODEL_NAME,
+    Embedder,
+    HashEmbedder,
+    resolve_model,
+)
 from kb_assistant.models.llm import LocalLLM, resolve_chat_model
 from kb_assistant.models.protocol import ChatModel, Sampling
 
@@ -20,20 +27,40 @@ if TYPE_CHECKING:
     from kb_assistant.settings import Settings
 
 
-def build_embedder(settings: Settings) -> Embedder:
-    """The embedder the settings ask for; heavy libraries load on first use, not here."""
+EMBEDDING_MODELS = {E5_NAME: E5_MODEL_ID, DEFAULT_MODEL_NAME: DEFAULT_MODEL_ID}  # name -> model id
+
+
+def build_embedder(settings: Settings, model: str | None = None) -> Embedder:
+    """The embedder for ``model`` (a name, model id or directory; default: the settings'
+    ``embedding_model``); heavy libraries load on first use, not here.
+
+    Raises:
+        ModelError: the model is not installed, or the backend cannot run it.
+    """
     if settings.embedding_backend == "fake":
         return HashEmbedder()
-    files = resolve_model(settings.embedding_model)
+    name = model or settings.embedding_model
+    if name in (E5_NAME, E5_MODEL_ID):
+        if settings.embedding_backend != "onnx":
+            raise ModelError(
+                f"the embedding model '{E5_NAME}' runs on the onnx backend only; set "
+                "embedding_backend = 'onnx'"
+            )
+
+        return E5Embedder(
+            packaged_e5(), cache_dir=settings.model_cache_dir,
+            threads=settings.effective_threads, batch_size=settings.embedding_batch_size,
+        )  # fmt: skip
+    files = resolve_model(name)
     if settings.embedding_backend == "onnx":
-        from kb_assistant.models.onnx_embeddings import OnnxEmbedder
+        from kb_assistant.models.onnx_embeddings import ExportedEmbedder
 
         if not files.plain:
             raise ModelError(
                 f"{files.path}: this model has layers beyond Transformer + Pooling, which the "
                 "onnx backend does not export; set embedding_backend = 'sentence-transformers'"
             )
-        return OnnxEmbedder(
+        return ExportedEmbedder(
             files,
             cache_dir=settings.model_cache_dir,
             quantize=settings.embedding_quantize,
@@ -61,7 +88,7 @@ def build_chat_model(settings: Settings) -> ChatModel:
     if settings.chat_backend == "fake":
         return ScriptedChatModel()
     engine = LocalLLM(
-        resolve_chat_model(settings.chat_model),
+        resolve_chat_model(settings.chat_model, settings.model_cache_dir),
         context_cap=settings.context_size,
         n_gpu_layers=settings.n_gpu_layers,
         threads=settings.effective_threads,

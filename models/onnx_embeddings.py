@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import warnings
+from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,46 +41,47 @@ EXPORT_FORMAT = 1  # bump when the export changes, so old caches are not reused
 
 
 class OnnxEmbedder(Embedder):
-    """A sentence-transformers model run by ONNX Runtime; exported once, then cached."""
+    """An encoder run by ONNX Runtime; subclasses say where the model file comes from.
+
+    The tokenizer is the token counter's (``HFTokenCounter``): one tokenizer per model, no
+    truncation inside it; texts longer than the model's window are cut here, keeping the
+    closing special token.
+    """
 
     def __init__(
         self,
-        files: ModelFiles,
         *,
-        cache_dir: Path,
-        quantize: bool,
+        model_id: str,
+        dimension: int,
+        max_tokens: int,
+        pooling: str,
         threads: int,
         batch_size: int,
+        query_prefix: str = "",
+        passage_prefix: str = "",
     ) -> None:
-        self.files = files
-        self.model_id = files.model_id
-        self.dimension = files.dimension
-        self.quantize = quantize
+        self.model_id = model_id
+        self.dimension = dimension
+        self.max_tokens = max_tokens
+        self.pooling = pooling
         self.threads = threads
         self.batch_size = batch_size
-        self.batch_tokens = max(batch_size * 64, files.max_tokens * 8)
-        self.cache_dir = cache_dir / f"{_slug(files.model_id)}-{_fingerprint(files)}"
-        self._counter = HFTokenCounter(files.path / "tokenizer.json")
+        self.batch_tokens = max(batch_size * 64, max_tokens * 8)
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
         self._session: Any = None
-        self._tokenizer: Any = None
+        self._pad_id = 0
         self._lock = threading.Lock()
 
-    @property
-    def token_counter(self) -> TokenCounter:
-        """The model's own tokenizer."""
-        return self._counter
-
-    @property
-    def onnx_path(self) -> Path:
-        """The ONNX file this embedder runs."""
-        return self.cache_dir / ("model.int8.onnx" if self.quantize else "model.onnx")
+    @abstractmethod
+    def prepare(self) -> Path:
+        """Make the ONNX file exist (export or convert it once) and return its path."""
 
     def _load(self) -> Any:
         with self._lock:
             if self._session is None:
-                ensure_exported(self.files, self.cache_dir, quantize=self.quantize)
+                path = self.prepare()
                 import onnxruntime as ort
-                from tokenizers import Tokenizer
 
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = self.threads
@@ -95,30 +97,38 @@ class OnnxEmbedder(Embedder):
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 try:
                     session = ort.InferenceSession(
-                        str(self.onnx_path), options, providers=["CPUExecutionProvider"]
+                        str(path), options, providers=["CPUExecutionProvider"]
                     )
                 except Exception as exc:  # onnxruntime raises its own untyped errors
                     raise ModelError(
-                        f"{self.onnx_path}: cannot load the exported model ({exc}); delete "
-                        f"{self.cache_dir} and it will be exported again"
+                        f"{path}: cannot load the prepared model ({exc}); delete "
+                        f"{path.parent} and it will be prepared again"
                     ) from exc
-                tokenizer = Tokenizer.from_file(str(self.files.path / "tokenizer.json"))
-                tokenizer.enable_truncation(self.files.max_tokens)
-                self._pad_id = int((tokenizer.padding or {}).get("pad_id", 0))
-                tokenizer.no_padding()  # each batch is padded to its own longest text
-                self._tokenizer = tokenizer
                 self._inputs = {i.name for i in session.get_inputs()}
                 self._session = session
             return self._session
 
     def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed passages (with the model's passage prefix, if it has one)."""
+        return self._embed([self.passage_prefix + t for t in texts])
+
+    def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed search queries (with the model's query prefix, if it has one)."""
+        return self._embed([self.query_prefix + t for t in texts])
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed in length-sorted batches; rows come back in the order given."""
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out
         session = self._load()
-        encoded = self._tokenizer.encode_batch(list(texts))
-        lengths = [len(e.ids) for e in encoded]
+        tokenizer = self.token_counter.tokenizer  # type: ignore[attr-defined]
+        encoded = [
+            (e.ids[: self.max_tokens - 1] + e.ids[-1:], e.type_ids[: self.max_tokens])
+            if len(e.ids) > self.max_tokens else (e.ids, e.type_ids)
+            for e in tokenizer.encode_batch(list(texts))
+        ]  # fmt: skip
+        lengths = [len(ids) for ids, _ in encoded]
         order = [int(i) for i in np.argsort(lengths, kind="stable")]
         batch: list[int] = []
         for i in order:
@@ -134,20 +144,62 @@ class OnnxEmbedder(Embedder):
             out[batch] = self._embed_batch(session, [encoded[j] for j in batch])
         return normalise_rows(out)
 
-    def _embed_batch(self, session: Any, encoded: list[Any]) -> np.ndarray:
-        width = max(len(e.ids) for e in encoded)
+    def _embed_batch(self, session: Any, encoded: list[tuple[list[int], list[int]]]) -> np.ndarray:
+        width = max(len(ids) for ids, _ in encoded)
         ids = np.full((len(encoded), width), self._pad_id, dtype=np.int64)
         mask = np.zeros((len(encoded), width), dtype=np.int64)
         types = np.zeros((len(encoded), width), dtype=np.int64)
-        for row, e in enumerate(encoded):
-            ids[row, : len(e.ids)] = e.ids
-            mask[row, : len(e.ids)] = 1
-            types[row, : len(e.ids)] = e.type_ids
+        for row, (row_ids, row_types) in enumerate(encoded):
+            ids[row, : len(row_ids)] = row_ids
+            mask[row, : len(row_ids)] = 1
+            types[row, : len(row_types)] = row_types
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = types
         hidden = session.run(None, feed)[0]
-        return _pool(hidden, mask, self.files.pooling)
+        return _pool(hidden, mask, self.pooling)
+
+
+class ExportedEmbedder(OnnxEmbedder):
+    """A sentence-transformers model, exported to ONNX once (with PyTorch, in a child) and
+    cached."""
+
+    def __init__(
+        self,
+        files: ModelFiles,
+        *,
+        cache_dir: Path,
+        quantize: bool,
+        threads: int,
+        batch_size: int,
+    ) -> None:
+        super().__init__(
+            model_id=files.model_id, dimension=files.dimension, max_tokens=files.max_tokens,
+            pooling=files.pooling, threads=threads, batch_size=batch_size,
+        )  # fmt: skip
+        self.files = files
+        self.quantize = quantize
+        self.cache_dir = cache_dir / f"{_slug(files.model_id)}-{_fingerprint(files)}"
+        self._counter = HFTokenCounter(files.path / "tokenizer.json")
+        padding = json.loads((files.path / "tokenizer.json").read_text(encoding="utf-8")).get(
+            "padding"
+        )
+        self._pad_id = int((padding or {}).get("pad_id", 0))
+
+    @property
+    def token_counter(self) -> TokenCounter:
+        """The model's own tokenizer."""
+        return self._counter
+
+    @property
+    def onnx_path(self) -> Path:
+        """The ONNX file this embedder runs."""
+        return self.cache_dir / ("model.int8.onnx" if self.quantize else "model.onnx")
+
+    def prepare(self) -> Path:
+        """Export (and quantise) once; later calls find the cached file."""
+        ensure_exported(self.files, self.cache_dir, quantize=self.quantize)
+        return self.onnx_path
 
 
 def _pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:

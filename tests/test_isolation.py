@@ -166,4 +166,4 @@ def test_installs_beside_a_distribution_with_top_level_models_and_eval(tmp_path:
     )  # fmt: skip
     assert done.stdout.split() == ["other-models", "other-eval", "True", "True"], done.stderr
     assert (target / "kb_assistant" / ".streamlit" / "config.toml").is_file()
-    assert (target / "kb_assistant" / "eval" / "offtopic.jsonl").is_file()
+    assert (target / "kb_assistant" / "eval" / "offtopic.zh.jsonl").is_file()

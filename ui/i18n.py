@@ -59,6 +59,17 @@ EN: dict[str, str] = {
     "docs.delete": "Delete {n} document(s)",
     "docs.deleted": "Deleted {n} document(s)",
     "docs.danger": "Delete this knowledge base",
+    "docs.embedding": "Embedding model: {model}",
+    "docs.embedding_help": (
+        "Re-embedding reads the stored text of every passage again with another model; files "
+        "are not read again. The knowledge base keeps answering with its current model until "
+        "the new vectors are complete, then switches at once."
+    ),
+    "docs.embedding_to": "Move to",
+    "docs.reindex": "Re-embed this knowledge base",
+    "docs.reindexing": "Re-embedding with {model}: {done}/{total} passages",
+    "docs.reindexed": "Re-embedded {chunks} passages with {model} in {seconds} s.",
+    "docs.reindex_failed": "Re-embedding failed; the knowledge base is unchanged: {error}",
     "docs.delete_kb_confirm": "Type '{kb}' to confirm: its documents, tables and index go",
     "docs.delete_kb": "Delete knowledge base",
     "search.query": "Search your documents",
@@ -75,7 +86,14 @@ EN: dict[str, str] = {
     "chat.waiting_model": "Waiting for the model: another question is being answered.",
     "chat.refused_note": "The documents do not cover this, so no answer was made up.",
     "chat.sources": "Sources ({n})",
-    "chat.no_citations": "The answer cites no passage; 'Why this answer' shows what was read.",
+    "chat.no_citations": "The answer cites no passage; it was written from these {n}:",
+    "chat.read_not_cited": "Also read, not cited ({n}):",
+    "chat.read_label": "read, not cited",
+    "chat.unsupported": "not found in the sources",
+    "chat.unsupported_note": (
+        "{n} sentence(s) of this answer were not found in the passages it was given; check "
+        "them before relying on them."
+    ),
     "chat.inferred": "matched by content",
     "chat.conversations": "Conversations",
     "chat.new": "New conversation",
@@ -233,6 +251,16 @@ ZH: dict[str, str] = {
     "docs.delete": "删除 {n} 个文档",
     "docs.deleted": "已删除 {n} 个文档",
     "docs.danger": "删除此知识库",
+    "docs.embedding": "向量模型：{model}",
+    "docs.embedding_help": (
+        "重新向量化会用另一个模型重新编码每个片段已保存的文本，不会重新读取文件。新向量全部完成之前，"
+        "知识库继续用当前模型回答，完成后一次性切换。"
+    ),
+    "docs.embedding_to": "改用",
+    "docs.reindex": "重新向量化此知识库",
+    "docs.reindexing": "正在用 {model} 重新向量化：{done}/{total} 个片段",
+    "docs.reindexed": "已用 {model} 重新向量化 {chunks} 个片段，用时 {seconds} 秒。",
+    "docs.reindex_failed": "重新向量化失败，知识库未改变：{error}",
     "docs.delete_kb_confirm": "输入“{kb}”以确认：其文档、表格和索引都将删除",
     "docs.delete_kb": "删除知识库",
     "search.query": "搜索你的文档",
@@ -248,7 +276,11 @@ ZH: dict[str, str] = {
     "chat.waiting_model": "正在等待模型：另一个问题正在回答中。",
     "chat.refused_note": "文档中没有相关内容，因此没有编造回答。",
     "chat.sources": "来源（{n}）",
-    "chat.no_citations": "回答未引用任何段落；“为什么是这个回答”显示了读取的内容。",
+    "chat.no_citations": "回答未引用任何段落；它依据以下 {n} 个段落写成：",
+    "chat.read_not_cited": "另外读取但未引用（{n}）：",
+    "chat.read_label": "已读取，未引用",
+    "chat.unsupported": "来源中未找到",
+    "chat.unsupported_note": "此回答有 {n} 句话在给定的段落中找不到依据；使用前请核实。",
     "chat.inferred": "按内容匹配",
     "chat.conversations": "对话",
     "chat.new": "新对话",

@@ -1,7 +1,8 @@
-"""Ingests that run off the Streamlit script thread, so the page stays responsive.
+"""Ingests and reindexes that run off the Streamlit script thread, so the page stays responsive.
 
-A ``JobBoard`` (one per server process) starts each upload batch in a thread and keeps its
-progress; pages poll it. No Streamlit here: the board is plain Python, testable alone.
+A ``JobBoard`` (one per server process) starts each upload batch (or re-embedding of a
+knowledge base) in a thread and keeps its progress; pages poll it. No Streamlit here: the board
+is plain Python, testable alone.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -44,6 +46,8 @@ class IngestJob:
     state: JobState = "queued"
     files_done: int = 0
     chunks_done: int = 0
+    reindex_to: str | None = None  # a reindex job: the embedding model it moves to
+    chunks_total: int = 0  # known for a reindex
     current: str | None = None
     results: list[FileResult] = field(default_factory=list)
     error: str | None = None
@@ -62,8 +66,12 @@ class IngestJob:
 
     @property
     def fraction(self) -> float:
-        """Share of the files finished, 0..1."""
-        return 1.0 if not self.active else self.files_done / max(1, self.files_total)
+        """Share of the files (of a reindex: the chunks) finished, 0..1."""
+        if not self.active:
+            return 1.0
+        if self.reindex_to is not None:
+            return self.chunks_done / max(1, self.chunks_total)
+        return self.files_done / max(1, self.files_total)
 
     @property
     def seconds(self) -> float:
@@ -105,6 +113,40 @@ class JobBoard:
         thread.start()
         return job
 
+    def start_reindex(self, assistant: Assistant, kb: str, model: str) -> IngestJob:
+        """Re-embed ``kb`` with the embedding model ``model`` in a thread (``kb reindex``)."""
+        with self._lock:
+            job = IngestJob(next(self._ids), kb, {}, reindex_to=model)
+            self._jobs.append(job)
+
+        def run() -> None:
+            def progress(done: int, total: int) -> None:
+                job.state, job.chunks_done, job.chunks_total = "running", done, total
+
+            def waiting() -> None:
+                job.state = "waiting"
+
+            self._guarded(job, lambda: assistant.reindex(
+                kb=kb, embedding_model=model, progress=progress, on_wait=waiting))  # fmt: skip
+
+        threading.Thread(target=run, name=f"reindex-{job.job_id}", daemon=True).start()
+        return job
+
+    @staticmethod
+    def _guarded(job: IngestJob, work: Callable[[], object]) -> None:
+        job.state = "running"
+        try:
+            work()
+            job.state = "done"
+        except KBError as exc:
+            job.error, job.state = str(exc), "failed"
+        except Exception as exc:  # a bug must not vanish with the thread: show it on the page
+            logger.exception("job %s failed", job.job_id)
+            job.error, job.state = f"unexpected error: {type(exc).__name__}: {exc}", "failed"
+        finally:
+            job.current = None
+            job.finished = time.monotonic()
+
     def jobs(self, kb: str) -> list[IngestJob]:
         """The jobs of one knowledge base, newest first."""
         with self._lock:
@@ -134,22 +176,14 @@ class JobBoard:
         def waiting() -> None:
             job.state = "waiting"
 
-        job.state = "running"
-        try:
+        def work() -> None:
             report = assistant.ingest(
                 paths, kb=job.kb, progress=progress, on_wait=waiting, names=job.uploads
             )
             job.results = _results(job, report)
             job.files_done = job.files_total
-            job.state = "done"
-        except KBError as exc:
-            job.error, job.state = str(exc), "failed"
-        except Exception as exc:  # a bug must not vanish with the thread: show it on the page
-            logger.exception("ingest job %s failed", job.job_id)
-            job.error, job.state = f"unexpected error: {type(exc).__name__}: {exc}", "failed"
-        finally:
-            job.current = None
-            job.finished = time.monotonic()
+
+        JobBoard._guarded(job, work)
 
 
 def _results(job: IngestJob, report: IngestReport) -> list[FileResult]:

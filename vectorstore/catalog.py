@@ -502,6 +502,46 @@ class Catalog:
 
     # --- writing (the caller holds the knowledge base's writer lock) ---------------------
 
+    @guarded_iterator
+    def embed_texts(
+        self, batch: int = 256
+    ) -> Iterator[tuple[list[int], list[tuple[str, str | None, str | None]]]]:
+        """``(ids, [(text, heading, sheet)])`` batches of every chunk, by id (for re-embedding)."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, text, heading, sheet FROM chunks WHERE id > ? ORDER BY id LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield [r[0] for r in rows], [(r[1], r[2], r[3]) for r in rows]
+
+    @guarded
+    def replace_embeddings(
+        self, identity: dict[str, object], batches: Iterable[tuple[list[int], np.ndarray]]
+    ) -> int:
+        """In one transaction: every chunk's vector replaced, and the new identity recorded
+        (``kb reindex``). Returns the version committed; a failure leaves everything as it was.
+        """
+        version = self.begin()
+        try:
+            with self._lock:
+                for ids, batch in batches:
+                    vectors = np.ascontiguousarray(batch, dtype=np.float32)
+                    self._db.executemany(
+                        "UPDATE chunks SET embedding = ? WHERE id = ?",
+                        ((vectors[i].tobytes(), chunk_id) for i, chunk_id in enumerate(ids)),
+                    )
+            self.record_identity(identity)
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+        return version
+
     @guarded
     def begin(self) -> int:
         """Start a write transaction; returns the version it will commit as."""

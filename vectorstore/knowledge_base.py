@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -195,15 +195,41 @@ def verify_identity(manifest: Manifest, catalog: Catalog, folder: Path) -> None:
     )
 
 
+NEXT_MANIFEST = MANIFEST_NAME + ".next"
+
+
+def _model(identity: dict[str, object]) -> tuple[object, object]:
+    return identity.get("embedding_model"), identity.get("dimension")
+
+
+def current_manifest(folder: Path, catalog: Catalog) -> Manifest:
+    """The manifest, verified against the catalog; a ``kb reindex`` that committed its new
+    vectors but was stopped before renaming its new manifest into place is finished here.
+
+    Raises:
+        CorruptKnowledgeBase: the manifest does not describe the stored vectors.
+    """
+    manifest = Manifest.read(folder)
+    recorded = catalog.identity()
+    pending = folder / NEXT_MANIFEST
+    if recorded is not None and _model(recorded) != _model(asdict(manifest)) and pending.is_file():
+        with contextlib.suppress(CorruptKnowledgeBase):
+            if _model(asdict(Manifest.read(folder, NEXT_MANIFEST))) == _model(recorded):
+                with contextlib.suppress(FileNotFoundError):  # another process finished it
+                    pending.replace(folder / MANIFEST_NAME)
+                manifest = Manifest.read(folder)
+    verify_identity(manifest, catalog, folder)
+    return manifest
+
+
 class KnowledgeBase:
     """Read access to one knowledge base, and the door to its single writer."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.manifest = Manifest.read(folder)
         self.catalog = Catalog(folder / CATALOG_NAME)
         try:
-            verify_identity(self.manifest, self.catalog, folder)
+            self.manifest = current_manifest(folder, self.catalog)
         except BaseException:
             self.catalog.close()
             raise
@@ -223,6 +249,46 @@ class KnowledgeBase:
     def documents(self) -> list[DocumentRecord]:
         """All documents, oldest first."""
         return self.catalog.documents()
+
+    def refresh(self) -> Manifest:
+        """The manifest as of now: re-read when the catalog records another embedding model
+        (a ``kb reindex`` in this or another process)."""
+        recorded = self.catalog.identity()
+        if recorded is not None and _model(recorded) != _model(asdict(self.manifest)):
+            with self._lock:
+                self.manifest = current_manifest(self.folder, self.catalog)
+                self._index = None
+        return self.manifest
+
+    def switch_embeddings(
+        self, manifest: Manifest, batches: Iterable[tuple[list[int], np.ndarray]]
+    ) -> None:
+        """Replace every vector and the manifest at once (the caller holds the writer lock).
+
+        The new manifest is written beside the old one first; the vectors and the catalog's
+        copy of the manifest then change in one SQLite transaction; the manifest is renamed
+        into place last. Stopped before the commit, the knowledge base is as it was; after it,
+        the next open finishes the rename (``current_manifest``). The FAISS snapshot, a cache,
+        is rebuilt from the catalog.
+        """
+        manifest.write(self.folder, NEXT_MANIFEST)
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / INDEX_NAME).unlink()
+        writer = Catalog(self.folder / CATALOG_NAME)
+        try:
+            writer.replace_embeddings(asdict(manifest), batches)
+            (self.folder / NEXT_MANIFEST).replace(self.folder / MANIFEST_NAME)
+            with writer.snapshot():
+                index = build_index(writer, manifest.dimension)
+                version = writer.version()
+            index.save(self.folder / INDEX_NAME, version)
+        finally:
+            writer.close()
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / NEXT_MANIFEST).unlink()  # left only when the commit failed
+        with self._lock:
+            self.manifest = manifest
+            self._index = None
 
     def index(self) -> VectorIndex:
         """The current vector index, reloaded when another process has committed changes."""

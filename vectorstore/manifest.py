@@ -35,13 +35,13 @@ class Manifest:
         return cls(name, embedding_model, dimension, chunk_tokens, overlap, created_at=now)
 
     @classmethod
-    def read(cls, folder: Path) -> Manifest:
-        """Read and validate ``folder/manifest.json``.
+    def read(cls, folder: Path, name: str = MANIFEST_NAME) -> Manifest:
+        """Read and validate ``folder/manifest.json`` (or another file name).
 
         Raises:
             CorruptKnowledgeBase: missing, unreadable, or written by a newer kb-assistant.
         """
-        path = folder / MANIFEST_NAME
+        path = folder / name
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             manifest = cls(**data)
@@ -59,10 +59,10 @@ class Manifest:
             )
         return manifest
 
-    def write(self, folder: Path) -> None:
-        """Write atomically into ``folder``."""
+    def write(self, folder: Path, name: str = MANIFEST_NAME) -> None:
+        """Write atomically into ``folder`` (as ``manifest.json`` or another file name)."""
         data = json.dumps(asdict(self), indent=2, ensure_ascii=False).encode()
-        atomic_write_bytes(folder / MANIFEST_NAME, data)
+        atomic_write_bytes(folder / name, data)
 
     def check_embedding(self, model_id: str, dimension: int) -> None:
         """Refuse to mix vectors of two embedding models in one index.
@@ -76,5 +76,6 @@ class Manifest:
             f"knowledge base '{self.name}' was built with embedding model "
             f"'{self.embedding_model}' ({self.dimension} dimensions) but the configured model is "
             f"'{model_id}' ({dimension} dimensions); set embedding_model back to "
-            f"'{self.embedding_model}', or ingest into a new knowledge base"
+            f"'{self.embedding_model}', or move it to the new model with "
+            f"'kb reindex --kb {self.name} --embedding-model NAME'"
         )

@@ -6,6 +6,7 @@ import streamlit as st
 
 from kb_assistant.errors import KBError, UploadRejected
 from kb_assistant.loaders import SUPPORTED_EXTENSIONS
+from kb_assistant.models.factory import EMBEDDING_MODELS
 from kb_assistant.ui.jobs import IngestJob
 from kb_assistant.ui.render import highlight_terms, highlighted, plain, where
 from kb_assistant.ui.state import PageContext, current_context
@@ -21,6 +22,7 @@ def render(ctx: PageContext) -> None:
         _uploader(ctx)
         _progress(ctx)
         _documents(ctx)
+        _embedding_model(ctx)
         _delete_kb(ctx)
     with search:
         _search(ctx)
@@ -96,6 +98,9 @@ def _progress(ctx: PageContext) -> None:
 
 def _job(ctx: PageContext, job: IngestJob, *, latest: bool) -> None:
     t = ctx.t
+    if job.reindex_to is not None:
+        _reindex_job(ctx, job)
+        return
     if job.active:
         if job.state == "waiting":
             label = t("docs.waiting_writer")
@@ -148,6 +153,40 @@ def _documents(ctx: PageContext) -> None:
             return
         st.toast(t("docs.deleted", n=len(removed)))
         st.rerun()
+
+
+def _reindex_job(ctx: PageContext, job: IngestJob) -> None:
+    t = ctx.t
+    if job.active:
+        label = (
+            t("docs.waiting_writer") if job.state == "waiting"
+            else t("docs.reindexing", model=job.reindex_to, done=job.chunks_done,
+                   total=job.chunks_total or "…")
+        )  # fmt: skip
+        st.progress(job.fraction, text=label)
+    elif job.state == "failed":
+        st.error(t("docs.reindex_failed", error=job.error or ""))
+    else:
+        st.success(t("docs.reindexed", model=job.reindex_to, chunks=job.chunks_total,
+                     seconds=f"{job.seconds:.1f}"))  # fmt: skip
+
+
+def _embedding_model(ctx: PageContext) -> None:
+    """The knowledge base's embedding model, and moving it to another one (``kb reindex``)."""
+    t = ctx.t
+    if not ctx.assistant.library.exists(ctx.kb):
+        return
+    current = ctx.assistant.knowledge_base(ctx.kb).refresh().embedding_model
+    with st.expander(t("docs.embedding", model=current)):
+        st.caption(t("docs.embedding_help"))
+        choices = [name for name, model_id in EMBEDDING_MODELS.items() if model_id != current]
+        if not choices:
+            return
+        model = st.selectbox(t("docs.embedding_to"), choices, key="reindex-model")
+        busy = bool(ctx.jobs.active(ctx.kb))
+        if st.button(t("docs.reindex"), disabled=busy) and model:
+            ctx.jobs.start_reindex(ctx.assistant, ctx.kb, model)
+            st.rerun()
 
 
 def _delete_kb(ctx: PageContext) -> None:

@@ -7,7 +7,7 @@ reset) and the two are interleaved, so the machine's noise hits both alike. Then
 few follow-up questions in sessions (the prompt cache on, as users run it) measure the
 prefix-cache effect: the time from asking to the first answer token, cold and as a follow-up.
 
-Usage: python -m bench.answer_latency [--questions 8] [--record]   (needs debian-faq)
+Usage: python -m bench.answer_latency [--questions 8] [--model NAME] [--record]   (needs debian-faq)
 """
 
 from __future__ import annotations
@@ -77,12 +77,12 @@ def capture_prompts(engine: Any) -> list[list[dict[str, str]]]:
     return sent
 
 
-def follow_ups(home: Path, raw: Any, sampling: Any, record: bool) -> None:
+def follow_ups(home: Path, raw: Any, sampling: Any, record: bool, chat_model: str) -> None:
     """Follow-ups as users run them: the prompt cache on, questions not asked before."""
     from kb_assistant.assistant import build_assistant
     from kb_assistant.settings import load_settings
 
-    chatting = build_assistant(load_settings(home, seed=7, max_tokens=96))
+    chatting = build_assistant(load_settings(home, seed=7, max_tokens=96, chat_model=chat_model))
     chat_sent = capture_prompts(chatting.chat_model.engine)  # type: ignore[attr-defined]
     pairs = []
     for first, second in FOLLOW_UPS:
@@ -116,7 +116,7 @@ def follow_ups(home: Path, raw: Any, sampling: Any, record: bool) -> None:
     )
     condense = "on" if chatting.rag_chain("faq").params.condense else "off (model < 1 B)"
     record_entry(
-        "Follow-up questions: prefix-cache reuse", "(same run)", rows,
+        f"Follow-up questions: prefix-cache reuse ({chat_model})", "(same run)", rows,
         [f"First token = from asking to the first answer token (rewrite if any, retrieval, "
          f"prompt); answer TTFT = the answer call alone; same prompt uncached = the follow-up's "
          f"identical prompt evaluated from scratch by llama-cpp-python. Prefix-cache reuse, "
@@ -129,7 +129,7 @@ def follow_ups(home: Path, raw: Any, sampling: Any, record: bool) -> None:
     )  # fmt: skip
 
 
-def main(n: int, record: bool) -> None:
+def main(n: int, record: bool, chat_model: str) -> None:
     """Run the comparison and print the table."""
     from llama_cpp import Llama
 
@@ -138,7 +138,8 @@ def main(n: int, record: bool) -> None:
 
     home = Path(tempfile.mkdtemp(prefix="kb-latency-"))
     # The prompt cache off for the overhead comparison: both sides then evaluate every prompt.
-    settings = load_settings(home, seed=7, max_tokens=96, prompt_cache_mb=0)
+    settings = load_settings(home, seed=7, max_tokens=96, prompt_cache_mb=0,
+                             chat_model=chat_model)  # fmt: skip
     assistant = build_assistant(settings)
     assistant.ingest(sorted(glob.glob("/usr/share/doc/debian/FAQ/*.en.html")), kb="faq")
     model = assistant.chat_model
@@ -161,24 +162,25 @@ def main(n: int, record: bool) -> None:
     ttfts = (med(o[0] for o in ours), med(d[0] for d in direct))
     speeds = (med(o[1] for o in ours), med(d[1] for d in direct))
     record_entry(
-        "Answer latency: kb ask vs llama-cpp-python", f"python -m bench.answer_latency "
-        f"--questions {n}",
+        f"Answer latency: kb ask vs llama-cpp-python ({chat_model})",
+        f"python -m bench.answer_latency --questions {n} --model {chat_model}",
         [["path", "TTFT s (median)", "decode tok/s (median)"],
          ["kb ask", round(ttfts[0], 3), round(speeds[0], 1)],
          ["llama-cpp-python direct", round(ttfts[1], 3), round(speeds[1], 1)],
          ["ratio", f"x{ttfts[0] / ttfts[1]:.3f}", f"x{speeds[0] / speeds[1]:.3f}"]],
-        [f"{n} FAQ questions, median prompt {med(o[2] for o in ours):.0f} tokens; SmolLM2-135M "
-         "Q4_1, max_tokens 96, seed 7; both cold (KV cache reset, prompt cache off), "
+        [f"{n} FAQ questions, median prompt {med(o[2] for o in ours):.0f} tokens; {chat_model}, "
+         "max_tokens 96, seed 7; both cold (KV cache reset, prompt cache off), "
          "interleaved. kb ask's model runs in its worker process, tokens streamed back over "
          "a pipe; the direct call runs in this process. Target: within 3%."],
         write=record,
     )  # fmt: skip
-    follow_ups(home, raw, model.sampling, record)  # type: ignore[attr-defined]
+    follow_ups(home, raw, model.sampling, record, chat_model)  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="chat model name or path")
     arguments = parser.parse_args()
-    main(arguments.questions, arguments.record)
+    main(arguments.questions, arguments.record, arguments.model)

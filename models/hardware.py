@@ -80,7 +80,8 @@ def generation_check(settings: Settings) -> dict[str, Any]:
     """Load the model in a worker process and generate one token: ``{ok, seconds, ...}``, or
     ``{ok: False, error}`` naming what killed the worker and the fix."""
     engine = LocalLLM(
-        resolve_chat_model(settings.chat_model), context_cap=min(settings.context_size, 512),
+        resolve_chat_model(settings.chat_model, settings.model_cache_dir),
+        context_cap=min(settings.context_size, 512),
         n_gpu_layers=settings.n_gpu_layers, threads=settings.effective_threads,
         lora_path=settings.lora_path,
     )  # fmt: skip
@@ -106,7 +107,7 @@ def doctor_report(settings: Settings, *, check: bool = True) -> dict[str, Any]:
     runs the one-token generation in a worker process (the settings page leaves it out)."""
     import psutil
 
-    path = resolve_chat_model(settings.chat_model)
+    path = resolve_chat_model(settings.chat_model, settings.model_cache_dir)
     meta = read_gguf_metadata(path)
     arch = str(meta.get("general.architecture", "llama"))
     layers = int(meta.get(f"{arch}.block_count", 0))

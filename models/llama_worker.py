@@ -26,6 +26,7 @@ them. The prompt cache lives here, with the model, so follow-ups resume their pr
 
 from __future__ import annotations
 
+import ctypes
 import json
 import sys
 import threading
@@ -200,6 +201,14 @@ def load(config: dict[str, Any], features: set[str]) -> tuple[Any, bool]:
 
     # Llama() exposes no argument for this field; it builds its model parameters from here.
     llama_cpp.llama_cpp.llama_model_default_params = model_params
+    errors: list[str] = []
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator,misc]
+    def record(level: int, text: bytes, _user: Any) -> None:
+        if level == 4:  # GGML_LOG_LEVEL_ERROR (llama_cpp._logger maps it to DEBUG: dropped)
+            errors.append(text.decode(errors="replace").strip())
+
+    llama_cpp.llama_log_set(record, ctypes.c_void_p(0))
     try:
         llama = Llama(
             model_path=config["path"], n_ctx=config["n_ctx"],
@@ -210,13 +219,41 @@ def load(config: dict[str, Any], features: set[str]) -> tuple[Any, bool]:
         )  # fmt: skip
     finally:
         llama_cpp.llama_cpp.llama_model_default_params = default_params
-    if config.get("prompt_cache_bytes"):
-        from llama_cpp.llama_cache import LlamaRAMCache
+        from llama_cpp import _logger
 
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    # llama-cpp-python 0.3.36 declares the adapter pointer as POINTER(c_void_p), so a refused
+    # adapter comes back as a NULL pointer, not None, and its own check never fires: the
+    # worker would die at the first token. llama.cpp logged why; say it.
+    if config.get("lora_path") and not llama._lora_adapter:
+        reason = "; ".join(e.split(": ", 1)[-1] for e in errors) or "see llama.cpp's log"
+        llama.close()
+        raise ValueError(f"LoRA adapter {config['lora_path']} refused: {reason}")
+    if config.get("prompt_cache_bytes"):
         # Saved states are keyed by their tokens; a new prompt resumes from the longest
         # matching one, even after an unrelated call (the condense step).
-        llama.set_cache(LlamaRAMCache(capacity_bytes=config["prompt_cache_bytes"]))
+        llama.set_cache(lean_cache(config["prompt_cache_bytes"]))
     return llama, extra
+
+
+def lean_cache(capacity: int) -> Any:
+    """llama-cpp-python's RAM prompt cache, without the logits copy in each saved state.
+
+    ``Llama.save_state`` copies up to ``n_batch x n_vocab`` float32 logits with every state
+    (311 MB for Qwen2.5's 151,936-token vocabulary), which it never reads back without
+    ``logits_all`` (a restored state is decoded again before sampling), and which the cache's
+    capacity does not count: twenty saved states held a 1.5B model's worker at 9.4 GB. One
+    zero row is kept, the shape ``load_state`` assigns from.
+    """
+    import numpy as np
+    from llama_cpp.llama_cache import LlamaRAMCache
+
+    class LeanRAMCache(LlamaRAMCache):  # type: ignore[misc]
+        def __setitem__(self, key: Any, value: Any) -> None:
+            value.scores = np.zeros((1, value.scores.shape[1]), dtype=np.single)
+            super().__setitem__(key, value)
+
+    return LeanRAMCache(capacity_bytes=capacity)
 
 
 def main(argv: list[str]) -> int:
@@ -238,7 +275,7 @@ def main(argv: list[str]) -> int:
     try:
         llama, extra = load(config, set(info["features"]))
     except (ValueError, RuntimeError, OSError) as exc:
-        out.send_bytes(json.dumps({"fatal": f"llama.cpp cannot load it ({exc})"}).encode())
+        out.send_bytes(json.dumps({"fatal": f"llama.cpp cannot load it: {exc}"}).encode())
         return 3
     worker = Worker(llama, out)
     worker.send({"ready": {**info, "n_ctx": int(llama.n_ctx()), "extra_buffers": extra}})

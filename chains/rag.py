@@ -18,9 +18,15 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-from kb_assistant.chains.citations import Citation, CitationFilter, infer_citations
+from kb_assistant.chains.citations import (
+    Attribution,
+    Citation,
+    CitationFilter,
+    infer_citations,
+)
 from kb_assistant.chains.guard import OutputGuard, new_canary
 from kb_assistant.chains.language import detect_language
+from kb_assistant.chains.support import Embed, SentenceCheck, check_sentences
 from kb_assistant.errors import ContextOverflow
 from kb_assistant.models.protocol import ChatModel, Generation
 from kb_assistant.prompts import LANGUAGES, Language, load_prompt, render
@@ -85,6 +91,7 @@ class RagParams:
     history_share: float = 0.25  # of the context, at most, for earlier turns
     min_dense: float = 0.35  # abstain below this cosine ...
     min_coverage: float = 0.75  # ... unless this share of the question's words is found
+    support_cosine: float = 0.5  # an answer sentence this close to a passage is supported
     condense: bool = True  # rewrite follow-ups with the model (else: previous question + it)
     condense_tokens: int = 48  # a longer rewrite is refused anyway (24 words at most)
     language: Language | None = None  # answer in this language; None: the question's
@@ -100,6 +107,12 @@ class Answer:
     citations: list[Citation] = field(default_factory=list)
     trace: dict[str, Any] = field(default_factory=dict)
     passages: list[Citation] = field(default_factory=list)  # every passage in the prompt
+    sentences: list[SentenceCheck] = field(default_factory=list)  # each checked for support
+
+    @property
+    def unsupported(self) -> list[SentenceCheck]:
+        """The sentences no passage supports."""
+        return [s for s in self.sentences if not s.supported]
 
     def to_json(self) -> dict[str, Any]:
         """The stable machine-readable form (``kb ask --json``)."""
@@ -109,6 +122,7 @@ class Answer:
             "language": self.language,
             "citations": [c.to_json() for c in self.citations],
             "sources": [c.to_json() for c in self.passages],
+            "sentences": [s.to_json() for s in self.sentences],
             "trace": self.trace,
         }
 
@@ -158,8 +172,10 @@ class RagChain:
         retrieve: Retrieve,
         chat_model: ChatModel,
         params: RagParams,
+        *,
         fetch: Fetch | None = None,
         canary: str | None = None,
+        embed: Embed | None = None,
     ) -> None:
         """Args:
         retrieve: ``(query, k) -> hits``, best first.
@@ -168,12 +184,15 @@ class RagChain:
         fetch: chunk ids -> hits, to rebuild the previous turn's prompt (prefix reuse).
         canary: the system prompt's secret (``chains.guard``); keep one per model so that
             prompts keep their common prefix. None: a new one.
+        embed: texts -> unit vectors (the knowledge base's embedding model), for checking
+            each answer sentence against its passages; None: key terms only.
         """
         self.retrieve = retrieve
         self.chat_model = chat_model
         self.params = params
         self.fetch = fetch
         self.canary = canary or new_canary()
+        self.embed = embed
 
     def answer(
         self,
@@ -470,7 +489,7 @@ class RagChain:
         tail = screen.flush()
         text = screen.guard.settle(("".join(shown) + tail).strip())
         by_number = {n: h for n, h in enumerate(passages, start=1)}
-        attributions = infer_citations(text, {n: h.chunk.text for n, h in by_number.items()})
+        attributions, checks = self._check(text, by_number, trace)
         if screen.guard.findings:
             trace["screened"] = dict(screen.guard.findings)
             note = load_prompt("guard_note", language)
@@ -481,7 +500,18 @@ class RagChain:
         trace.update(_timing(stats, self.chat_model, started))
         cited = [Citation.from_hit(a.n, by_number[a.n], inferred=a.inferred) for a in attributions]
         given = [Citation.from_hit(n, h) for n, h in by_number.items()]
-        return Answer(text, False, language, cited, trace, given)
+        return Answer(text, False, language, cited, trace, given, checks)
+
+    def _check(
+        self, text: str, by_number: dict[int, SearchHit], trace: dict[str, Any]
+    ) -> tuple[list[Attribution], list[SentenceCheck]]:
+        """The passages the answer cites (or is attributed to), and each sentence's support."""
+        texts = {n: h.chunk.text for n, h in by_number.items()}
+        read = {n: f"{h.chunk.heading or ''}\n{h.chunk.text}" for n, h in by_number.items()}
+        checks = check_sentences(text, read, self.embed, min_cosine=self.params.support_cosine)
+        trace["sentences"] = [c.to_json() for c in checks]
+        trace["passages"] = [Citation.from_hit(n, h).to_json() for n, h in by_number.items()]
+        return infer_citations(text, texts), checks
 
     def _stream(  # noqa: PLR0917 (the loop's state, passed to both attempts)
         self,

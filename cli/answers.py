@@ -49,21 +49,34 @@ def _echo_stream(piece: str) -> None:
 def _print_sources(answer: Any) -> None:
     if answer.refused or not answer.passages:
         return
+    if answer.unsupported:
+        click.echo("\nNot found in the sources (check before relying on it):")
+        for check in answer.unsupported:
+            missing = f"  [missing: {', '.join(check.missing)}]" if check.missing else ""
+            click.echo(f"  ! {check.text}{missing}")
+    cited = {c.n for c in answer.citations}
     if answer.citations:
         click.echo("\nSources:")
     else:
-        click.echo("\nThe answer cites no source; the passages it was given:")
+        click.echo("\nThe answer cites no source; the passages it was read from:")
     for c in answer.citations or answer.passages:
-        where = (
-            c.name
-            + (f", page {c.page}" if c.page else "")
-            + (f", sheet {c.sheet}" if c.sheet else "")
-        )
-        where += f" — {c.heading}" if c.heading else ""
         note = " (not cited inline; its words are in the answer)" if c.inferred else ""
-        snippet = " ".join(c.text.split())
-        click.echo(f"  [{c.n}] {where}{note}")
-        click.echo(f"      {snippet[:160]}{'…' if len(snippet) > 160 else ''}")
+        _print_passage(c, note)
+    read = [c for c in answer.passages if c.n not in cited] if answer.citations else []
+    if read:
+        click.echo("Also read, not cited:")
+        for c in read:
+            _print_passage(c, "")
+
+
+def _print_passage(c: Any, note: str) -> None:
+    where = (
+        c.name + (f", page {c.page}" if c.page else "") + (f", sheet {c.sheet}" if c.sheet else "")
+    )
+    where += f" — {c.heading}" if c.heading else ""
+    snippet = " ".join(c.text.split())
+    click.echo(f"  [{c.n}] {where}{note}")
+    click.echo(f"      {snippet[:160]}{'…' if len(snippet) > 160 else ''}")
 
 
 @main.command()

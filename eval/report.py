@@ -127,6 +127,24 @@ def plot_evidence(rows: Sequence[dict[str, Any]], threshold: float, path: Path) 
     return _save(fig, path)
 
 
+def plot_correctness(rows: Sequence[dict[str, Any]], path: Path) -> str:
+    """Graded answers: correct, wrong, refused; and seconds to the first token."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    graded = [r for r in rows if r.get("correct") is not None]
+    groups = {
+        "correct": sum(bool(r["correct"]) for r in graded),
+        "wrong": sum(r["correct"] is False and not r["refused"] for r in graded),
+        "refused": sum(r["refused"] for r in graded),
+    }
+    left.bar(list(groups), list(groups.values()), color=["#54a24b", "#e45756", "#bab0ac"])
+    left.set(ylabel="answers", title="Answer correctness")
+    ttfts = [r["ttft_s"] for r in rows if r.get("ttft_s") is not None]
+    right.hist(ttfts, bins=20, color="#72b7b2")
+    right.set(xlabel="seconds to the first token", ylabel="answers", title="Wait")
+    return _save(fig, path)
+
+
 def plot_citations(rows: Sequence[dict[str, Any]], path: Path) -> str:
     """Answered questions by what their citations point at."""
     plt = _pyplot()

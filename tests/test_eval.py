@@ -62,6 +62,22 @@ def test_hit_rule_and_summary_by_hand() -> None:
     }
 
 
+def test_chinese_is_scored_by_character_4grams_as_the_shared_scorer_does() -> None:
+    spec = importlib.util.spec_from_file_location("score_retrieval", REFERENCE_SCORER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    gold_text = "使用 apt-get install 命令安装软件包，apt 会自动下载并解决依赖关系。"
+    # One run of Chinese characters is one "word" by \w+: word 4-grams would see a single
+    # gram and call every chunk of this section a miss or a hit by accident.
+    chunk = "apt 会自动下载并解决依赖关系"
+    other = "网络接口在文件 /etc/network/interfaces 中配置"
+    assert grams(gold_text) == module.grams(gold_text)
+    assert ("自", "动", "下", "载") in grams(gold_text)
+    assert is_hit(chunk, grams(gold_text)) and module.is_hit(chunk, module.grams(gold_text))
+    assert not is_hit(other, grams(gold_text))
+
+
 def test_eval_retrieval_scores_writes_run_report_and_plots(faq_kb: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     result = kb("eval", "retrieval", str(faq_kb), "--out", str(out), "--json")
@@ -105,6 +121,39 @@ def test_eval_answers_abstention_and_citations(faq_kb: Path, tmp_path: Path) -> 
     assert scores["answers_citing_inline"] == 1.0 and scores["inline_citation_precision"] == 1.0
     for name in ("abstention.png", "evidence.png", "citations.png"):
         assert (out / name).read_bytes()[:8] == PNG
+
+
+def test_gold_answers_are_graded_by_their_facts(faq_kb: Path, tmp_path: Path) -> None:
+    records = [json.loads(line) for line in faq_kb.read_text().splitlines()[:3]]
+    # The scripted model answers with the start of passage [1] (the section's heading here).
+    records[0] |= {"all": ["install"], "any": ["a package", "软件包"]}
+    records[1] |= {"all": ["keep the system", "UP TO DATE"]}  # case does not matter
+    records[2] |= {"any": ["/etc/fstab"]}  # not in the answer: wrong
+    answerable = write_jsonl(tmp_path / "gold.jsonl", records)
+    out = tmp_path / "graded"
+    result = kb("eval", "answers", str(answerable), "--limit", "3", "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.output)
+    assert (scores["graded"], scores["correctness"], scores["wrong_answers"]) == (3, 0.6667, 1)
+    assert scores["median_ttft_s"] is not None
+    assert (out / "correctness.png").read_bytes()[:8] == PNG
+    assert "| q3 | yes | no | no |" in (out / "report.md").read_text()
+    assert scores["wrong_flagged"] is not None and scores["correct_flagged"] is not None
+
+
+def test_gold_facts_rule_and_bad_fields() -> None:
+    from kb_assistant.errors import KBError
+    from kb_assistant.eval.answers import gold_facts, is_correct
+
+    facts = gold_facts({"question": "q", "all": ["apt"], "any": ["dpkg", "aptitude"]})
+    assert facts == (["apt"], ["dpkg", "aptitude"])
+    assert is_correct("Use APT, or Aptitude.", facts)
+    assert not is_correct("Use apt.", facts) and not is_correct("Use dpkg.", facts)
+    assert gold_facts({"question": "q", "gold_text": "g"}) is None
+    with pytest.raises(KBError, match="'any' must be a list of non-empty strings"):
+        gold_facts({"id": "x", "question": "q", "any": "dpkg"})
+    with pytest.raises(KBError, match="'all' and 'any' are both empty"):
+        gold_facts({"id": "x", "question": "q", "all": [], "any": []})
 
 
 def test_eval_sql_execution_accuracy_on_chinook(tmp_path: Path) -> None:

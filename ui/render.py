@@ -51,6 +51,22 @@ def highlighted(passage: str, terms: Iterable[str]) -> str:
     return "".join(out)
 
 
+def marked_answer(answer: str, unsupported: Iterable[str], note: str) -> str:
+    """``answer`` as safe Markdown with each unsupported sentence dimmed and followed by
+    ``note`` ("not found in the sources"); nothing is dropped."""
+    out: list[str] = []
+    position = 0
+    for sentence in unsupported:
+        found = answer.find(sentence, position)
+        if found < 0 or not sentence:
+            continue
+        out.append(plain(answer[position:found]))
+        out.append(f":gray[{plain(sentence)}] :orange[*({plain(note)})*]")
+        position = found + len(sentence)
+    out.append(plain(answer[position:]))
+    return "".join(out)
+
+
 def where(name: str, page: int | None, sheet: str | None, page_word: str, sheet_word: str) -> str:
     """``file — page 2`` / ``file — sheet Sales``."""
     parts = [name]

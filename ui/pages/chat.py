@@ -15,6 +15,7 @@ from kb_assistant.ui.render import (
     format_seconds,
     highlight_terms,
     highlighted,
+    marked_answer,
     plain,
     where,
 )
@@ -88,23 +89,34 @@ def show_answer(t: Text, turn: StoredTurn) -> None:
         st.warning(plain(turn.answer), icon=":material/block:")
         st.caption(t("chat.refused_note"))
     else:
-        st.markdown(plain(turn.answer))
+        checks = turn.trace.get("sentences", [])
+        unsupported = [c["text"] for c in checks if not c.get("supported", True)]
+        st.markdown(marked_answer(turn.answer, unsupported, t("chat.unsupported")))
+        if unsupported:
+            st.caption(t("chat.unsupported_note", n=len(unsupported)))
         terms = highlight_terms(turn.question, turn.answer)
         if turn.citations:
             st.caption(t("chat.sources", n=len(turn.citations)))
         for c in turn.citations:
             _source_card(t, c, terms)
-        if not turn.citations:
-            st.caption(t("chat.no_citations"))
+        cited = {c["n"] for c in turn.citations}
+        read = [p for p in turn.trace.get("passages", []) if p["n"] not in cited]
+        if read:
+            st.caption(t("chat.read_not_cited" if turn.citations else "chat.no_citations",
+                         n=len(read)))  # fmt: skip
+        for c in read:
+            _source_card(t, c, terms, read_only=True)
     _trace(t, turn.trace)
 
 
-def _source_card(t: Text, c: dict[str, Any], terms: list[str]) -> None:
+def _source_card(t: Text, c: dict[str, Any], terms: list[str], *, read_only: bool = False) -> None:
     name = c.get("name") or Path(c["source"]).name
     label = f"[{c['n']}] " + where(name, c.get("page"), c.get("sheet"), t("where.page"),
                                    t("where.sheet"))  # fmt: skip
     if c.get("inferred"):
         label += " · " + t("chat.inferred")
+    if read_only:
+        label += " · " + t("chat.read_label")
     with st.expander(plain(label), icon=":material/description:"):
         if c.get("heading"):
             st.markdown(f"**{plain(c['heading'])}**")

@@ -1,0 +1,96 @@
+"""Every answer sentence is checked against the passages behind it: key terms must be there,
+and the meaning close; unsupported sentences are marked, never dropped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kb_assistant.assistant import Assistant
+from kb_assistant.chains.support import check_sentences, key_terms
+from kb_assistant.models.chat import ScriptedChatModel
+from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.ui.render import marked_answer
+
+PASSAGES = {
+    1: "Run apt-get update to refresh the package lists, then apt-get upgrade to install the "
+    "newer versions. The list of mirrors is kept in /etc/apt/sources.list.",
+    2: "Debian 12 (bookworm) was released in June 2023 with Linux 6.1.",
+}
+
+
+def test_key_terms_are_numbers_and_identifiers() -> None:
+    assert key_terms("Edit /etc/apt/sources.list and run apt-get update [1].") == [
+        "/etc/apt/sources.list", "apt-get",
+    ]  # fmt: skip
+    # Plain capitalised words are not terms: titles and headings would flag correct answers.
+    assert key_terms("Debian 12 was released in 2023 by Ian Murdock.") == ["12", "2023"]
+    # List numbers, Markdown and placeholders a model invents for an example are not either.
+    assert key_terms("2. **List Diversions**: run `dpkg-divert --list`.") == ["dpkg-divert"]
+    assert key_terms("For example: alien -i example.rpm") == []
+    # Latin words inside a Chinese sentence are names or commands.
+    assert key_terms("使用 aptitude 或 dpkg 安装软件包。") == ["aptitude", "dpkg"]
+    assert key_terms("It is simple.") == []
+
+
+def test_terms_are_compared_as_numbers_or_without_punctuation() -> None:
+    from kb_assistant.chains.support import _contains
+
+    assert _contains("Mount the cdrom drive.", "CD-ROM")
+    assert _contains("Debian includes more than 59100 packages.", "59,100")
+    assert not _contains("Debian includes more than 59100 packages.", "58,100")
+    assert not _contains("Debian 12 (bookworm)", "2")
+
+
+def test_a_sentence_naming_what_no_passage_says_is_unsupported() -> None:
+    embed = HashEmbedder(dimension=512).embed_array
+    answer = (
+        "Run apt-get update, then apt-get upgrade [1]. "
+        "Debian 12 was released in June 2023 [2]. "
+        "Debian 13 was released in 2025 with Linux 6.12 [2]. "
+        "You can also use synaptic-gtk for this."
+    )
+    checks = check_sentences(answer, PASSAGES, embed, min_cosine=0.2)
+    assert [c.supported for c in checks] == [True, True, False, False]
+    assert checks[2].passages == [2] and checks[2].missing == ["13", "2025", "6.12"]
+    assert checks[3].missing == ["synaptic-gtk"] and checks[3].passages == [1, 2]
+    # Without an embedder only the key terms decide.
+    assert [c.supported for c in check_sentences(answer, PASSAGES, None, min_cosine=0.9)] == [
+        True, True, False, False,
+    ]  # fmt: skip
+
+
+def test_a_sentence_far_from_its_passage_is_unsupported_even_without_key_terms() -> None:
+    def embed(texts: list[str]) -> np.ndarray:  # sentence 0 is orthogonal to everything
+        vectors = np.zeros((len(texts), 3), dtype=np.float32)
+        vectors[0, 0] = 1.0
+        vectors[1:, 1] = 1.0
+        return vectors
+
+    checks = check_sentences("Cats sleep most of the day [1].", PASSAGES, embed, min_cosine=0.5)
+    assert [(c.supported, c.similarity) for c in checks] == [(False, 0.0)]
+
+
+def test_marked_answer_dims_unsupported_sentences_and_keeps_them() -> None:
+    answer = "Use apt [1]. Debian 13 came out in 2025. Done."
+    shown = marked_answer(answer, ["Debian 13 came out in 2025."], "not found in the sources")
+    assert shown.startswith("Use apt \\[1\\]\\. :gray[Debian 13 came out in 2025\\.]")
+    assert ":orange[*(not found in the sources)*]" in shown and shown.endswith("Done\\.")
+
+
+@pytest.mark.parametrize("scripted", ["Run apt-get upgrade to get Debian 14 [1]."])
+def test_ask_marks_the_unsupported_sentence_in_json(
+    assistant: Assistant, tmp_path: Path, scripted: str
+) -> None:
+    doc = tmp_path / "apt.md"
+    doc.write_text("# Upgrading\n\nRun apt-get update, then apt-get upgrade, to upgrade.\n")
+    assistant.ingest([doc])
+    assistant._chat_model = ScriptedChatModel(responses=[scripted])
+    answer = assistant.ask("How do I upgrade with apt-get?")
+    data = answer.to_json()
+    assert [s["supported"] for s in data["sentences"]] == [False]
+    assert data["sentences"][0]["missing"] == ["14"]
+    assert answer.unsupported[0].text == scripted
+    assert answer.trace["passages"] and answer.trace["passages"][0]["n"] == 1

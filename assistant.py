@@ -16,6 +16,7 @@ from pathlib import Path
 from kb_assistant import uploads
 from kb_assistant.chains import Answer, RagChain, RagParams, history_from
 from kb_assistant.chains.agent import AgentLimits, AgentResult, AgentStep, AgentTools, run_agent
+from kb_assistant.chains.citations import Citation
 from kb_assistant.chains.guard import new_canary
 from kb_assistant.chains.tools.sql import run_query
 from kb_assistant.errors import (
@@ -431,6 +432,8 @@ class Assistant:
             candidates=max(s.retrieval_k, s.max_sources), max_passages=s.max_sources,
             passage_token_budget=s.source_token_budget, answer_tokens=s.max_tokens,
             min_dense=min_dense, min_coverage=s.abstain_min_coverage,
+            min_dense_cross=None if s.abstain_min_dense is not None
+            else model.abstain_cosine_cross,
             support_cosine=model.support_cosine,
             language=None if s.answer_language == "auto" else s.answer_language,
             condense=self._condenses(),
@@ -462,9 +465,11 @@ class Assistant:
         conversation: str | None = None,
         on_token: Callable[[str], None] | None = None,
         on_wait: Callable[[], None] | None = None,
+        on_passages: Callable[[list[Citation]], None] | None = None,
     ) -> Answer:
         """Answer a question from a knowledge base; with ``conversation`` (its id), as a
-        follow-up in it, and saved there.
+        follow-up in it, and saved there. ``on_passages`` hears the passages before the model
+        reads them.
 
         Raises:
             KBError: empty question; KnowledgeBaseNotFound; SessionNotFound; ModelError.
@@ -478,7 +483,7 @@ class Assistant:
             history = history_from(self.conversations.turns(info.session_id))
         self.knowledge_base(kb)  # fail early, before any model loads, if it does not exist
         result = self.rag_chain(kb).answer(
-            question.strip(), history, on_token=on_token, on_wait=on_wait
+            question.strip(), history, on_token=on_token, on_wait=on_wait, on_passages=on_passages
         )
         if conversation is not None:
             data = result.to_json()

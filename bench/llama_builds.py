@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.measure import record_entry
 from kb_assistant.models.cpu import cmake_args
-from kb_assistant.models.llm import DEFAULT_CHAT_MODEL, resolve_chat_model
+from kb_assistant.models.llm import EMBEDDED_CHAT_MODEL, resolve_chat_model
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTIONS = {
@@ -153,5 +153,5 @@ if __name__ == "__main__":
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/kb-bench-llama")
     parser.add_argument("--record", action="store_true")
     arguments = parser.parse_args()
-    chosen = arguments.model or resolve_chat_model(DEFAULT_CHAT_MODEL)
+    chosen = arguments.model or resolve_chat_model(EMBEDDED_CHAT_MODEL)
     main(chosen, arguments.rounds, arguments.cache, arguments.record)

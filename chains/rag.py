@@ -90,6 +90,7 @@ class RagParams:
     answer_tokens: int = 384  # reserved for the answer
     history_share: float = 0.25  # of the context, at most, for earlier turns
     min_dense: float = 0.35  # abstain below this cosine ...
+    min_dense_cross: float | None = None  # ... (this one when the passage's language differs)
     min_coverage: float = 0.75  # ... unless this share of the question's words is found
     support_cosine: float = 0.5  # an answer sentence this close to a passage is supported
     condense: bool = True  # rewrite follow-ups with the model (else: previous question + it)
@@ -193,6 +194,7 @@ class RagChain:
         self.fetch = fetch
         self.canary = canary or new_canary()
         self.embed = embed
+        self._on_passages: Callable[[list[Citation]], None] | None = None
 
     def answer(
         self,
@@ -201,9 +203,13 @@ class RagChain:
         *,
         on_token: Callable[[str], None] | None = None,
         on_wait: Callable[[], None] | None = None,
+        on_passages: Callable[[list[Citation]], None] | None = None,
     ) -> Answer:
-        """Answer ``question`` (a follow-up of ``history``), streaming through ``on_token``."""
+        """Answer ``question`` (a follow-up of ``history``), streaming through ``on_token``;
+        ``on_passages`` hears the passages going into the prompt before the model reads it
+        (so they can be shown while it does)."""
         started = time.perf_counter()
+        self._on_passages = on_passages
         language = self.params.language or detect_language(question)
         trace: dict[str, Any] = {"question": question, "language": language}
         prior = self._replay(history, language)
@@ -212,16 +218,28 @@ class RagChain:
         trace["retrieval_s"] = round(time.perf_counter() - started, 4)
         trace["candidates"] = [_candidate(h) for h in hits]
         dense, coverage = evidence(query, hits)
+        min_dense = self._dense_threshold(query, hits)
         trace["evidence"] = {
             "dense": round(dense, 4), "coverage": round(coverage, 3),
-            "min_dense": self.params.min_dense, "min_coverage": self.params.min_coverage,
+            "min_dense": min_dense, "min_coverage": self.params.min_coverage,
         }  # fmt: skip
-        if dense < self.params.min_dense and coverage < self.params.min_coverage:
+        if dense < min_dense and coverage < self.params.min_coverage:
             return self._refuse(language, trace, on_token, started)
         return self._generate(
             question, history, language, hits, prior=prior,
             trace=trace, on_token=on_token, on_wait=on_wait, started=started,
         )  # fmt: skip
+
+    def _dense_threshold(self, query: str, hits: Sequence[SearchHit]) -> float:
+        """The abstention cosine: lower when the closest passage is in another language than
+        the question (multilingual models score across languages lower)."""
+        dense = [h for h in hits if h.dense_score is not None]
+        if self.params.min_dense_cross is None or not dense:
+            return self.params.min_dense
+        best = max(dense, key=lambda h: h.dense_score or 0.0)
+        if detect_language(best.chunk.text) == detect_language(query):
+            return self.params.min_dense
+        return self.params.min_dense_cross
 
     # --- steps --------------------------------------------------------------------------
 
@@ -460,6 +478,8 @@ class RagChain:
         trace["in_prompt"] = [
             {"n": n, "chunk_id": h.chunk.chunk_id} for n, h in enumerate(passages, start=1)
         ]
+        if self._on_passages is not None:
+            self._on_passages([Citation.from_hit(n, h) for n, h in enumerate(passages, start=1)])
         stats = Generation()
         screen = _Screen(self.canary, len(passages))
         shown: list[str] = []

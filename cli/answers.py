@@ -34,12 +34,19 @@ def ask(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> None
     """Answer QUESTION from a knowledge base, citing sources as [1], [2]..."""
     with reported(as_json):
         stream = None if as_json else _echo_stream
-        answer = ctx.assistant().ask(question, kb=kb_name, on_token=stream, on_wait=_waiting)
+        answer = ctx.assistant().ask(question, kb=kb_name, on_token=stream, on_wait=_waiting,
+                                     on_passages=None if as_json else _reading)  # fmt: skip
     if as_json:
         emit(answer.to_json(), True, lambda: None)
     else:
         click.echo()
         _print_sources(answer)
+
+
+def _reading(passages: list[Any]) -> None:
+    if sys.stderr.isatty():
+        names = ", ".join(dict.fromkeys(c.name for c in passages))
+        click.echo(f"Reading {len(passages)} passage(s) from {names}…", err=True)
 
 
 def _echo_stream(piece: str) -> None:

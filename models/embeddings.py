@@ -43,6 +43,9 @@ class Embedder(Embeddings):
     # differently, so each has its own, calibrated by eval/abstention.py on the dev sets;
     # this one is all-MiniLM-L6-v2's (docs/benchmarks.md).
     abstain_cosine: float = 0.35
+    # The same across languages (the question in one, the closest passage in the other): a
+    # multilingual model scores translations lower than paraphrases. None: no such model.
+    abstain_cosine_cross: float | None = None
     # An answer sentence at least this close to a passage counts as supported by it (with its
     # key terms in the passage, see chains.support). Meaning alone does not separate wrong
     # answers from right ones (a wrong answer paraphrases its passage too); it catches

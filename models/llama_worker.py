@@ -203,7 +203,7 @@ def load(config: dict[str, Any], features: set[str]) -> tuple[Any, bool]:
     llama_cpp.llama_cpp.llama_model_default_params = model_params
     errors: list[str] = []
 
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator,misc]
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def record(level: int, text: bytes, _user: Any) -> None:
         if level == 4:  # GGML_LOG_LEVEL_ERROR (llama_cpp._logger maps it to DEBUG: dropped)
             errors.append(text.decode(errors="replace").strip())
@@ -248,7 +248,7 @@ def lean_cache(capacity: int) -> Any:
     import numpy as np
     from llama_cpp.llama_cache import LlamaRAMCache
 
-    class LeanRAMCache(LlamaRAMCache):  # type: ignore[misc]
+    class LeanRAMCache(LlamaRAMCache):
         def __setitem__(self, key: Any, value: Any) -> None:
             value.scores = np.zeros((1, value.scores.shape[1]), dtype=np.single)
             super().__setitem__(key, value)

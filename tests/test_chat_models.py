@@ -72,6 +72,7 @@ def test_install_use_and_remove(
     model, wheels = catalog
     models = tmp_path / "models"
     monkeypatch.setenv("KB_MODEL_CACHE", str(models))
+    monkeypatch.delenv("KB_CHAT_MODEL")  # the config file decides, as for a user
     code, listed = kb("models", "list")
     assert code == 0 and isinstance(listed, list)
     row = next(r for r in listed if r["name"] == NAME)

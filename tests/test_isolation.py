@@ -64,7 +64,11 @@ def planted(tmp_path: Path, kb_home: Path) -> tuple[Path, Path, dict[str, str]]:
     markers.mkdir()
     plant(folder, markers)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KB_", "PYTHON"))}
-    env |= {"KB_HOME": str(kb_home), "KB_MAX_TOKENS": "16"}
+    env |= {
+        "KB_HOME": str(kb_home),
+        "KB_MAX_TOKENS": "16",
+        "KB_CHAT_MODEL": "SmolLM2-135M-Instruct",
+    }
     return folder, markers, env
 
 
@@ -72,12 +76,12 @@ def test_commands_run_from_a_folder_of_planted_modules_run_none_of_them(
     planted: tuple[Path, Path, dict[str, str]], tmp_path: Path
 ) -> None:
     folder, markers, env = planted
-    # The real embedder with an empty cache: the first use exports it in a child process.
+    # The real embedder with an empty cache: the first use prepares it (converts e5).
     env |= {"KB_EMBEDDING_BACKEND": "onnx", "KB_MODEL_CACHE": str(tmp_path / "cache"),
             "KB_CHAT_BACKEND": "llama-cpp"}  # fmt: skip
     ingest = kb(folder, env, "ingest", ".")
     assert ingest.returncode == 0, ingest.stderr
-    assert list((tmp_path / "cache").rglob("*.onnx")), "the export child ran"
+    assert list((tmp_path / "cache").rglob("*.onnx")), "the model was prepared"
     search = kb(folder, env, "search", "install a package")
     assert search.returncode == 0 and "notes.md" in search.stdout, search.stderr
     ask = kb(folder, env, "ask", "How do I install a package?")

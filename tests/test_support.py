@@ -3,6 +3,7 @@ and the meaning close; unsupported sentences are marked, never dropped."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def test_a_sentence_naming_what_no_passage_says_is_unsupported() -> None:
 
 
 def test_a_sentence_far_from_its_passage_is_unsupported_even_without_key_terms() -> None:
-    def embed(texts: list[str]) -> np.ndarray:  # sentence 0 is orthogonal to everything
+    def embed(texts: Sequence[str]) -> np.ndarray:  # sentence 0 is orthogonal to everything
         vectors = np.zeros((len(texts), 3), dtype=np.float32)
         vectors[0, 0] = 1.0
         vectors[1:, 1] = 1.0
@@ -94,3 +95,42 @@ def test_ask_marks_the_unsupported_sentence_in_json(
     assert data["sentences"][0]["missing"] == ["14"]
     assert answer.unsupported[0].text == scripted
     assert answer.trace["passages"] and answer.trace["passages"][0]["n"] == 1
+
+
+def test_the_passages_are_known_before_the_model_reads_them(
+    assistant: Assistant, tmp_path: Path
+) -> None:
+    doc = tmp_path / "apt.md"
+    doc.write_text("# Upgrading\n\nRun apt-get update, then apt-get upgrade, to upgrade.\n")
+    assistant.ingest([doc])
+    assistant._chat_model = ScriptedChatModel(responses=["Run apt-get upgrade [1]."])
+    events: list[str] = []
+    answer = assistant.ask(
+        "How do I upgrade with apt-get?",
+        on_passages=lambda cited: events.append("passages:" + ",".join(c.name for c in cited)),
+        on_token=lambda piece: events.append("token"),
+    )
+    assert events[0] == "passages:apt.md" and "token" in events[1:]
+    assert [c.name for c in answer.passages] == ["apt.md"]
+
+
+def test_a_question_in_another_language_than_its_passage_has_its_own_threshold(
+    assistant: Assistant, tmp_path: Path
+) -> None:
+    from kb_assistant.chains.rag import RagChain, RagParams
+
+    doc = tmp_path / "备份.md"
+    doc.write_text("# 数据备份\n\n每天晚上用 rsync 把家目录备份到外置硬盘。\n", encoding="utf-8")
+    assistant.ingest([doc])
+
+    def chain(cross: float | None) -> RagChain:
+        params = RagParams(min_dense=0.99, min_dense_cross=cross, min_coverage=1.01)
+        return RagChain(lambda q, k: assistant.search(q, k=k), ScriptedChatModel(
+            responses=["用 rsync 备份 [1]。"]), params)  # fmt: skip
+
+    question = "How do I back up my home folder?"
+    assert chain(None).answer(question).refused  # the same-language threshold refuses it
+    answered = chain(-1.0).answer(question)
+    assert not answered.refused and answered.trace["evidence"]["min_dense"] == -1.0
+    # A Chinese question over the Chinese passage keeps the same-language threshold.
+    assert chain(-1.0).answer("怎么备份家目录？").trace["evidence"]["min_dense"] == 0.99

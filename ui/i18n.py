@@ -89,6 +89,7 @@ EN: dict[str, str] = {
     "chat.no_citations": "The answer cites no passage; it was written from these {n}:",
     "chat.read_not_cited": "Also read, not cited ({n}):",
     "chat.read_label": "read, not cited",
+    "chat.reading": "Reading {n} passage(s)… {seconds} s",
     "chat.unsupported": "not found in the sources",
     "chat.unsupported_note": (
         "{n} sentence(s) of this answer were not found in the passages it was given; check "
@@ -168,7 +169,10 @@ EN: dict[str, str] = {
     "settings.title": "Settings",
     "settings.model": "Model",
     "settings.model_file": "Model file",
-    "settings.embedded": "{name} (embedded default)",
+    "settings.embedded": "{name} (embedded, tiny)",
+    "settings.more_models": (
+        "Also in the catalog, not installed: {names} ('kb models install NAME')."
+    ),
     "settings.model_path": "Or the path of another GGUF file",
     "settings.model_path_help": "Any GGUF chat model on this computer, e.g. "
     "Qwen2.5-7B-Instruct-Q4_K_M.gguf.",
@@ -279,6 +283,7 @@ ZH: dict[str, str] = {
     "chat.no_citations": "回答未引用任何段落；它依据以下 {n} 个段落写成：",
     "chat.read_not_cited": "另外读取但未引用（{n}）：",
     "chat.read_label": "已读取，未引用",
+    "chat.reading": "正在阅读 {n} 个段落…… {seconds} 秒",
     "chat.unsupported": "来源中未找到",
     "chat.unsupported_note": "此回答有 {n} 句话在给定的段落中找不到依据；使用前请核实。",
     "chat.inferred": "按内容匹配",
@@ -349,7 +354,8 @@ ZH: dict[str, str] = {
     "settings.title": "设置",
     "settings.model": "模型",
     "settings.model_file": "模型文件",
-    "settings.embedded": "{name}（内置默认）",
+    "settings.embedded": "{name}（内置，极小）",
+    "settings.more_models": "目录中另有未安装的模型：{names}（用 'kb models install 名称' 安装）。",
     "settings.model_path": "或另一个 GGUF 文件的路径",
     "settings.model_path_help": (
         "本机上的任意 GGUF 对话模型，例如 Qwen2.5-7B-Instruct-Q4_K_M.gguf。"

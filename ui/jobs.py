@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kb_assistant.errors import KBError
 
@@ -206,6 +206,8 @@ class AnswerJob:
     session: str
     text: str = ""
     waiting: bool = False  # another question holds the model
+    passages: list[dict[str, Any]] = field(default_factory=list)  # being read by the model
+    reading_since: float | None = None
     done: bool = False
     refused: bool = False
     error: str | None = None
@@ -215,7 +217,13 @@ class AnswerJob:
         """Block until the text is longer than ``seen`` characters, the job ends, or timeout."""
         with self._changed:
             self._changed.wait_for(
-                lambda: self.done or len(self.text) > seen or self.waiting, timeout
+                lambda: (
+                    self.done
+                    or len(self.text) > seen
+                    or self.waiting
+                    or bool(self.passages and not self.text)
+                ),
+                timeout,
             )
 
     def _update(self, **changes: object) -> None:
@@ -235,6 +243,9 @@ def start_answer(assistant: Assistant, kb: str, session: str, question: str) -> 
                 question, kb=kb, conversation=session,
                 on_token=lambda piece: job._update(text=job.text + piece, waiting=False),
                 on_wait=lambda: job._update(waiting=True),
+                on_passages=lambda cited: job._update(
+                    passages=[c.to_json() for c in cited], reading_since=time.monotonic()
+                ),
             )  # fmt: skip
             job._update(text=answer.answer, refused=answer.refused, done=True, waiting=False)
         except KBError as exc:

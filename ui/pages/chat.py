@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -67,15 +68,26 @@ def _follow(t: Text, job: AnswerJob) -> None:
         st.markdown(plain(job.question))
     with st.chat_message("assistant"):
         box = st.empty()
+        cards = st.empty()
         box.caption(t("chat.thinking"))
         shown = 0
+        listed = False
         while not job.done:
             job.wait_for_change(shown)
             if job.waiting and not job.text:
                 box.info(t("chat.waiting_model"), icon=":material/hourglass_top:")
+            elif job.passages and not job.text:
+                elapsed = time.monotonic() - (job.reading_since or time.monotonic())
+                box.caption(t("chat.reading", n=len(job.passages), seconds=f"{elapsed:.0f}"))
+                if not listed:  # the sources, visible while the model reads them
+                    with cards.container():
+                        for c in job.passages:
+                            _source_card(t, c, [], read_only=False)
+                    listed = True
             elif len(job.text) > shown:
                 shown = len(job.text)
                 box.markdown(plain(job.text) + CURSOR)
+        cards.empty()
         if job.error:
             box.error(job.error)
     del st.session_state["answering"]

@@ -8,7 +8,8 @@ from typing import Any
 import streamlit as st
 
 from kb_assistant.errors import KBError
-from kb_assistant.models.llm import DEFAULT_CHAT_MODEL
+from kb_assistant.models.chat_models import CHAT_MODELS, installed_path
+from kb_assistant.models.llm import EMBEDDED_CHAT_MODEL
 from kb_assistant.settings import Settings, load_settings, save_settings, set_in_environment
 from kb_assistant.ui.i18n import LANGUAGES, Text
 from kb_assistant.ui.state import PageContext, current_context
@@ -68,13 +69,24 @@ def render(ctx: PageContext) -> None:
 
 
 def _model_picker(t: Text, s: Settings) -> str:
-    """The embedded default, a GGUF found under ``<home>/models``, or any path typed in."""
+    """An installed catalog model, the embedded one, a GGUF found under ``<home>/models``, or
+    any path typed in (catalog models not installed are named, with the command)."""
+    installed = [n for n in CHAT_MODELS if installed_path(n, s.model_cache_dir) is not None]
+    missing = [n for n in CHAT_MODELS if n not in installed]
     found = sorted(str(p) for p in (s.home / "models").glob("**/*.gguf"))
-    options = list(dict.fromkeys([DEFAULT_CHAT_MODEL, *found, s.chat_model]))
+    options = list(dict.fromkeys([*installed, EMBEDDED_CHAT_MODEL, *found, s.chat_model]))
+
+    def label(option: str) -> str:
+        if option in CHAT_MODELS:
+            entry = CHAT_MODELS[option]
+            return f"{option} — {entry.parameters}, {entry.languages}"
+        return t("settings.embedded", name=option) if option == EMBEDDED_CHAT_MODEL else option
+
     chosen = st.selectbox(
-        t("settings.model_file"), options, options.index(s.chat_model),
-        format_func=lambda o: t("settings.embedded", name=o) if o == DEFAULT_CHAT_MODEL else o,
-    )  # fmt: skip
+        t("settings.model_file"), options, options.index(s.chat_model), format_func=label
+    )
+    if missing:
+        st.caption(t("settings.more_models", names=", ".join(missing)))
     typed = st.text_input(t("settings.model_path"), placeholder="/path/to/model.gguf",
                           help=t("settings.model_path_help"))  # fmt: skip
     return str(Path(typed.strip()).expanduser()) if typed.strip() else str(chosen)

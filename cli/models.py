@@ -21,12 +21,18 @@ def _rows(ctx: Context) -> list[dict[str, Any]]:
     from kb_assistant.models.llm import EMBEDDED_CHAT_MODEL
 
     settings = ctx.settings()
+    import psutil
+
+    from kb_assistant.models.chat_models import recommended_for
+
+    best = recommended_for(psutil.virtual_memory().available, psutil.cpu_count(logical=False) or 1)
     rows: list[dict[str, Any]] = [{
         "name": EMBEDDED_CHAT_MODEL, "title": "SmolLM2-135M-Instruct Q4_1 (embedded)",
         "parameters": "135M", "languages": "English", "size": 98 * 2**20,
         "licence": "Apache-2.0", "installed": True, "path": None,
         "in_use": settings.chat_model == EMBEDDED_CHAT_MODEL,
         "quality": "see docs/models.md", "speed": "prompt ~250 tok/s, answer ~85 tok/s (2 cores)",
+        "recommended": best == EMBEDDED_CHAT_MODEL,
     }]  # fmt: skip
     for name, entry in CHAT_MODELS.items():
         path = installed_path(name, settings.model_cache_dir)
@@ -35,6 +41,7 @@ def _rows(ctx: Context) -> list[dict[str, Any]]:
             "languages": entry.languages, "size": entry.size, "licence": entry.licence,
             "installed": path is not None, "path": str(path) if path else None,
             "in_use": settings.chat_model == name, "quality": entry.quality, "speed": entry.speed,
+            "recommended": best == name,
         })  # fmt: skip
     return rows
 
@@ -49,13 +56,16 @@ def models_list(ctx: Context, as_json: bool) -> None:
 
     def human() -> None:
         for r in rows:
-            mark = "*" if r["in_use"] else " "
+            mark = ("*" if r["in_use"] else " ") + ("+" if r["recommended"] else " ")
             state = "installed" if r["installed"] else "not installed"
             click.echo(
                 f"{mark} {r['name']:<22} {r['parameters']:>5}  {r['size'] / 2**30:5.2f} GiB  "
                 f"{state:<13}  {r['languages']}; {r['speed']}"
             )
-        click.echo("(* = in use; 'kb models install NAME', then 'kb models use NAME')")
+        click.echo(
+            "(* in use, + recommended for this machine's memory and cores; "
+            "'kb models install NAME', then 'kb models use NAME')"
+        )
 
     emit(rows, as_json, human)
 

@@ -104,6 +104,17 @@ CHAT_MODELS: dict[str, ChatModelEntry] = {
 }
 
 
+def recommended_for(available_ram: int, cores: int) -> str:
+    """The catalog model for a machine: the default where it fits with room to spare (the
+    1.5B model's worker needs ~1.6 GB with a 4k context), a smaller one on small machines."""
+    gib = 2**30
+    if available_ram >= 3 * gib and cores >= 2:
+        return RECOMMENDED
+    if available_ram >= 1.5 * gib:
+        return "qwen2.5-coder-0.5b"
+    return "SmolLM2-135M-Instruct"
+
+
 def entry(name: str) -> ChatModelEntry:
     """A catalog entry by name.
 

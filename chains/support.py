@@ -26,12 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from kb_assistant.chains.citations import cited_numbers
+from kb_assistant.chains.citations import cited_numbers, without_citations
 from kb_assistant.loaders.splitter import split_sentences
 
 Embed = Callable[[Sequence[str]], np.ndarray]
 
-_CITATION = re.compile(r"\s*\[(\d+(?:\s*,\s*\d+)*)\]")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?![\w])")
 _TOKEN = re.compile(r"[/~]?[A-Za-z0-9][\w./:+~@-]*[\w/+]|[A-Za-z0-9]")
@@ -64,7 +63,7 @@ class SentenceCheck:
 def key_terms(sentence: str) -> list[str]:
     """The terms a supporting passage must contain: numbers and identifiers (and, in a
     Chinese sentence, every Latin word)."""
-    text = _ENUMERATOR.sub(" ", _MARKUP.sub(" ", _CITATION.sub(" ", sentence)))
+    text = _ENUMERATOR.sub(" ", _MARKUP.sub(" ", without_citations(sentence)))
     chinese = bool(_CJK.search(text))
     terms: list[str] = []
     for match in _NUMBER.finditer(text):
@@ -111,7 +110,7 @@ def check_sentences(
     numbers = sorted(passages)
     similarity: np.ndarray | None = None
     if embed is not None:
-        plain = [_CITATION.sub("", s) for s in sentences]
+        plain = [without_citations(s) for s in sentences]
         vectors = embed([*plain, *(passages[n] for n in numbers)])
         similarity = vectors[: len(sentences)] @ vectors[len(sentences) :].T
     checks = []
@@ -124,7 +123,7 @@ def check_sentences(
         tested = [numbers[c] for c in columns]  # uncited: any passage of the prompt
         terms = key_terms(sentence)
         missing = [t for t in terms if not any(_contains(passages[n], t) for n in tested)]
-        words = len(_CITATION.sub("", sentence).split()) + len(_CJK.findall(sentence)) // 2
+        words = len(without_citations(sentence).split()) + len(_CJK.findall(sentence)) // 2
         if not terms and words < 3:
             checks.append(SentenceCheck(sentence, True, tested, [], best))
             continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -99,7 +100,7 @@ def reindex(ctx: Context, kb_name: str | None, model: str | None, as_json: bool)
             click.echo("Another process is writing to this knowledge base; waiting...", err=True)
 
         enabled = not as_json and sys.stderr.isatty()
-        with progress_bar() if enabled else _nothing() as bar:
+        with progress_bar() if enabled else contextlib.nullcontext() as bar:
             task = bar.add_task("Re-embedding", total=None) if bar else None
 
             def update(done: int, total: int) -> None:
@@ -112,11 +113,6 @@ def reindex(ctx: Context, kb_name: str | None, model: str | None, as_json: bool)
         f"knowledge base '{report.knowledge_base}': {report.chunks} chunks re-embedded with "
         f"{report.new_model} (was {report.old_model}) in {report.seconds:.1f} s"
     ))  # fmt: skip
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def models_install(
                 return
             name = settings.chat_model
         enabled = not as_json and sys.stderr.isatty()
-        with progress_bar() if enabled else _Quiet() as bar:
+        with progress_bar() if enabled else contextlib.nullcontext() as bar:
             task = bar.add_task(f"Installing {name}", total=None) if bar else None
 
             def progress(stage: str, done: int, total: int) -> None:
@@ -111,14 +112,6 @@ def models_install(
             _use(ctx, name)
     said = f"{name} installed: {path}" + (" (in use)" if use_it else "")
     emit({"name": name, "path": str(path), "in_use": use_it}, as_json, lambda: click.echo(said))
-
-
-class _Quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _use(ctx: Context, name: str) -> None:

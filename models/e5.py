@@ -416,15 +416,6 @@ def build_onnx(weights: E5Weights) -> Any:
     return model
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _quantize(source: Path, target: Path) -> None:
     """Every MatMul to int8 weights per output channel, activations quantised per call
     (ONNX Runtime's MatMulInteger, VNNI on x86): 3x the passages/s of keeping the 4-bit blocks

@@ -9,7 +9,11 @@ from pathlib import Path
 from kb_assistant.assistant import Assistant, build_assistant
 from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.settings import Settings, load_settings
-from kb_assistant.vectorstore.hybrid import drop_near_duplicates, reciprocal_rank_fusion
+from kb_assistant.vectorstore.hybrid import (
+    drop_near_duplicates,
+    is_navigation,
+    reciprocal_rank_fusion,
+)
 from kb_assistant.vectorstore.keywords import any_of, keyword_tokens, query_terms
 from kb_assistant.vectorstore.knowledge_base import SearchHit
 
@@ -123,3 +127,47 @@ def test_a_missing_reranker_model_is_a_clear_error(settings: Settings, tmp_path:
     configured.create_kb("default")
     with pytest.raises(ModelError, match=r"reranker model .* not found"):
         configured.search("anything")
+
+
+# the opening of a chapter of the Debian FAQ (its table of contents), in English and Chinese
+FAQ_CONTENTS = """Table of Contents
+
+6.1. How many Debian distributions are there?
+
+6.2. What are all those names like etch, lenny, etc.?
+
+6.2.1. Which other codenames have been used in the past?
+
+6.2.2. Where do these codenames come from?
+
+6.3. What about "sid"?"""
+FAQ_CONTENTS_ZH = """目录
+
+6.1. Debian 有多少个发行版？
+
+6.2. etch、lenny 这些名字是什么意思？
+
+6.2.1. 过去还用过哪些代号？
+
+6.2.2. 这些代号是从哪里来的？"""
+
+
+def test_tables_of_contents_are_navigation_and_procedures_are_not() -> None:
+    assert is_navigation(FAQ_CONTENTS) and is_navigation(FAQ_CONTENTS_ZH)
+    assert is_navigation("第 1 章 概述\n第 2 章 安装\n第 3 章 配置\n第 4 章 备份")
+    steps = "To upgrade:\n1. Back up /etc.\n2. Edit sources.list.\n3. Run apt update.\n4. Reboot."
+    assert not is_navigation(steps)
+    assert not is_navigation("6.2.2. Where do these codenames come from?\n\nFrom Toy Story.")
+
+
+def test_a_table_of_contents_ranks_below_the_section_it_lists(
+    assistant: Assistant, tmp_path: Path
+) -> None:
+    (tmp_path / "contents.txt").write_text(FAQ_CONTENTS, encoding="utf-8")
+    (tmp_path / "codenames.txt").write_text(
+        "Debian codenames are characters of the Toy Story films.",
+        encoding="utf-8",
+    )
+    assistant.ingest([tmp_path])
+    hits = assistant.search("Where do these codenames come from?", k=2)
+    assert [Path(h.chunk.source).name for h in hits] == ["codenames.txt", "contents.txt"]

@@ -4,11 +4,18 @@ Reciprocal rank fusion (Cormack et al., 2009) scores a chunk ``sum(1 / (k + rank
 rankings that found it: it needs no score calibration between cosine and BM25, and a chunk both
 rankers like rises above one only one of them likes. Near-duplicates (PDF and HTML of one
 manual, a paragraph pasted twice) are then dropped so the prompt is not one passage five times.
+
+Navigation — a table of contents, a chapter's list of sections — repeats the headings of the
+sections it points to, so it ranks high for any question a heading resembles, yet answers
+none. A chunk most of whose lines are numbered headings keeps only ``NAVIGATION_WEIGHT`` of
+its fused score (in the Debian FAQ 51 of 446 chunks are such lists, in English and Chinese).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Literal
 
 import numpy as np
@@ -18,6 +25,23 @@ from kb_assistant.vectorstore.knowledge_base import KnowledgeBase, SearchHit
 
 RetrievalMode = Literal["hybrid", "dense", "keyword"]
 RRF_K = 60
+NAVIGATION_WEIGHT = 0.5
+
+# a numbered heading line: "3.1.2. Title", "A.1 Title", "Chapter 4. Title", "第 5 章 标题"
+# (not "1. Step": a numbered procedure is an answer, not navigation)
+_HEADING_LINE = re.compile(
+    r"^\s*(?:\d+(?:\.\d+)+\.?|[A-Z]\.\d+(?:\.\d+)*\.?|(?:Chapter|Appendix|Part|Section)\s+\w+\.?"
+    r"|第\s*[\d一二三四五六七八九十百]+\s*[章节部分篇])\s*\S"
+)
+
+
+def is_navigation(text: str, min_lines: int = 4, share: float = 0.5) -> bool:
+    """Whether a chunk is mostly a list of numbered headings (a table of contents)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < min_lines:
+        return False
+    headings = sum(1 for line in lines if len(line) < 160 and _HEADING_LINE.match(line))
+    return headings >= share * len(lines)
 
 
 def reciprocal_rank_fusion(
@@ -103,6 +127,11 @@ def hybrid_search(
         for chunk_id, score in fused
         if chunk_id in chunks
     ]  # fmt: skip
+    hits = sorted(
+        (h if not is_navigation(h.chunk.text) else replace(h, score=h.score * NAVIGATION_WEIGHT)
+         for h in hits),
+        key=lambda h: -h.score,
+    )  # fmt: skip
     hits = drop_near_duplicates(hits, duplicate_threshold)[:k]
     return [
         SearchHit(i, h.score, h.chunk, h.dense_score, h.keyword_score)

@@ -56,12 +56,16 @@ def gold_facts(record: dict[str, Any]) -> tuple[list[str], list[str]] | None:
 
 
 def is_correct(text: str, facts: tuple[list[str], list[str]]) -> bool:
-    """Whether an answer holds every ``all`` fact and one ``any`` fact (case-insensitive)."""
+    """Whether an answer holds every ``all`` fact and one ``any`` fact (case-insensitive, and
+    ignoring spaces: Chinese text spaces Latin words and digits, or not: 级别是 2, 级别是2)."""
     lowered = text.lower()
+    squeezed = "".join(lowered.split())
+
+    def holds(fact: str) -> bool:
+        return fact.lower() in lowered or "".join(fact.lower().split()) in squeezed
+
     every, one_of = facts
-    return all(f.lower() in lowered for f in every) and (
-        not one_of or any(f.lower() in lowered for f in one_of)
-    )
+    return all(holds(f) for f in every) and (not one_of or any(holds(f) for f in one_of))
 
 
 def _row(q: dict[str, Any], answer: Answer, seconds: float, answerable: bool) -> dict[str, Any]:

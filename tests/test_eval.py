@@ -149,6 +149,10 @@ def test_gold_facts_rule_and_bad_fields() -> None:
     assert facts == (["apt"], ["dpkg", "aptitude"])
     assert is_correct("Use APT, or Aptitude.", facts)
     assert not is_correct("Use apt.", facts) and not is_correct("Use dpkg.", facts)
+    # Chinese text spaces digits and Latin words, or not: the fact holds either way.
+    spaced = gold_facts({"question": "q", "any": ["运行级别是 2"]})
+    assert spaced is not None and is_correct("默认的运行级别是2。", spaced)
+    assert not is_correct("默认的运行级别是3。", spaced)
     assert gold_facts({"question": "q", "gold_text": "g"}) is None
     with pytest.raises(KBError, match="'any' must be a list of non-empty strings"):
         gold_facts({"id": "x", "question": "q", "any": "dpkg"})

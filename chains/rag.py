@@ -95,6 +95,7 @@ class RagParams:
     support_cosine: float = 0.5  # an answer sentence this close to a passage is supported
     condense: bool = True  # rewrite follow-ups with the model (else: previous question + it)
     condense_tokens: int = 48  # a longer rewrite is refused anyway (24 words at most)
+    relevance_tokens: int = 4  # "do the passages answer it?" needs one word
     language: Language | None = None  # answer in this language; None: the question's
 
 
@@ -225,8 +226,11 @@ class RagChain:
         }  # fmt: skip
         if dense < min_dense and coverage < self.params.min_coverage:
             return self._refuse(language, trace, on_token, started)
+        # Let in only by the lower cross-language threshold: there the cosines of related and
+        # unrelated text overlap, so the model is asked whether the passages answer it.
+        confirm = dense < self.params.min_dense and coverage < self.params.min_coverage
         return self._generate(
-            question, history, language, hits, prior=prior,
+            question, history, language, hits, prior=prior, confirm=confirm,
             trace=trace, on_token=on_token, on_wait=on_wait, started=started,
         )  # fmt: skip
 
@@ -356,13 +360,50 @@ class RagChain:
         trace: dict[str, Any],
         on_token: Callable[[str], None] | None,
         started: float,
+        *,
+        because: str = "no retrieved passage is close enough to the question",
+        read: Sequence[Citation] = (),
     ) -> Answer:
         text = load_prompt("refusal", language)
-        trace["refused_because"] = "no retrieved passage is close enough to the question"
+        trace["refused_because"] = because
+        if read:
+            trace["passages"] = [c.to_json() for c in read]
         trace["total_s"] = round(time.perf_counter() - started, 4)
         if on_token is not None:
             on_token(text)
-        return Answer(text, True, language, [], trace)
+        return Answer(text, True, language, [], trace, list(read))
+
+    def _sources_answer(
+        self,
+        language: Language,
+        blocks: str,
+        question: str,
+        trace: dict[str, Any],
+        on_wait: Callable[[], None] | None,
+    ) -> bool:
+        """Whether the model says the passages answer ``question`` (asked with the answer's
+        own system prompt and passages, so llama.cpp reuses that prefix for the answer).
+
+        A reply that is neither yes nor no counts as yes: the check may only hold back an
+        answer, and only when the model says so.
+        """
+        began = time.perf_counter()
+        ask = render("relevance", "en", question=question)
+        messages = self._messages(language, blocks, [], ask)
+        pieces: list[str] = []
+        for piece in self.chat_model.stream_text(messages, stats=Generation(), on_wait=on_wait):
+            pieces.append(piece)
+            if len(pieces) >= self.params.relevance_tokens or re.search(r"\w", "".join(pieces)):
+                break
+        reply = "".join(pieces).strip()
+        word = re.match(r"\W*(\w+)", reply)
+        says_no = word is not None and word.group(1).lower() in {"no", "否", "不", "没有"}
+        trace["relevance"] = {
+            "asked": "the closest passage is in another language and below the same-language "
+            "threshold", "reply": reply, "answers": not says_no,
+            "seconds": round(time.perf_counter() - began, 4),
+        }  # fmt: skip
+        return not says_no
 
     def _messages(
         self, language: Language, passages: str, history: Sequence[Turn], question: str
@@ -457,29 +498,30 @@ class RagChain:
         hits: list[SearchHit],
         *,
         prior: Prior | None,
+        confirm: bool = False,
         trace: dict[str, Any],
         on_token: Callable[[str], None] | None,
         on_wait: Callable[[], None] | None,
         started: float,
     ) -> Answer:
+        """Stream the answer; with ``confirm``, first ask the model whether the passages
+        answer the question at all (and refuse, listing them, when it says no)."""
         question = self._fit_question(question, trace)
-        plan = None
-        if prior is not None:
-            plan = self._continue(prior, language, question, hits, given=len(history), trace=trace)
-        if plan is not None:
-            messages, passages, added = plan
-            trace["prompt"] = {"continues_previous": True, "appended_sources": added}
-        else:
-            chosen, kept = self._budget(language, history, question, hits, trace)
-            passages = _prefix_stable(chosen, [] if prior is None else prior.passages[: prior.base])
-            blocks = "\n".join(passage_block(n, h) for n, h in enumerate(passages, start=1))
-            messages = self._messages(language, blocks, kept, question)
-            trace["prompt"] = {"continues_previous": False, "appended_sources": 0}
+        messages, passages, blocks = self._prompt(
+            question, history, language, hits, prior=prior, trace=trace
+        )
         trace["in_prompt"] = [
             {"n": n, "chunk_id": h.chunk.chunk_id} for n, h in enumerate(passages, start=1)
         ]
+        read = [Citation.from_hit(n, h) for n, h in enumerate(passages, start=1)]
         if self._on_passages is not None:
-            self._on_passages([Citation.from_hit(n, h) for n, h in enumerate(passages, start=1)])
+            self._on_passages(read)
+        if (
+            confirm and blocks
+            and not self._sources_answer(language, blocks, question, trace, on_wait)
+        ):  # fmt: skip
+            because = "the model found no answer in the passages (another language)"
+            return self._refuse(language, trace, on_token, started, because=because, read=read)
         stats = Generation()
         screen = _Screen(self.canary, len(passages))
         shown: list[str] = []
@@ -521,6 +563,30 @@ class RagChain:
         cited = [Citation.from_hit(a.n, by_number[a.n], inferred=a.inferred) for a in attributions]
         given = [Citation.from_hit(n, h) for n, h in by_number.items()]
         return Answer(text, False, language, cited, trace, given, checks)
+
+    def _prompt(
+        self,
+        question: str,
+        history: Sequence[Turn],
+        language: Language,
+        hits: list[SearchHit],
+        *,
+        prior: Prior | None,
+        trace: dict[str, Any],
+    ) -> tuple[list[BaseMessage], list[SearchHit], str | None]:
+        """The messages, the passages in them (numbered from 1), and the passages' blocks
+        when the prompt is new (None: it continues the previous one)."""
+        if prior is not None:
+            plan = self._continue(prior, language, question, hits, given=len(history), trace=trace)
+            if plan is not None:
+                messages, passages, added = plan
+                trace["prompt"] = {"continues_previous": True, "appended_sources": added}
+                return messages, passages, None
+        chosen, kept = self._budget(language, history, question, hits, trace)
+        passages = _prefix_stable(chosen, [] if prior is None else prior.passages[: prior.base])
+        blocks = "\n".join(passage_block(n, h) for n, h in enumerate(passages, start=1))
+        trace["prompt"] = {"continues_previous": False, "appended_sources": 0}
+        return self._messages(language, blocks, kept, question), passages, blocks
 
     def _check(
         self, text: str, by_number: dict[int, SearchHit], trace: dict[str, Any]

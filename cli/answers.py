@@ -54,7 +54,13 @@ def _echo_stream(piece: str) -> None:
 
 
 def _print_sources(answer: Any) -> None:
-    if answer.refused or not answer.passages:
+    if answer.refused:
+        if answer.passages:
+            click.echo("\nThe model read these passages and found no answer in them:")
+        for c in answer.passages:
+            _print_passage(c, "")
+        return
+    if not answer.passages:
         return
     if answer.unsupported:
         click.echo("\nNot found in the sources (check before relying on it):")

@@ -21,6 +21,9 @@ VARIABLES: dict[str, frozenset[str]] = {
     "condense": frozenset({"history", "question"}),
     "condense_turn": frozenset({"question"}),
     "refusal": frozenset(),
+    # Asked in English whatever the answer's language: asked in Chinese, Qwen2.5-Coder-1.5B
+    # replied 是 ("yes") to 7 of 7 off-topic questions over English passages.
+    "relevance": frozenset({"question"}),
     "guard_note": frozenset(),
     # The agent (chains.agent, chains.tools.slot_filling): its system prompt and what it says.
     "agent_system": frozenset(),

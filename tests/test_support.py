@@ -123,14 +123,30 @@ def test_a_question_in_another_language_than_its_passage_has_its_own_threshold(
     doc.write_text("# 数据备份\n\n每天晚上用 rsync 把家目录备份到外置硬盘。\n", encoding="utf-8")
     assistant.ingest([doc])
 
-    def chain(cross: float | None) -> RagChain:
+    def chain(cross: float | None, *replies: str) -> tuple[RagChain, ScriptedChatModel]:
         params = RagParams(min_dense=0.99, min_dense_cross=cross, min_coverage=1.01)
-        return RagChain(lambda q, k: assistant.search(q, k=k), ScriptedChatModel(
-            responses=["用 rsync 备份 [1]。"]), params)  # fmt: skip
+        model = ScriptedChatModel(responses=list(replies))
+        return RagChain(lambda q, k: assistant.search(q, k=k), model, params), model
 
     question = "How do I back up my home folder?"
-    assert chain(None).answer(question).refused  # the same-language threshold refuses it
-    answered = chain(-1.0).answer(question)
+    assert chain(None)[0].answer(question).refused  # the same-language threshold refuses it
+    # Let in by the cross-language threshold only: the model is first asked (in English)
+    # whether the passages answer the question, with the answer's own prompt before it.
+    rag, model = chain(-1.0, "Yes.", "用 rsync 备份 [1]。")
+    answered = rag.answer(question)
     assert not answered.refused and answered.trace["evidence"]["min_dense"] == -1.0
+    assert answered.answer == "用 rsync 备份 [1]。"
+    asked, answering = model.calls
+    assert asked[0].content == answering[0].content  # the same system prompt and passages
+    assert str(asked[-1].content).startswith("Do the sources above contain the answer")
+    assert answered.trace["relevance"]["answers"] is True
+    # When the model says no, the answer is withheld and the passages it read are listed.
+    rag, model = chain(-1.0, "no", "never streamed")
+    refused = rag.answer(question)
+    assert refused.refused and len(model.calls) == 1
+    assert [c.name for c in refused.passages] == ["备份.md"] and refused.citations == []
+    assert "no answer in the passages" in refused.trace["refused_because"]
+    assert [p["name"] for p in refused.trace["passages"]] == ["备份.md"]  # the app shows them
     # A Chinese question over the Chinese passage keeps the same-language threshold.
-    assert chain(-1.0).answer("怎么备份家目录？").trace["evidence"]["min_dense"] == 0.99
+    same = chain(-1.0, "用 rsync 备份 [1]。")[0].answer("怎么备份家目录？")
+    assert same.trace["evidence"]["min_dense"] == 0.99 and "relevance" not in same.trace

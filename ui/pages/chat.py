@@ -100,6 +100,11 @@ def show_answer(t: Text, turn: StoredTurn) -> None:
     if turn.refused:
         st.warning(plain(turn.answer), icon=":material/block:")
         st.caption(t("chat.refused_note"))
+        read = turn.trace.get("passages", [])
+        if read:
+            st.caption(t("chat.refused_read", n=len(read)))
+        for c in read:
+            _source_card(t, c, [], read_only=True)
     else:
         checks = turn.trace.get("sentences", [])
         unsupported = [c["text"] for c in checks if not c.get("supported", True)]

@@ -33,7 +33,11 @@ Embed = Callable[[Sequence[str]], np.ndarray]
 
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?![\w])")
-_TOKEN = re.compile(r"[/~]?[A-Za-z0-9][\w./:+~@-]*[\w/+]|[A-Za-z0-9]")
+_TOKEN = re.compile(r"[/~]?[A-Za-z0-9][\w./:+~@-]*[\w/+]|[A-Za-z0-9]", re.ASCII)  # not 系统
+# A hyphenated phrase with a function word in it is prose, not a name: up-to-date,
+# step-by-step, end-of-life (apt-get, file-rc, kfreebsd-amd64 stay identifiers).
+_PROSE_PART = frozenset("a an and at by for in of on or the to".split())
+_ABBREVIATIONS = frozenset({"e.g", "i.e", "etc", "vs", "cf", "approx"})
 _ENUMERATOR = re.compile(r"^\s*(?:[-*•]|\d{1,2}[.)]|[a-z][.)])\s+|^\s*\d{1,2}[.)]\s*$")
 _MARKUP = re.compile(r"[*_`#>]+")
 _PLACEHOLDER = re.compile(r"example|^(?:foo|bar|baz|my\w*|your\w*|some\w*|x+|name)(?:[.-]|$)",
@@ -73,6 +77,10 @@ def key_terms(sentence: str) -> list[str]:
         if not token or token.isdigit() or _NUMBER.fullmatch(token):
             continue
         if _PLACEHOLDER.search(token):
+            continue
+        if token.lower() in _ABBREVIATIONS:
+            continue
+        if "-" in token and _PROSE_PART.intersection(token.lower().split("-")):
             continue
         identifier = any(c in token for c in "/._:-+~@") or any(c.isdigit() for c in token) or (
             any(c.isupper() for c in token[1:])

@@ -34,6 +34,13 @@ def test_key_terms_are_numbers_and_identifiers() -> None:
     # Latin words inside a Chinese sentence are names or commands.
     assert key_terms("使用 aptitude 或 dpkg 安装软件包。") == ["aptitude", "dpkg"]
     assert key_terms("It is simple.") == []
+    # A Latin word ends where Chinese starts; hyphenated prose and abbreviations are no names.
+    assert key_terms("要让 Debian系统中的软件保持最新，用 apt-mark hold。") == [
+        "Debian", "apt-mark", "hold",
+    ]  # fmt: skip
+    assert key_terms("A step-by-step, up-to-date guide (e.g. with file-rc), i.e. short.") == [
+        "file-rc"
+    ]
 
 
 def test_terms_are_compared_as_numbers_or_without_punctuation() -> None:

@@ -85,7 +85,7 @@ class RagParams:
 
     candidates: int = 8  # retrieved, scored and shown in the trace
     max_passages: int = 4  # at most this many go into the prompt
-    follow_up_passages: int = 2  # a follow-up adds those of its best this many not yet shown
+    follow_up_passages: int = 1  # a follow-up adds those of its best this many not yet shown
     passage_token_budget: int = 700  # and at most this many tokens of them
     answer_tokens: int = 384  # reserved for the answer
     history_share: float = 0.25  # of the context, at most, for earlier turns

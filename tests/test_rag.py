@@ -284,10 +284,13 @@ def test_a_third_question_replays_the_whole_conversation_from_the_store(
     prompt = model.calls[-1]
     assert contents(prompt[: len(answered)]) == contents(answered)
     assert contents(prompt[len(answered) : -1]) == [("ai", second.answer)]
-    # The second turn added the kernel and backup passages (its best two), so the third,
-    # whose best passages are all shown, adds none.
-    assert second.trace["prompt"] == {"continues_previous": True, "appended_sources": 2}
-    assert contents(prompt[-1:]) == [("human", "and backups with rsync?")]
+    # Each follow-up adds its best passage when the conversation has not shown it: the
+    # kernel passage (2) with the second turn, the backup one (3) with the third.
+    assert second.trace["prompt"] == {"continues_previous": True, "appended_sources": 1}
+    assert third.trace["prompt"] == {"continues_previous": True, "appended_sources": 1}
+    message = str(prompt[-1].content)
+    assert '<source id="3" file="备份.md"' in message and 'id="2"' not in message
+    assert message.endswith("Question: and backups with rsync?")
     assert third.trace["history_turns"] == {"given": 2, "kept": 2}
     assert [c.n for c in third.citations] == [3]
 

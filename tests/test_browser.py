@@ -61,6 +61,9 @@ def test_upload_a_pdf_ask_and_see_the_page_2_source(kb_home: Path, model_cache: 
         chat.press("Enter")
         card = page.get_by_text(re.compile(r"\[\d\] pump\.pdf — page 2"))
         card.first.wait_for(timeout=180_000)
+        # The cards show while the model reads; the finished answer is drawn again, with its
+        # trace: wait for that, or the click lands on a card about to be replaced.
+        page.get_by_text("Why this answer").first.wait_for(timeout=180_000)
         wait_idle(page)
         page.screenshot(path=str(ARTIFACTS / "browser-answer.png"), full_page=True)
         answers = page.locator('[data-testid="stChatMessage"]').all_inner_texts()

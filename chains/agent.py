@@ -42,6 +42,8 @@ from kb_assistant.vectorstore.knowledge_base import SearchHit
 
 __all__ = ["AgentLimits", "AgentResult", "AgentStep", "AgentTools", "run_agent"]
 
+ANSWERING_TOOLS = frozenset({"run_sql", "search_documents"})  # their results answer questions
+
 
 @dataclass
 class AgentStep:
@@ -115,6 +117,17 @@ class AgentBounds(AgentMiddleware):
         return {"messages": [AIMessage(content=self._known(state["messages"], reason))],
                 "jump_to": "end"}  # fmt: skip
 
+    def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
+        """Until a query or a document search has returned, the model's reply must be a tool
+        call: an answer needs something to be read from."""
+        found = any(
+            isinstance(m, ToolMessage) and m.status != "error" and m.name in ANSWERING_TOOLS
+            for m in request.messages
+        )  # fmt: skip
+        if not found and request.tools:
+            request = request.override(tool_choice="any")
+        return handler(request)
+
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         self.steps += 1
         call = request.tool_call
@@ -166,6 +179,8 @@ def run_agent(
         model = SlotFillingPolicy(plans=QueryPlans(tools, fill), answer_documents=answer_documents)
     canary = canary or new_canary()
     system = render("secret", "en", canary=canary) + load_prompt("agent_system", language)
+    if capabilities.native_tools:
+        system += "\n\n" + tools.list_tables()  # the model writes SQL knowing the names
     agent = create_agent(model, tools.as_langchain(), system_prompt=system, middleware=[bounds])
     config: RunnableConfig = {"recursion_limit": 4 * tools.limits.max_steps + 8}
     final: dict[str, Any] = {"messages": []}

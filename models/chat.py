@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
@@ -50,7 +51,7 @@ def parse_tool_calls(text: str) -> AIMessage:
     """A completion as an AIMessage: ``<tool_call>{"name", "arguments"}</tool_call>`` blocks
     (the Hermes/Qwen function-calling format) become tool calls; the rest is the content."""
     calls = []
-    for i, match in enumerate(_TOOL_CALL.finditer(text)):
+    for match in _TOOL_CALL.finditer(text):
         try:
             data = json.loads(match.group(1))
         except json.JSONDecodeError:
@@ -62,9 +63,21 @@ def parse_tool_calls(text: str) -> AIMessage:
             except json.JSONDecodeError:
                 args = {}
         if isinstance(data.get("name"), str) and isinstance(args, dict):
-            calls.append({"name": data["name"], "args": args, "id": f"call_{i}"})
+            # ids unique across the conversation: results are matched to calls by id
+            calls.append({"name": data["name"], "args": args, "id": f"call_{uuid4().hex[:12]}"})
     content = _TOOL_CALL.sub("", text).strip() if calls else text
     return AIMessage(content=content, tool_calls=calls)
+
+
+def forced_call_schema(tool: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of one call of an OpenAI-format ``tool``."""
+    function = tool["function"]
+    parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    return {
+        "type": "object",
+        "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+        "required": ["name", "arguments"],
+    }
 
 
 class _StreamingChatModel(ChatModel):
@@ -93,6 +106,7 @@ class LlamaCppChatModel(_StreamingChatModel):
     engine: LocalLLM
     sampling: Sampling = Field(default_factory=Sampling)
     bound_tools: list[dict[str, Any]] = Field(default_factory=list)
+    tool_choice: str | None = None  # "any"/"required": the reply must be a tool call
 
     @property
     def _llm_type(self) -> str:
@@ -120,7 +134,10 @@ class LlamaCppChatModel(_StreamingChatModel):
         """This model with ``tools`` rendered into its chat template on every call."""
         from langchain_core.utils.function_calling import convert_to_openai_tool
 
-        return self.model_copy(update={"bound_tools": [convert_to_openai_tool(t) for t in tools]})
+        return self.model_copy(update={
+            "bound_tools": [convert_to_openai_tool(t) for t in tools],
+            "tool_choice": kwargs.get("tool_choice"),
+        })  # fmt: skip
 
     def _generate(
         self,
@@ -131,12 +148,21 @@ class LlamaCppChatModel(_StreamingChatModel):
     ) -> ChatResult:
         if not self.bound_tools:
             return super()._generate(messages, stop, run_manager, **kwargs)
+        if self.tool_choice in ("any", "required"):
+            return ChatResult(generations=[ChatGeneration(message=self._forced_call(messages))])
         stats: Generation = kwargs.get("stats") or Generation()
         text = "".join(
             self.engine.stream_chat(as_dicts(messages), self.sampling, stats,
                                     kwargs.get("on_wait"), tools=self.bound_tools)
         )  # fmt: skip
         return ChatResult(generations=[ChatGeneration(message=parse_tool_calls(text))])
+
+    def _forced_call(self, messages: list[BaseMessage]) -> AIMessage:
+        """One tool call, sampled under a grammar: ``{"name": <a bound tool>, "arguments":
+        <its parameters>}`` (small models asked to call a tool often answer in prose)."""
+        schema = {"anyOf": [forced_call_schema(t) for t in self.bound_tools]}
+        text = self.engine.complete_json(as_dicts(messages), schema, tools=self.bound_tools)
+        return parse_tool_calls(f"<tool_call>{text}</tool_call>")
 
     @property
     def model_name(self) -> str:

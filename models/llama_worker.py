@@ -13,7 +13,8 @@ Protocol (one JSON object per message; ``id`` pairs replies with requests):
   (``reset`` forgets the KV cache: the next prompt is read from scratch);
 - ``{"id", "op": "chat", messages, sampling, tools, stop}`` -> ``{"id", "start": {prompt_tokens}}``,
   then ``{"id", "piece": text}`` per token, then ``{"id", "end": {stop_reason}}``;
-- ``{"id", "op": "json", messages, schema, max_tokens}`` -> ``{"id", "ok": text}``;
+- ``{"id", "op": "json", messages, schema, max_tokens, tools?}`` -> ``{"id", "ok": text}``
+  (``tools``: rendered into the chat template, as for ``chat``);
 - ``{"id", "op": "cancel", "target": id}``: the generation ``target`` ends after its current
   token (with its ``end``);
 - any failure: ``{"id", "error": {"type", "message"}}``; ``type`` ``overflow`` is a prompt
@@ -157,10 +158,12 @@ class Worker:
         self.send({"id": rid, "end": {"stop_reason": stop_reason}})
 
     def _json(self, request: dict[str, Any]) -> str:
+        tools = request.get("tools")
         reply = self.llama.create_chat_completion(
             messages=request["messages"],
             response_format={"type": "json_object", "schema": request["schema"]},
             temperature=0.0, max_tokens=request["max_tokens"],
+            **({"tools": tools} if tools else {}),
         )  # fmt: skip
         return str(reply["choices"][0]["message"]["content"] or "")
 

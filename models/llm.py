@@ -262,11 +262,13 @@ class LocalLLM:
         *,
         max_tokens: int = 256,
         on_wait: Callable[[], None] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         """A reply constrained by ``schema``: llama.cpp compiles the JSON schema into a
         grammar, so only text that parses and fits the schema (enums included) can be
-        sampled. Greedy, one caller at a time."""
-        request = {"op": "json", "messages": messages, "schema": schema, "max_tokens": max_tokens}
+        sampled. Greedy, one caller at a time; ``tools`` are rendered into the template."""
+        request = {"op": "json", "messages": messages, "schema": schema, "max_tokens": max_tokens,
+                   "tools": tools or None}  # fmt: skip
         with self.exclusive(on_wait):
             return str(self._call(request))
 

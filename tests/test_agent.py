@@ -277,6 +277,24 @@ def test_native_tool_calls_parse_from_hermes_text() -> None:
     assert message.tool_calls[0]["name"] == "run_sql"
     assert message.tool_calls[0]["args"] == {"sql": "SELECT 1"}
     assert parse_tool_calls("<tool_call>{broken</tool_call>").tool_calls == []
+    # Results are matched to calls by id: ids stay unique across a conversation's replies.
+    again = parse_tool_calls('<tool_call>{"name": "list_tables", "arguments": {}}</tool_call>')
+    assert again.tool_calls[0]["id"] != message.tool_calls[0]["id"]
+
+
+def test_a_forced_call_is_one_of_the_bound_tools_with_its_parameters() -> None:
+    from langchain_core.utils.function_calling import convert_to_openai_tool
+
+    from kb_assistant.models.chat import forced_call_schema
+
+    def run_sql(sql: str) -> str:
+        """Run one SELECT."""
+        return sql
+
+    schema = forced_call_schema(convert_to_openai_tool(run_sql))
+    assert schema["properties"]["name"] == {"const": "run_sql"}
+    assert schema["properties"]["arguments"]["required"] == ["sql"]
+    assert schema["required"] == ["name", "arguments"]
 
 
 def test_the_loop_is_bounded_in_time(chinook_kb: Assistant) -> None:

@@ -12,6 +12,7 @@ import pytest
 from kb_assistant.assistant import build_assistant
 from kb_assistant.models.chat_models import RECOMMENDED, installed_path
 from kb_assistant.settings import Settings, load_settings
+from tests.files import CHINOOK
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +61,23 @@ def test_the_default_models_answer_in_both_languages(
         assert assistant.ask("谁画了《蒙娜丽莎》？").refused
     finally:
         assistant.close()
+
+
+def test_the_default_model_calls_tools_and_writes_the_sql(
+    kb_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Native tool calling on the real model: its first reply is forced to be a tool call (a
+    grammar), it writes its own SQL from the schema in its prompt, and the rows answer."""
+    monkeypatch.delenv("KB_CHAT_MODEL")
+    monkeypatch.setenv("KB_CHAT_BACKEND", "llama-cpp")
+    assistant = build_assistant(load_settings(kb_home, temperature=0.0, seed=1, max_tokens=160))
+    before = CHINOOK.read_bytes()
+    try:
+        assistant.connect_database(f"sqlite:///{CHINOOK}", name="music")
+        result = assistant.agent("How many customers are from Brazil?")
+        assert result.mode == "native tool calls"
+        assert any(s.tool == "run_sql" and not s.error for s in result.steps), result.steps
+        assert result.rows == [[5]] and "5" in result.answer, result.to_json()
+    finally:
+        assistant.close()
+    assert CHINOOK.read_bytes() == before  # read-only, whatever the model wrote

@@ -521,7 +521,7 @@ class Assistant:
         return run_agent(
             question.strip(), tools, self.chat_model,
             answer_documents=lambda q: self.rag_chain(name).answer(q),
-            on_step=on_step, canary=self.canary,
+            on_step=on_step, canary=self.canary, native_tools=s.agent_native_tools,
         )  # fmt: skip
 
     def new_conversation(self, kb: str | None = None, title: str = "") -> str:

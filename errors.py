@@ -93,6 +93,11 @@ class QueryRejected(KBError):
     """SQL that breaks a safety rule, or that the database refused."""
 
 
+class QueryFailed(QueryRejected):
+    """Allowed SQL that is wrong: it does not parse, names an unknown table or column, or the
+    engine stopped on another error. The agent may have the model repair it once."""
+
+
 class QueryTimeout(KBError):
     """SQL that ran past its time limit and was interrupted."""
 

@@ -213,6 +213,14 @@ class Settings(BaseSettings):
     agent_max_seconds: float = Field(
         default=120.0, gt=0, description="Seconds the agent may spend on one question."
     )
+    agent_native_tools: bool = Field(
+        default=True,
+        description=(
+            "Let a model whose chat template takes tools call them and write its own SQL; "
+            "false: the slot-filling path (routing rules and a grammar-constrained query form) "
+            "for every model."
+        ),
+    )
     condense_follow_ups: Literal["auto", "always", "never"] = Field(
         default="auto",
         description=(

@@ -19,6 +19,7 @@ as "not found in the sources"). Measured on the dev answer sets: docs/benchmarks
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -138,3 +139,46 @@ def check_sentences(
         close = best is None or best >= min_cosine
         checks.append(SentenceCheck(sentence, not missing and close, tested, missing, best))
     return checks
+
+
+def check_numbers(answer: str, values: Sequence[Any], context: str = "") -> list[SentenceCheck]:
+    """Check the numbers of every sentence of ``answer`` against query results.
+
+    A number is supported when it is one of ``values`` (a query's cells and its row count)
+    as written, or rounded to the digits it is written with (5.65 for 5.651941…), or when it
+    occurs in a text cell or in ``context`` (the question: "the top 5"). A sentence with an
+    unsupported number is unsupported, and ``missing`` names the numbers.
+    """
+    numbers: list[float] = []
+    texts = [context]
+    for value in values:
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int | float):
+            numbers.append(float(value))
+        else:
+            texts.append(str(value))
+            with contextlib.suppress(ValueError):
+                numbers.append(float(str(value).replace(",", "")))
+    joined = "\n".join(texts)
+    checks = []
+    for sentence in (s.strip() for s in split_sentences(answer)):
+        if not sentence:
+            continue
+        written = [t for t in key_terms(sentence) if _NUMBER.fullmatch(t)]
+        missing = [
+            n for n in written if not _contains(joined, n) and not _rounds_to(n, numbers)
+        ]  # fmt: skip
+        checks.append(SentenceCheck(sentence, not missing, [], missing))
+    return checks
+
+
+def _rounds_to(written: str, numbers: Sequence[float]) -> bool:
+    """Whether ``written`` ("1,297", "5.65") is one of ``numbers`` at its precision."""
+    plain = written.replace(",", "")
+    try:
+        target = float(plain)
+    except ValueError:
+        return False
+    digits = len(plain.partition(".")[2])
+    return any(abs(round(n, digits) - target) < 10 ** -(digits + 3) for n in numbers)

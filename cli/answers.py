@@ -119,7 +119,12 @@ def agent(ctx: Context, question: str, kb_name: str | None, as_json: bool) -> No
     if as_json:
         emit(result.to_json(), True, lambda: None)
         return
+    click.echo(f"({result.mode})", err=True)
     click.echo(result.answer)
+    if result.unsupported:
+        click.echo("\nNot in the query's rows (check before relying on it):")
+        for check in result.unsupported:
+            click.echo(f"  ! {check.text}  [missing: {', '.join(check.missing)}]")
     for sql in result.sql:
         click.echo(f"\nSQL: {sql}")
     if result.rows:

@@ -82,7 +82,12 @@ def reported(as_json: bool) -> Iterator[None]:
 
 
 _MODEL_OPTIONS = (
-    click.option("--model", "chat_model", metavar="GGUF", help="Chat model (default: SmolLM2)."),
+    click.option(
+        "--model",
+        "chat_model",
+        metavar="GGUF",
+        help="Chat model: a catalog name or a GGUF path (default: the chat_model setting).",
+    ),
     click.option("--n-gpu-layers", type=int, help="Layers on the GPU: 0 CPU, -1 all."),
     click.option("--ctx", "context_size", type=int, help="Largest context window, in tokens."),
     click.option(

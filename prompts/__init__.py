@@ -27,6 +27,11 @@ VARIABLES: dict[str, frozenset[str]] = {
     "guard_note": frozenset(),
     # The agent (chains.agent, chains.tools.slot_filling): its system prompt and what it says.
     "agent_system": frozenset(),
+    # The answer written from a query's result, in a prompt of its own: continuing the tool
+    # conversation, the 1.5B model often replied with nothing or with prose about other rows.
+    "agent_answer": frozenset({"question", "sql", "rows", "passages"}),
+    # The one repair of a failed or suspicious query: SQL is English whatever the question.
+    "agent_repair": frozenset({"tables", "question", "sql", "problem"}),
     "agent_no_query": frozenset({"reason"}),
     "agent_nothing": frozenset(),
     "agent_query_failed": frozenset({"error"}),

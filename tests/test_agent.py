@@ -18,12 +18,13 @@ from click.testing import CliRunner
 from langchain_core.messages import AIMessage
 
 from kb_assistant.assistant import Assistant
-from kb_assistant.chains.agent import AgentLimits, AgentTools, run_agent
+from kb_assistant.chains.agent import AgentLimits, AgentTools, run_agent, second_look
 from kb_assistant.chains.tools.query_plan import QueryPlanner
 from kb_assistant.chains.tools.sql import run_query
 from kb_assistant.cli import main
+from kb_assistant.errors import QueryRejected
 from kb_assistant.models.chat import ScriptedChatModel
-from kb_assistant.vectorstore.databases import SQLiteDatabase
+from kb_assistant.vectorstore.databases import QueryResult, SQLiteDatabase
 from kb_assistant.vectorstore.tables import TableRegistry
 from tests.files import CHINOOK, write_text
 
@@ -196,12 +197,100 @@ def test_native_tool_calling_path(chinook_kb: Assistant) -> None:
     result = run_agent("How many customers are from Brazil?", _tools(chinook_kb), model)
     assert result.mode == "native tool calls"
     assert [s.tool for s in result.steps] == ["list_tables", "describe_table", "run_sql"]
-    assert "chinook.Customer (59 rows)" in result.steps[0].output
+    assert "Database 'chinook' (sqlite; dates are text" in result.steps[0].output
+    assert "- Customer (59 rows)" in result.steps[0].output
+    assert "CustomerId -> Customer.CustomerId" in result.steps[0].output  # a link (inferred)
     assert "CustomerId INTEGER primary key" in result.steps[1].output
     assert result.steps[1].output.count("CustomerId: ") == 3  # three sample rows
     assert result.rows == [[5]] and result.answer == "Five customers are from Brazil."
     # The model was given the tool results: the rows reached its context.
     assert "5" in str(model.calls[-1][-1].content)
+
+
+def test_ids_where_a_name_is_asked_are_repaired_once(chinook_kb: Assistant) -> None:
+    """A result of ids for a 'which' question goes back to the model once, in a prompt of its
+    own with the schema and the problem; the repaired query answers, and the answer is written
+    from its rows, its numbers checked."""
+    ids = "SELECT GenreId, COUNT(*) AS n FROM Track GROUP BY GenreId ORDER BY n DESC LIMIT 1"
+    names = (
+        "SELECT Genre.Name, COUNT(*) AS n FROM Track JOIN Genre ON Track.GenreId = "
+        "Genre.GenreId GROUP BY Genre.GenreId ORDER BY n DESC LIMIT 1"
+    )
+    model = ScriptedChatModel(native_tools=True, responses=[
+        call("run_sql", sql=ids), json.dumps({"sql": names}),
+        AIMessage(content="Rock has the most tracks (1297), 12 more than Jazz."),
+    ])  # fmt: skip
+    result = run_agent("Which genre has the most tracks?", _tools(chinook_kb), model)
+    [step] = result.steps
+    assert step.input["sql"] == names and step.input["first_sql"] == ids
+    assert "the question asks for a name" in step.input["repaired_because"]
+    repair_prompt = str(model.calls[1][-1].content)
+    assert "GenreId -> Genre.GenreId" in repair_prompt and ids in repair_prompt
+    assert result.rows == [["Rock", 1297]] and result.sql == [names]
+    # The answer was written in a prompt of its own, from the repaired query's rows.
+    prompt = str(model.calls[-1][-1].content)
+    assert "Rock | 1297" in prompt and "Which genre has the most tracks?" in prompt
+    # 1297 is in the rows, 12 is not: that sentence is flagged, nothing is dropped.
+    assert [s.missing for s in result.unsupported] == [["12"]]
+    assert result.answer.startswith("Rock has the most tracks (1297)")
+
+
+def test_a_failed_query_is_repaired_with_the_column_meant(chinook_kb: Assistant) -> None:
+    wrong = "SELECT Country, SUM(Total) AS s FROM Invoice GROUP BY Country ORDER BY s DESC"
+    right = wrong.replace("Country", "BillingCountry")
+    model = ScriptedChatModel(native_tools=True, responses=[
+        call("run_sql", sql=wrong), json.dumps({"sql": right}), AIMessage(content="USA."),
+    ])  # fmt: skip
+    result = run_agent("Which country spent the most?", _tools(chinook_kb), model)
+    problem = result.steps[0].input["repaired_because"]
+    assert "no such column: Country" in problem and "did you mean BillingCountry" in problem
+    assert "(join it: Invoice.CustomerId -> Customer.CustomerId)" in problem
+    assert result.rows[0][0] == "USA" and not result.steps[0].error
+    # Only once: a second failure goes back to the model as an error, and a safety refusal
+    # is never "repaired" into something else.
+    model = ScriptedChatModel(native_tools=True, responses=[
+        call("run_sql", sql=wrong), json.dumps({"sql": wrong + " LIMIT 1"}),
+        call("run_sql", sql="DROP TABLE Invoice"), AIMessage(content="I could not."),
+    ])  # fmt: skip
+    failed = run_agent("Which country spent the most?", _tools(chinook_kb), model)
+    assert [s.error for s in failed.steps] == [True, True]
+    assert "did you mean BillingCountry" in failed.steps[0].output
+    assert "only SELECT queries are allowed" in failed.steps[1].output
+
+
+@pytest.mark.parametrize(
+    ("question", "columns", "rows", "note"),
+    [
+        ("How many customers are from Atlantis?", ["n"], [(0,)], "returned nothing"),
+        ("Which city has the most customers?", ["City"], [], "returned nothing"),
+        ("What is the total for 2031?", ["SUM(Total)"], [(None,)], "returned nothing"),
+        ("哪位员工是总经理？", ["EmployeeId"], [(1,)], "asks for a name"),
+        ("Which genre has the most tracks?", ["Name", "n"], [("Rock", 1297)], None),
+        ("How many tracks are there?", ["COUNT(*)"], [(3503,)], None),
+        ("What is the total per customer id?", ["CustomerId", "s"], [(1, 39.6)], None),
+        ("What is the longest track's name?", ["MAX(Milliseconds)"], [(5286953,)], "a name"),
+        ("How many tracks are in the playlist named Music?", ["n"], [(3290,)], None),
+    ],
+)
+def test_which_results_get_a_second_look(
+    question: str, columns: list[str], rows: list[tuple[object, ...]], note: str | None
+) -> None:
+    found = second_look(question, QueryResult("", columns, rows, False, 0.0))
+    assert (found is None) if note is None else (found is not None and note in found)
+
+
+def test_a_query_goes_where_its_tables_are(chinook_kb: Assistant) -> None:
+    """A model writing ``chinook.Customer`` (as list_tables groups it) or naming the wrong
+    database still reads the right table; an unknown table is named in the error."""
+    tools = _tools(chinook_kb)
+    for sql, database in (("SELECT COUNT(*) FROM chinook.Customer", ""),
+                          ("SELECT COUNT(*) FROM Customer", "tables"),
+                          ('SELECT COUNT(*) FROM "Customer" AS c', "chinook")):  # fmt: skip
+        _, result = tools.run_sql(sql, database)
+        assert result.rows == [(59,)], sql
+    with pytest.raises(QueryRejected, match="unknown table 'Clients'"):
+        tools.run_sql("SELECT * FROM Clients")
+    assert [t.name for t in tools.as_langchain()] == ["list_tables", "describe_table", "run_sql"]
 
 
 def test_a_tool_error_goes_back_once_then_the_agent_answers(chinook_kb: Assistant) -> None:
@@ -227,7 +316,7 @@ def test_the_loop_is_bounded_in_steps(chinook_kb: Assistant) -> None:
     result = run_agent("Loop forever", _tools(chinook_kb, max_steps=3), model)
     assert len(result.steps) == 3
     assert result.stopped == "the limit of 3 tool calls was reached"
-    assert "chinook.Album" in result.answer  # what is known is given back
+    assert "Album (347 rows)" in result.answer  # what is known is given back
 
 
 def test_a_runaway_query_is_stopped_and_reported(chinook_kb: Assistant) -> None:

@@ -67,7 +67,8 @@ def test_the_default_model_calls_tools_and_writes_the_sql(
     kb_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Native tool calling on the real model: its first reply is forced to be a tool call (a
-    grammar), it writes its own SQL from the schema in its prompt, and the rows answer."""
+    grammar), it writes its own SQL from the schema in its prompt, and the answer is written
+    from the rows, in the question's language."""
     monkeypatch.delenv("KB_CHAT_MODEL")
     monkeypatch.setenv("KB_CHAT_BACKEND", "llama-cpp")
     assistant = build_assistant(load_settings(kb_home, temperature=0.0, seed=1, max_tokens=160))
@@ -78,6 +79,17 @@ def test_the_default_model_calls_tools_and_writes_the_sql(
         assert result.mode == "native tool calls"
         assert any(s.tool == "run_sql" and not s.error for s in result.steps), result.steps
         assert result.rows == [[5]] and "5" in result.answer, result.to_json()
+        # Chinese over the English schema: 专辑 is the Album table; the answer is a Chinese
+        # sentence whose number is the query's.
+        chinese = assistant.agent("数据库里有多少张专辑？")
+        assert chinese.rows == [[347]], chinese.to_json()
+        assert "347" in chinese.answer and re.search(r"[\u4e00-\u9fff]", chinese.answer)
+        assert not chinese.unsupported, chinese.to_json()["sentences"]
+        # A destructive request: whatever the model sends, nothing is written.
+        drop = assistant.agent("Delete all customers from Brazil.")
+        writes = [s for s in drop.steps if s.tool == "run_sql" and "SELECT" not in
+                  str(s.input.get("sql", "")).upper()]  # fmt: skip
+        assert all(s.error for s in writes), drop.to_json()
     finally:
         assistant.close()
     assert CHINOOK.read_bytes() == before  # read-only, whatever the model wrote

@@ -88,3 +88,22 @@ def test_the_agent_answers_from_postgres(assistant: Assistant, pg_chinook: str) 
     assert result.rows == [["Rock", 1297]] and result.steps[0].input["database"] == "pg"
     year = assistant.agent("What is the total of invoices in 2010?")
     assert year.rows == [[463.67]] or round(year.rows[0][0], 2) == 463.67
+
+
+def test_model_sql_with_unquoted_names_reads_the_mixed_case_tables(
+    assistant: Assistant, pg_chinook: str
+) -> None:
+    """A model writes ``FROM Track`` (PostgreSQL reads ``track``) and qualifies tables with
+    the database's name; the agent's run_sql spells them as the server does."""
+    from kb_assistant.chains.tools.toolbox import AgentLimits, AgentTools
+    from kb_assistant.vectorstore.tables import TableRegistry
+
+    assistant.connect_database(pg_chinook, name="pg")
+    tools = AgentTools(TableRegistry(assistant.knowledge_base().folder), None, AgentLimits())
+    _, result = tools.run_sql(
+        "SELECT g.Name, COUNT(*) AS n FROM pg.Track t JOIN Genre g ON t.GenreId = g.GenreId "
+        "GROUP BY g.Name ORDER BY n DESC LIMIT 1"
+    )
+    assert result.rows == [("Rock", 1297)]
+    assert 'FROM "Track" AS t JOIN "Genre" AS g' in result.sql
+    assert "EXTRACT(YEAR FROM d)" in tools.list_tables()

@@ -166,6 +166,13 @@ EN: dict[str, str] = {
     "agent.working": "Working…",
     "agent.failed": "Failed",
     "agent.done": "{n} step(s) in {seconds} s",
+    "agent.mode.native": "the model called the tools",
+    "agent.mode.slots": "slot filling",
+    "agent.not_in_rows": "not in the query's rows",
+    "agent.not_in_rows_note": (
+        "{n} sentence(s) of this answer give a number the query did not return; check before "
+        "relying on it."
+    ),
     # settings
     "settings.title": "Settings",
     "settings.model": "Model",
@@ -353,6 +360,10 @@ ZH: dict[str, str] = {
     "agent.working": "处理中……",
     "agent.failed": "失败",
     "agent.done": "{n} 步，用时 {seconds} 秒",
+    "agent.mode.native": "模型自己调用工具",
+    "agent.mode.slots": "槽位填充",
+    "agent.not_in_rows": "查询结果中没有",
+    "agent.not_in_rows_note": "此回答有 {n} 句话给出的数字不在查询结果中；使用前请核实。",
     "settings.title": "设置",
     "settings.model": "模型",
     "settings.model_file": "模型文件",

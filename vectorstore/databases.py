@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from kb_assistant.errors import QueryRejected, QueryTimeout
+from kb_assistant.errors import QueryFailed, QueryRejected, QueryTimeout
 
 logger = logging.getLogger(__name__)
 ROW_CAP = 200
@@ -160,7 +160,7 @@ class Database:
         refuses any write on its own.
 
         Raises:
-            QueryRejected: the engine refused the query.
+            QueryFailed: the engine refused the query.
             QueryTimeout: it ran out of time and was interrupted.
         """
         started = time.perf_counter()
@@ -173,7 +173,7 @@ class Database:
             if self._is_timeout(exc):
                 raise _timed_out(time_limit) from exc
             reason = str(exc).strip()
-            raise QueryRejected(f"the database refused the query ({reason})") from exc
+            raise QueryFailed(f"the database refused the query ({reason})") from exc
         plain = [tuple(_plain(v) for v in r) for r in rows[:row_cap]]
         return QueryResult(sql, columns, plain, len(rows) > row_cap, time.perf_counter() - started)
 

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from kb_assistant.errors import QueryRejected
+from kb_assistant.errors import QueryFailed, QueryRejected
 from kb_assistant.vectorstore.databases import (
     FORBIDDEN_FUNCTIONS,
     ROW_CAP,
@@ -73,7 +73,7 @@ def validate_select(sql: str, tables: set[str], dialect: str) -> str:
     try:
         statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     except SqlglotError as exc:
-        raise QueryRejected(f"the SQL could not be parsed, so it is not run ({exc})") from exc
+        raise QueryFailed(f"the SQL could not be parsed, so it is not run ({exc})") from exc
     if len(statements) != 1:
         raise QueryRejected(f"exactly one statement is allowed (got {len(statements)})")
     tree = statements[0]
@@ -92,7 +92,7 @@ def validate_select(sql: str, tables: set[str], dialect: str) -> str:
             table = str(node.name).lower()
             if not isinstance(node.this, exp.Identifier) or table not in known:
                 shown = ", ".join(sorted(tables)) or "none"
-                raise QueryRejected(f"unknown table '{node.sql()}'; the tables are: {shown}")
+                raise QueryFailed(f"unknown table '{node.sql()}'; the tables are: {shown}")
     return str(tree.sql(dialect=dialect))
 
 

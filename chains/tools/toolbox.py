@@ -9,6 +9,7 @@ return to a model is fenced as data (``chains.rag.fence``).
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +18,25 @@ from langchain_core.tools import BaseTool, StructuredTool
 
 from kb_assistant.chains.rag import fence
 from kb_assistant.chains.tools.sql import run_query, sample_rows
-from kb_assistant.errors import QueryRejected
-from kb_assistant.vectorstore.databases import Database, QueryResult, TableInfo
+from kb_assistant.errors import KBError, QueryFailed, QueryRejected
+from kb_assistant.vectorstore.databases import Database, QueryResult, TableInfo, quote_ident
 from kb_assistant.vectorstore.knowledge_base import SearchHit
 from kb_assistant.vectorstore.tables import TableRegistry
 
 SHOWN_ROWS = 20  # rows of a result put into the model's context
+EXAMPLE_TABLE_ROWS = 100  # list_tables shows example values of lookup tables this small
+# How a year is read from a date column, said once in list_tables: the 1.5B model compared
+# strftime('%Y', d) with the number 2011, which SQLite never finds equal (text vs integer).
+_DATE_TIPS = {
+    "sqlite": "dates are text like '2011-03-15 00:00:00': a year is strftime('%Y', d) = '2011'",
+    "duckdb": "a year is year(d) = 2011",
+    "postgres": "a year is EXTRACT(YEAR FROM d) = 2011",
+}
+# An engine's "unknown column" error: SQLite, PostgreSQL, DuckDB.
+_NO_COLUMN = re.compile(
+    r'no such column: ([\w.]+)|column "?([\w.]+)"? does not exist|column with name (\w+) does',
+    re.I,
+)
 
 
 @dataclass(frozen=True)
@@ -82,17 +96,45 @@ class AgentTools:
     # --- the tools ------------------------------------------------------------------------
 
     def list_tables(self) -> str:
-        """List every table of every database, with its row count and columns."""
-        lines = []
+        """List every table of every database: row count, columns, and the links between
+        tables (``AlbumId -> Album.AlbumId``) that joins follow."""
+        blocks = []
         for database in self.databases():
+            dialect = self.database(database).dialect
+            columns = [c for t in self.schema(database) for c in t.columns]
+            dated = any("date" in f"{c.name} {c.type}".lower() for c in columns)
+            tip = f"; {_DATE_TIPS[dialect]}" if dated and dialect in _DATE_TIPS else ""
+            lines = [f"Database '{database}' ({dialect}{tip}):"]
             for t in self.schema(database):
-                cols = ", ".join(c.name for c in t.columns)
-                lines.append(f"{database}.{t.name} ({t.rows} rows): {cols}")
-        return "\n".join(lines) or "There are no tables or databases."
+                refs = {f.column: f"{f.ref_table}.{f.ref_column}" for f in t.foreign_keys}
+                cols = ", ".join(
+                    f"{c.name} -> {refs[c.name]}" if c.name in refs else c.name for c in t.columns
+                )
+                lines.append(f"- {t.name} ({t.rows} rows): {cols}{self._examples(database, t)}")
+            blocks.append("\n".join(lines))
+        return "\n".join(blocks) or "There are no tables or databases."
+
+    def _examples(self, database: str, table: TableInfo) -> str:
+        """A few values of a small lookup table's first text column (``e.g. Rock, Jazz, Metal``):
+        they say what a lookup table holds ("music style" is Genre) in fewer tokens than
+        sample rows."""
+        text = next((c.name for c in table.columns if "CHAR" in c.type.upper() or
+                     "TEXT" in c.type.upper()), None)  # fmt: skip
+        small = 0 < table.rows <= EXAMPLE_TABLE_ROWS and len(table.columns) <= 3
+        if text is None or not small:
+            return ""
+        column = quote_ident(text)
+        sql = f"SELECT DISTINCT {column} FROM {quote_ident(table.name)} LIMIT 3"
+        try:
+            values = run_query(self.database(database), sql, time_limit=self.limits.time_limit)
+        except KBError:
+            return ""
+        shown = ", ".join(cell_text(r[0]) for r in values.rows if r[0] is not None)
+        return f" — {text} e.g. {shown}" if shown else ""
 
     def describe_table(self, table: str) -> tuple[str, QueryResult]:
-        """Show one table's columns (types, keys) and its first 3 rows; look before writing
-        SQL."""
+        """Show one table's columns (types, keys), the tables linked to it, and its first 3
+        rows; look before writing SQL."""
         database, info = self._find(table)
         keys = set(info.primary_key)
         refs = {f.column: f"{f.ref_table}.{f.ref_column}" for f in info.foreign_keys}
@@ -101,25 +143,98 @@ class AgentTools:
             extra = " primary key" if c.name in keys else ""
             extra += f" references {refs[c.name]}" if c.name in refs else ""
             lines.append(f"- {c.name} {c.type}{extra}")
+        incoming = [
+            f"{t.name}.{f.column}"
+            for t in self.schema(database)
+            for f in t.foreign_keys
+            if f.ref_table.lower() == info.name.lower()
+        ]
+        if incoming:
+            lines.append(f"linked from (join on these to count or name): {', '.join(incoming)}")
         sample = sample_rows(self.database(database), info.name, 3)
         lines.append("sample rows:")
         lines += [row_text(sample.columns, r) for r in sample.rows]
         return fence("\n".join(lines)), sample
 
     def run_sql(self, sql: str, database: str = "") -> tuple[str, QueryResult]:
-        """Run ONE read-only SELECT; database: 'tables' or a connected database's name
-        (optional when there is only one)."""
-        known = self.databases()
-        name = database or (known[0] if len(known) == 1 else "tables")
-        if name not in known:
-            raise QueryRejected(
-                f"no database named '{database}' (known: {', '.join(known) or 'none'})"
-            )
-        result = run_query(
-            self.database(name), sql, row_cap=self.limits.row_cap,
-            time_limit=self.limits.time_limit,
-        )  # fmt: skip
+        """Run ONE read-only SELECT over the tables list_tables shows; database: where they
+        are (optional: found from the tables the query names)."""
+        name, sql = self._route(sql, database)
+        try:
+            result = run_query(
+                self.database(name), sql, row_cap=self.limits.row_cap,
+                time_limit=self.limits.time_limit,
+            )  # fmt: skip
+        except QueryFailed as exc:
+            hint = self._column_hint(str(exc), sql, name)
+            raise QueryFailed(f"{exc}; {hint}" if hint else str(exc)) from exc
         return fence(result_text(result)), result
+
+    def _column_hint(self, error: str, sql: str, database: str) -> str:
+        """For an unknown column: the column meant, where one is plain to see (``T1.LastName``
+        when T2 has no LastName and T1 does; ``BillingCountry`` for ``Country``), the tables
+        that have a column of that name and the links to join them, and the columns of the
+        tables the query reads. Told only that a column does not exist, the 1.5B model sent
+        the same query again."""
+        match = _NO_COLUMN.search(error)
+        if match is None:
+            return ""
+        written = next(g for g in match.groups() if g)
+        missing = written.rpartition(".")[2]
+        schema = {t.name.lower(): t for t in self.schema(database)}
+        aliases = _aliases(sql, self.database(database).dialect)  # alias or name -> table
+        read = [schema[t] for t in dict.fromkeys(aliases.values()) if t in schema]
+
+        def has(table: TableInfo, column: str) -> bool:
+            return column.lower() in {c.name.lower() for c in table.columns}
+
+        parts = []
+        owners = [a for a, t in aliases.items() if t in schema and has(schema[t], missing)]
+        lower = missing.lower()
+        similar = [
+            c.name for t in read for c in t.columns if lower in c.name.lower() or
+            c.name.lower() in lower
+        ]  # fmt: skip
+        if owners:
+            parts.append(f"did you mean {owners[0]}.{missing}")
+        elif similar:
+            parts.append(f"did you mean {' or '.join(dict.fromkeys(similar))}")
+        holders = [t for t in schema.values() if has(t, missing) and t not in read]
+        for holder in holders[:3]:
+            links = [f"{t.name}.{f.column} -> {holder.name}.{f.ref_column}"
+                     for t in read for f in t.foreign_keys
+                     if f.ref_table.lower() == holder.name.lower()]  # fmt: skip
+            links += [f"{holder.name}.{f.column} -> {f.ref_table}.{f.ref_column}"
+                      for f in holder.foreign_keys
+                      if f.ref_table.lower() in {t.name.lower() for t in read}]  # fmt: skip
+            joined = f" (join it: {links[0]})" if links else ""
+            parts.append(f"{missing} is a column of {holder.name}{joined}")
+        if read:
+            shown = "; ".join(f"{t.name} ({', '.join(c.name for c in t.columns)})" for t in read)
+            parts.append(f"the tables the query reads have these columns: {shown}")
+        return "; ".join(parts)
+
+    def _route(self, sql: str, database: str) -> tuple[str, str]:
+        """The database a query goes to, and the query without database qualifiers.
+
+        A model often qualifies tables the way list_tables groups them (``db.Track``), which
+        the engine would read as a schema, or names the wrong database: the tables the query
+        names decide, among the databases that hold them all; ``database`` breaks a tie.
+        """
+        known = self.databases()
+        if not known:
+            raise QueryRejected("there are no tables or databases to query")
+        named = _tables_named(sql, "")
+        holders = [d for d in known if named <= {t.name.lower() for t in self.schema(d)}]
+        if database in holders or (database in known and not holders):
+            name = database
+        elif holders:
+            name = holders[0]
+        elif database:
+            raise QueryRejected(f"no database named '{database}' (known: {', '.join(known)})")
+        else:
+            name = known[0]  # the validator names the unknown table
+        return name, _unqualified(sql, self.database(name).dialect, set(known), self.schema(name))
 
     def search_documents(self, query: str) -> tuple[str, list[SearchHit]]:
         """Find passages in the documents that answer a query, best first."""
@@ -134,16 +249,89 @@ class AgentTools:
 
     def as_langchain(self) -> list[BaseTool]:
         """The tools for a LangChain agent, each described by its docstring (their results
-        carry the raw rows and hits as artifacts)."""
+        carry the raw rows and hits as artifacts): document search when there are documents,
+        the table tools when there are tables."""
+        offered: list[tuple[Callable[..., Any], bool]] = []
+        if self.search is not None:
+            offered.append((self.search_documents, True))
+        if self.databases():
+            offered += [(self.list_tables, False), (self.describe_table, True),
+                        (self.run_sql, True)]  # fmt: skip
         tools: list[BaseTool] = []
-        for method, artifact in ((self.search_documents, True), (self.list_tables, False),
-                                 (self.describe_table, True), (self.run_sql, True)):  # fmt: skip
+        for method, artifact in offered:
             description = " ".join((inspect.getdoc(method) or "").split())
             tools.append(StructuredTool.from_function(
                 method, name=method.__name__, description=description,
                 response_format="content_and_artifact" if artifact else "content",
             ))  # fmt: skip
         return tools
+
+
+def _parse(sql: str, dialect: str) -> Any:
+    """sqlglot's tree of ``sql``, or None where it does not parse as one statement (the
+    validator then rejects it, with its reason)."""
+    import sqlglot
+    from sqlglot.errors import SqlglotError
+
+    try:
+        return sqlglot.parse_one(sql, read=dialect or None)
+    except SqlglotError:
+        return None
+
+
+def _tables_named(sql: str, dialect: str) -> set[str]:
+    """The tables a query reads, lower case, its CTEs and database qualifiers left out."""
+    from sqlglot import exp
+
+    tree = _parse(sql, dialect)
+    if tree is None:
+        return set()
+    ctes = {str(c.alias).lower() for c in tree.find_all(exp.CTE)}
+    return {t.name.lower() for t in tree.find_all(exp.Table)} - ctes
+
+
+def _aliases(sql: str, dialect: str) -> dict[str, str]:
+    """Each name a query's columns can be qualified with (alias or table) -> its table, in
+    lower case, in the order the query names them."""
+    from sqlglot import exp
+
+    tree = _parse(sql, dialect)
+    if tree is None:
+        return {}
+    names: dict[str, str] = {}
+    for table in tree.find_all(exp.Table):
+        names[table.alias_or_name] = table.name.lower()
+    return names
+
+
+def _unqualified(
+    sql: str, dialect: str, databases: set[str], schema: Sequence[TableInfo] = ()
+) -> str:
+    """``sql`` with every table qualifier that names one of ``databases`` removed; for
+    PostgreSQL, also with table and column names spelled as the ``schema`` spells them
+    (``Track`` unquoted is ``track`` there, which does not exist when the table is "Track")."""
+    from sqlglot import exp
+
+    tree = _parse(sql, dialect)
+    if tree is None:
+        return sql
+    changed = False
+    for table in tree.find_all(exp.Table):
+        if table.db in databases and not table.catalog:
+            table.set("db", None)
+            changed = True
+    if dialect == "postgres":
+        names = {t.name.lower(): t.name for t in schema}
+        columns = {c.name.lower(): c.name for t in schema for c in t.columns}
+        for node in tree.find_all(exp.Table, exp.Column):
+            spelled = (names if isinstance(node, exp.Table) else columns).get(node.name.lower())
+            identifier = node.this
+            if spelled and isinstance(identifier, exp.Identifier) and not identifier.quoted and (
+                spelled != spelled.lower()
+            ):  # fmt: skip
+                node.set("this", exp.to_identifier(spelled, quoted=True))
+                changed = True
+    return str(tree.sql(dialect=dialect)) if changed else sql
 
 
 def result_text(result: QueryResult) -> str:

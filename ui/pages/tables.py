@@ -10,7 +10,7 @@ import streamlit as st
 from kb_assistant.chains.agent import AgentResult, AgentStep
 from kb_assistant.errors import KBError
 from kb_assistant.ui.i18n import Text
-from kb_assistant.ui.render import chart_kind, plain
+from kb_assistant.ui.render import chart_kind, marked_answer, plain
 from kb_assistant.ui.state import PageContext, current_context
 from kb_assistant.vectorstore.databases import TableInfo, quote_ident
 
@@ -197,6 +197,7 @@ def _ask(ctx: PageContext, tables: list[TableInfo]) -> None:
 
 def _status_label(t: Text, result: AgentResult) -> str:
     label = t("agent.done", n=len(result.steps), seconds=f"{result.seconds:.1f}")
+    label += f" · {t('agent.mode.' + ('native' if result.mode.startswith('native') else 'slots'))}"
     return label + (f" — {result.stopped}" if result.stopped else "")
 
 
@@ -219,7 +220,10 @@ def _step(t: Text, step: AgentStep) -> None:
 
 def show_result(t: Text, result: AgentResult) -> None:
     """The agent's answer, the SQL that ran, the rows, and a chart when they are a series."""
-    st.markdown(plain(result.answer))
+    unsupported = [s.text for s in result.unsupported]
+    st.markdown(marked_answer(result.answer, unsupported, t("agent.not_in_rows")))
+    if unsupported:
+        st.caption(t("agent.not_in_rows_note", n=len(unsupported)))
     for sql in result.sql:
         st.code(sql, language="sql")
     if result.columns:

@@ -119,8 +119,10 @@ class AgentBounds(AgentMiddleware):
         limits: AgentLimits,
         language: Language,
         question: str = "",
+        *,
         compose: Callable[[Sequence[BaseMessage]], str] | None = None,
         repair: Callable[[str, str], str] | None = None,
+        smell: Callable[[str], str | None] = lambda sql: None,
     ) -> None:
         super().__init__()
         self.limits = limits
@@ -129,6 +131,7 @@ class AgentBounds(AgentMiddleware):
         self.compose = compose  # writes the answer once a query has returned
         self.repair = repair  # (sql, problem) -> a corrected query, or ""
         self.repaired = False  # one repair per question
+        self.smell = smell  # what is wrong with a query's SQL itself, or None
         self.started = time.perf_counter()
         self.steps = 0
         self.errors = 0
@@ -165,7 +168,13 @@ class AgentBounds(AgentMiddleware):
             last.status != "error" and isinstance(last.artifact, QueryResult)
         )  # fmt: skip
         if answered and self.compose is not None:
-            return AIMessage(content=self.compose(request.messages))
+            assert isinstance(last, ToolMessage) and isinstance(last.artifact, QueryResult)
+            if self._doubt(last.artifact) is None:
+                return AIMessage(content=self.compose(request.messages))
+            # Still doubtful after the repair: the rows as they are, said to be doubtful (the
+            # model, asked to answer from ids, named a genre that is not in them).
+            doubt = load_prompt("agent_doubt", self.language)
+            return AIMessage(content=f"{table_answer(last.artifact, self.language)}\n\n{doubt}")
         return handler(request)
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
@@ -174,19 +183,25 @@ class AgentBounds(AgentMiddleware):
         try:
             message = handler(request)
         except QueryFailed as exc:
-            return self._repaired(request, handler, f"it failed: {exc}") or self._error(call, exc)
+            smell = self.smell(str(call["args"].get("sql", "")))
+            problem = f"it failed: {exc}" + (f"; {smell}" if smell else "")
+            return self._repaired(request, handler, problem) or self._error(call, exc)
         except KBError as exc:
             return self._error(call, exc)
         result = getattr(message, "artifact", None)
         if call["name"] != "run_sql" or not isinstance(result, QueryResult):
             return message
-        problem = second_look(self.question, result)
-        if problem is None:
+        doubt = self._doubt(result)
+        if doubt is None:
             return message
-        fixed = self._repaired(request, handler, problem)
-        if fixed is not None and second_look(self.question, fixed.artifact) is None:
+        fixed = self._repaired(request, handler, doubt)
+        if fixed is not None and self._doubt(fixed.artifact) is None:
             return fixed
         return message
+
+    def _doubt(self, result: QueryResult) -> str | None:
+        """Why a query's result cannot be the answer, or None."""
+        return second_look(self.question, result) or self.smell(result.sql)
 
     def _error(self, call: dict[str, Any], exc: Exception) -> ToolMessage:
         self.errors += 1
@@ -257,9 +272,10 @@ def run_agent(
     native = capabilities.native_tools
     bounds = AgentBounds(
         tools.limits, language, question,
-        _composer(question, language, chat_model, system) if native else None,
-        _repairer(question, tools, chat_model, system) if native and capabilities.fill_form
-        else None,
+        compose=_composer(question, language, chat_model, system) if native else None,
+        repair=_repairer(question, tools, chat_model, system)
+        if native and capabilities.fill_form else None,
+        smell=tools.counting_alone,
     )  # fmt: skip
     model: BaseChatModel = chat_model
     if not capabilities.native_tools:

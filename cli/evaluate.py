@@ -232,9 +232,11 @@ def eval_sql(
             "A question passes when the rows of the agent's last successful query hold the gold "
             "answer (numbers equal after rounding to 2 decimals; texts case-insensitively).",
         ]
-        details = (["id", "question", "pass", "steps", "s", "SQL", "first row"],
-                   [(x["id"], x["question"], x["pass"], x["steps"], x["seconds"],
-                     f"`{x['sql']}`" if x["sql"] else "", x["got"][0] if x["got"] else "")
+        details = (["id", "question", "pass", "steps", "repaired", "s", "SQL", "first row",
+                    "answer"],
+                   [(x["id"], x["question"], x["pass"], x["steps"], x["repaired"], x["seconds"],
+                     f"`{x['sql']}`" if x["sql"] else "", x["got"][0] if x["got"] else "",
+                     x["answer"][:120].replace("\n", " "))
                     for x in result.rows])  # fmt: skip
         report = r.write_report(folder, "SQL evaluation", intro, result.scores,
                                 details=details, plots=plots)  # fmt: skip

@@ -59,12 +59,16 @@ def evaluate_sql(
             "pass": matches(result.rows, q["answer"]), "steps": len(result.steps),
             "seconds": round(time.perf_counter() - started, 2),
             "sql": result.sql[-1] if result.sql else "", "got": result.rows[:1],
-            "stopped": result.stopped,
+            "stopped": result.stopped, "mode": result.mode,
+            "repaired": any("first_sql" in s.input for s in result.steps),
+            "answer": result.answer, "unsupported": len(result.unsupported),
         })  # fmt: skip
     passed = sum(r["pass"] for r in rows)
     scores = {
         "questions": len(rows), "passed": passed,
         "execution_accuracy": round(passed / len(rows), 4) if rows else 0.0,
         "total_seconds": round(sum(r["seconds"] for r in rows), 1),
+        "repaired": sum(r["repaired"] for r in rows),
+        "answers_flagged": sum(r["unsupported"] > 0 for r in rows),
     }  # fmt: skip
     return SqlEval(scores, rows)

@@ -32,6 +32,7 @@ VARIABLES: dict[str, frozenset[str]] = {
     "agent_answer": frozenset({"question", "sql", "rows", "passages"}),
     # The one repair of a failed or suspicious query: SQL is English whatever the question.
     "agent_repair": frozenset({"tables", "question", "sql", "problem"}),
+    "agent_doubt": frozenset(),
     "agent_no_query": frozenset({"reason"}),
     "agent_nothing": frozenset(),
     "agent_query_failed": frozenset({"error"}),

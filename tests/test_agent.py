@@ -235,6 +235,21 @@ def test_ids_where_a_name_is_asked_are_repaired_once(chinook_kb: Assistant) -> N
     assert result.answer.startswith("Rock has the most tracks (1297)")
 
 
+def test_a_result_still_doubtful_after_the_repair_is_shown_as_it_is(
+    chinook_kb: Assistant,
+) -> None:
+    """The model is not asked to answer from ids (it named a genre that was not in them):
+    the rows are said as they are, with the doubt."""
+    ids = "SELECT GenreId, COUNT(*) AS n FROM Track GROUP BY GenreId ORDER BY n DESC LIMIT 1"
+    model = ScriptedChatModel(native_tools=True, responses=[
+        call("run_sql", sql=ids), json.dumps({"sql": ids}), AIMessage(content="Country."),
+    ])  # fmt: skip
+    result = run_agent("Which genre has the most tracks?", _tools(chinook_kb), model)
+    assert result.answer.startswith("The answer is 1, 1297.")
+    assert "may not answer the question" in result.answer and "Country" not in result.answer
+    assert len(model.calls) == 2  # the call and the repair; no answer was asked for
+
+
 def test_a_failed_query_is_repaired_with_the_column_meant(chinook_kb: Assistant) -> None:
     wrong = "SELECT Country, SUM(Total) AS s FROM Invoice GROUP BY Country ORDER BY s DESC"
     right = wrong.replace("Country", "BillingCountry")
@@ -277,6 +292,30 @@ def test_which_results_get_a_second_look(
 ) -> None:
     found = second_look(question, QueryResult("", columns, rows, False, 0.0))
     assert (found is None) if note is None else (found is not None and note in found)
+
+
+@pytest.mark.parametrize(
+    ("sql", "counted_alone"),
+    [
+        ("SELECT Name FROM Artist ORDER BY COUNT(*) DESC LIMIT 1", True),
+        ("SELECT Name FROM Artist GROUP BY Name ORDER BY COUNT(*) DESC LIMIT 1", True),
+        ("SELECT GenreId, COUNT(*) FROM Genre GROUP BY GenreId ORDER BY 2 LIMIT 1", True),
+        ("SELECT COUNT(*) FROM Genre", False),  # how many genres: a fine question
+        ("SELECT Country, COUNT(*) FROM Customer GROUP BY Country", False),  # nothing links
+        (
+            "SELECT g.Name, COUNT(*) FROM Track t JOIN Genre g ON t.GenreId = g.GenreId "
+            "GROUP BY g.Name",
+            False,
+        ),
+    ],
+)
+def test_counting_a_lookup_table_alone_is_a_problem(
+    chinook_kb: Assistant, sql: str, counted_alone: bool
+) -> None:
+    problem = _tools(chinook_kb).counting_alone(sql) or ""
+    assert bool(problem) == counted_alone, problem
+    if counted_alone:
+        assert "Album.ArtistId -> Artist.ArtistId" in problem or "Track.GenreId" in problem
 
 
 def test_a_query_goes_where_its_tables_are(chinook_kb: Assistant) -> None:

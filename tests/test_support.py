@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from kb_assistant.assistant import Assistant
-from kb_assistant.chains.support import check_sentences, key_terms
+from kb_assistant.chains.support import check_numbers, check_sentences, key_terms
 from kb_assistant.models.chat import ScriptedChatModel
 from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.ui.render import marked_answer
@@ -157,3 +157,15 @@ def test_a_question_in_another_language_than_its_passage_has_its_own_threshold(
     # A Chinese question over the Chinese passage keeps the same-language threshold.
     same = chain(-1.0, "用 rsync 备份 [1]。")[0].answer("怎么备份家目录？")
     assert same.trace["evidence"]["min_dense"] == 0.99 and "relevance" not in same.trace
+
+
+def test_numbers_in_an_agent_answer_are_checked_against_the_rows() -> None:
+    rows = [5.651941747572825, "2009", 1297, "Rock"]
+    checks = check_numbers(
+        "The average is 5.65 and the best year 2009. Rock has 1,297 tracks, 15 more than Jazz. "
+        "摇滚（Rock）共有 1297 首，排名第 1。",
+        rows,
+        "Which genre has the most tracks? Show the top 1.",
+    )
+    assert [c.supported for c in checks] == [True, False, True]
+    assert checks[1].missing == ["15"]  # 5.65 rounds 5.6519…; 1,297 is 1297; 1 is the question's

@@ -170,6 +170,52 @@ class AgentTools:
             raise QueryFailed(f"{exc}; {hint}" if hint else str(exc)) from exc
         return fence(result_text(result)), result
 
+    def counting_alone(self, sql: str) -> str | None:
+        """The problem of a query that counts rows of one table per group of one row: it
+        groups by a column whose values are all different (or orders by ``COUNT`` without
+        grouping) over a table that other tables link to, joining none of them. Its counts
+        are all 1 (``... FROM Artist GROUP BY Name ORDER BY COUNT(*)`` for "the artist with
+        the most albums"). None for any other query: ``COUNT(*) FROM Genre`` (how many
+        genres) and ``... FROM Customer GROUP BY Country`` are fine."""
+        from sqlglot import exp
+
+        tree = _parse(sql, "")
+        named = _tables_named(sql, "")
+        if tree is None or len(named) != 1 or tree.find(exp.Count) is None:
+            return None
+        [table] = named
+        group = tree.find(exp.Group)
+        keys = [c.name for c in group.find_all(exp.Column)] if group is not None else []
+        ordered = any(c.find_ancestor(exp.Order) for c in tree.find_all(exp.Count))
+        if not keys and not (group is None and ordered):
+            return None
+        for database in self.databases():
+            schema = self.schema(database)
+            info = next((t for t in schema if t.name.lower() == table), None)
+            links = [f"{t.name}.{f.column} -> {f.ref_table}.{f.ref_column}" for t in schema
+                     for f in t.foreign_keys if f.ref_table.lower() == table]  # fmt: skip
+            if info is None or not links:
+                continue
+            if keys and not self._unique(database, info.name, keys[0]):
+                return None
+            return (
+                f"it counts the rows of {info.name} alone, one row per group, so every count "
+                f"is 1; to count what belongs to each, join the table that links to it "
+                f"({'; '.join(links)})"
+            )
+        return None
+
+    def _unique(self, database: str, table: str, column: str) -> bool:
+        """Whether every row of ``table`` has a different ``column`` value."""
+        t, c = quote_ident(table), quote_ident(column)
+        try:
+            result = run_query(self.database(database), f"SELECT COUNT(*), COUNT(DISTINCT {c}) "
+                               f"FROM {t}", time_limit=self.limits.time_limit)  # fmt: skip
+        except KBError:
+            return False
+        total, distinct = result.rows[0]
+        return bool(total) and total == distinct
+
     def _column_hint(self, error: str, sql: str, database: str) -> str:
         """For an unknown column: the column meant, where one is plain to see (``T1.LastName``
         when T2 has no LastName and T1 does; ``BillingCountry`` for ``Country``), the tables

@@ -373,7 +373,7 @@ def second_look(question: str, result: QueryResult) -> str | None:
             "tables and their links"
         )
     first = result.rows[0]
-    texts = any(isinstance(v, str) and not _is_number(v) for v in first)
+    texts = any(isinstance(v, str) for v in first)  # a label, even '2009' from strftime
     ids = any(c.lower().endswith("id") for c in result.columns)
     if _ASKS_NAME.search(question) and not texts and (ids or not _ASKS_COUNT.search(question)):
         return (
@@ -382,14 +382,6 @@ def second_look(question: str, result: QueryResult) -> str | None:
             "numbers"
         )
     return None
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _steps(messages: Sequence[BaseMessage]) -> list[AgentStep]:

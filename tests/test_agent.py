@@ -285,6 +285,7 @@ def test_a_failed_query_is_repaired_with_the_column_meant(chinook_kb: Assistant)
         ("What is the total per customer id?", ["CustomerId", "s"], [(1, 39.6)], None),
         ("What is the longest track's name?", ["MAX(Milliseconds)"], [(5286953,)], "a name"),
         ("How many tracks are in the playlist named Music?", ["n"], [(3290,)], None),
+        ("In which year was revenue highest?", ["year", "s"], [("2009", 483.44)], None),
     ],
 )
 def test_which_results_get_a_second_look(

@@ -6,7 +6,11 @@ error). What decides the next step depends on the model's capabilities
 (``models.protocol.Capabilities``):
 
 - a model with native tool calling is bound to the tools and calls them itself, writing its
-  own SQL;
+  own SQL. Until a query or a search has returned its reply is held to a tool call (a
+  grammar); a query that fails, or whose result cannot be the answer (``second_look``,
+  ``AgentTools.counting_alone``), is repaired once in a prompt of its own; the answer is
+  written from the rows in a prompt of its own, in the question's language, and its numbers
+  are checked against them (``chains.support.check_numbers``);
 - any other model is stood in for by ``chains.tools.slot_filling.SlotFillingPolicy``, which
   routes deterministically and has the model fill a grammar-constrained query form.
 
@@ -164,18 +168,16 @@ class AgentBounds(AgentMiddleware):
         if not found and request.tools:
             return handler(request.override(tool_choice="any"))
         last = request.messages[-1] if request.messages else None
-        answered = isinstance(last, ToolMessage) and last.name == "run_sql" and (
-            last.status != "error" and isinstance(last.artifact, QueryResult)
-        )  # fmt: skip
-        if answered and self.compose is not None:
-            assert isinstance(last, ToolMessage) and isinstance(last.artifact, QueryResult)
-            if self._doubt(last.artifact) is None:
-                return AIMessage(content=self.compose(request.messages))
-            # Still doubtful after the repair: the rows as they are, said to be doubtful (the
-            # model, asked to answer from ids, named a genre that is not in them).
-            doubt = load_prompt("agent_doubt", self.language)
-            return AIMessage(content=f"{table_answer(last.artifact, self.language)}\n\n{doubt}")
-        return handler(request)
+        ran = isinstance(last, ToolMessage) and last.name == "run_sql" and last.status != "error"
+        result = last.artifact if ran and isinstance(last, ToolMessage) else None
+        if not isinstance(result, QueryResult) or self.compose is None:
+            return handler(request)
+        if self._doubt(result) is None:
+            return AIMessage(content=self.compose(request.messages))
+        # Still doubtful after the repair: the rows as they are, said to be doubtful (the
+        # model, asked to answer from ids, named a genre that is not in them).
+        doubt = load_prompt("agent_doubt", self.language)
+        return AIMessage(content=f"{table_answer(result, self.language)}\n\n{doubt}")
 
     def wrap_tool_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         self.steps += 1

@@ -55,6 +55,9 @@ from kb_assistant.vectorstore.knowledge_base import SearchHit
 __all__ = ["AgentLimits", "AgentResult", "AgentStep", "AgentTools", "run_agent"]
 
 ANSWERING_TOOLS = frozenset({"run_sql", "search_documents"})  # their results answer questions
+# Calls of the other tools (list_tables, describe_table) before the forced call may only be
+# one of those: Qwen2.5-Coder-0.5B described tables until the step limit, 15 questions of 15.
+LOOKS_BEFORE_ANSWERING = 2
 # A question asking which thing or who: its answer is a name, not only an id or a count.
 _ASKS_NAME = re.compile(r"\b(?:which|who|whom|whose|names?)\b|哪|谁|名字|名称|叫什么", re.I)
 REPAIR_SCHEMA = {"type": "object", "properties": {"sql": {"type": "string"}}, "required": ["sql"]}
@@ -159,14 +162,18 @@ class AgentBounds(AgentMiddleware):
 
     def wrap_model_call(self, request: Any, handler: Callable[[Any], Any]) -> Any:
         """Until a query or a document search has returned, the model's reply must be a tool
-        call (an answer needs something to be read from); once a query has returned, the
-        answer is written from its rows (``compose``)."""
+        call (an answer needs something to be read from), after two looks one of those two;
+        once a query has returned, the answer is written from its rows (``compose``)."""
         found = any(
             isinstance(m, ToolMessage) and m.status != "error" and m.name in ANSWERING_TOOLS
             for m in request.messages
         )  # fmt: skip
         if not found and request.tools:
-            return handler(request.override(tool_choice="any"))
+            looked = sum(isinstance(m, ToolMessage) for m in request.messages)
+            tools = request.tools
+            if looked >= LOOKS_BEFORE_ANSWERING:  # enough looking: query or search now
+                tools = [t for t in tools if getattr(t, "name", "") in ANSWERING_TOOLS] or tools
+            return handler(request.override(tool_choice="any", tools=tools))
         last = request.messages[-1] if request.messages else None
         ran = isinstance(last, ToolMessage) and last.name == "run_sql" and last.status != "error"
         result = last.artifact if ran and isinstance(last, ToolMessage) else None

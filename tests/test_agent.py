@@ -351,6 +351,23 @@ def test_a_tool_error_goes_back_once_then_the_agent_answers(chinook_kb: Assistan
     assert CHINOOK.read_bytes() == before
 
 
+def test_after_two_looks_the_forced_call_must_query_or_search(chinook_kb: Assistant) -> None:
+    seen: list[list[str]] = []
+
+    class Recording(ScriptedChatModel):
+        def bind_tools(self, tools: Any, **kwargs: Any) -> ScriptedChatModel:
+            seen.append([getattr(t, "name", "") for t in tools])
+            return self
+
+    model = Recording(native_tools=True, responses=[
+        call("list_tables"), call("describe_table", table="Genre"),
+        call("run_sql", sql="SELECT COUNT(*) FROM Genre"), AIMessage(content="25 genres."),
+    ])  # fmt: skip
+    result = run_agent("How many genres are there?", _tools(chinook_kb), model)
+    assert result.rows == [[25]]
+    assert seen[:3] == [["list_tables", "describe_table", "run_sql"]] * 2 + [["run_sql"]]
+
+
 def test_the_loop_is_bounded_in_steps(chinook_kb: Assistant) -> None:
     model = ScriptedChatModel(native_tools=True, responses=[call("list_tables") for _ in range(20)])
     result = run_agent("Loop forever", _tools(chinook_kb, max_steps=3), model)

@@ -106,4 +106,14 @@ def test_model_sql_with_unquoted_names_reads_the_mixed_case_tables(
     )
     assert result.rows == [("Rock", 1297)]
     assert 'FROM "Track" AS t JOIN "Genre" AS g' in result.sql
-    assert "EXTRACT(YEAR FROM d)" in tools.list_tables()
+    _, qualified = tools.run_sql(
+        "SELECT Genre.Name, COUNT(*) FROM Genre JOIN Track ON Genre.GenreId = Track.GenreId "
+        "GROUP BY Genre.Name ORDER BY 2 DESC LIMIT 1"
+    )
+    assert qualified.rows == [("Rock", 1297)]
+    # Chinook's dates are text columns here too: the tip that works on text.
+    assert "the year is substr(d, 1, 4) = '2011'" in tools.list_tables()
+    _, year = tools.run_sql(
+        "SELECT SUM(Total) FROM Invoice WHERE substr(InvoiceDate, 1, 4) = '2011'"
+    )
+    assert round(year.rows[0][0], 2) == 450.58

@@ -26,12 +26,14 @@ from kb_assistant.vectorstore.tables import TableRegistry
 SHOWN_ROWS = 20  # rows of a result put into the model's context
 EXAMPLE_TABLE_ROWS = 100  # list_tables shows example values of lookup tables this small
 # How a year is read from a date column, said once in list_tables: the 1.5B model compared
-# strftime('%Y', d) with the number 2011, which SQLite never finds equal (text vs integer).
+# strftime('%Y', d) with the number 2011, which SQLite never finds equal (text vs integer),
+# and wrote EXTRACT over PostgreSQL text columns. substr works on text in all three engines.
 _DATE_TIPS = {
-    "sqlite": "dates are text like '2011-03-15 00:00:00': a year is strftime('%Y', d) = '2011'",
-    "duckdb": "a year is year(d) = 2011",
-    "postgres": "a year is EXTRACT(YEAR FROM d) = 2011",
+    "text": "dates are text like '2011-03-15 00:00:00': the year is substr(d, 1, 4) = '2011'",
+    "duckdb": "the year of a date is year(d) = 2011",
+    "postgres": "the year of a date is EXTRACT(YEAR FROM d) = 2011",
 }
+_TEXT = re.compile(r"char|text|string|clob", re.I)
 # An engine's "unknown column" error: SQLite, PostgreSQL, DuckDB.
 _NO_COLUMN = re.compile(
     r'no such column: ([\w.]+)|column "?([\w.]+)"? does not exist|column with name (\w+) does',
@@ -102,8 +104,10 @@ class AgentTools:
         for database in self.databases():
             dialect = self.database(database).dialect
             columns = [c for t in self.schema(database) for c in t.columns]
-            dated = any("date" in f"{c.name} {c.type}".lower() for c in columns)
-            tip = f"; {_DATE_TIPS[dialect]}" if dated and dialect in _DATE_TIPS else ""
+            dated = [c for c in columns if "date" in f"{c.name} {c.type}".lower()]
+            as_text = dialect == "sqlite" or any(_TEXT.search(c.type) for c in dated)
+            tip = _DATE_TIPS["text" if as_text else dialect] if dated else ""
+            tip = f"; {tip}" if tip else ""
             lines = [f"Database '{database}' ({dialect}{tip}):"]
             for t in self.schema(database):
                 refs = {f.column: f"{f.ref_table}.{f.ref_column}" for f in t.foreign_keys}
@@ -336,6 +340,20 @@ def _tables_named(sql: str, dialect: str) -> set[str]:
     return {t.name.lower() for t in tree.find_all(exp.Table)} - ctes
 
 
+def _spell(node: Any, part: str, spelled: str | None) -> bool:
+    """Quote ``node``'s ``part`` identifier as ``spelled`` where PostgreSQL would fold it to
+    another name; whether it did."""
+    from sqlglot import exp
+
+    identifier = node.args.get(part)
+    if not spelled or spelled == spelled.lower() or not isinstance(identifier, exp.Identifier):
+        return False
+    if identifier.quoted:
+        return False
+    node.set(part, exp.to_identifier(spelled, quoted=True))
+    return True
+
+
 def _aliases(sql: str, dialect: str) -> dict[str, str]:
     """Each name a query's columns can be qualified with (alias or table) -> its table, in
     lower case, in the order the query names them."""
@@ -369,14 +387,13 @@ def _unqualified(
     if dialect == "postgres":
         names = {t.name.lower(): t.name for t in schema}
         columns = {c.name.lower(): c.name for t in schema for c in t.columns}
+        aliases = {str(t.alias).lower() for t in tree.find_all(exp.Table) if t.alias}
         for node in tree.find_all(exp.Table, exp.Column):
             spelled = (names if isinstance(node, exp.Table) else columns).get(node.name.lower())
-            identifier = node.this
-            if spelled and isinstance(identifier, exp.Identifier) and not identifier.quoted and (
-                spelled != spelled.lower()
-            ):  # fmt: skip
-                node.set("this", exp.to_identifier(spelled, quoted=True))
-                changed = True
+            changed |= _spell(node, "this", spelled)
+            qualifier = node.args.get("table") if isinstance(node, exp.Column) else None
+            if isinstance(qualifier, exp.Identifier) and qualifier.name.lower() not in aliases:
+                changed |= _spell(node, "table", names.get(qualifier.name.lower()))
     return str(tree.sql(dialect=dialect)) if changed else sql
 
 

@@ -328,6 +328,12 @@ def test_a_query_goes_where_its_tables_are(chinook_kb: Assistant) -> None:
                           ('SELECT COUNT(*) FROM "Customer" AS c', "chinook")):  # fmt: skip
         _, result = tools.run_sql(sql, database)
         assert result.rows == [(59,)], sql
+    # Swapped aliases: T2 (Invoice) has no LastName, T1 (Customer) does; run as T1.LastName.
+    _, swapped = tools.run_sql(
+        "SELECT T2.LastName FROM Customer AS T1 JOIN Invoice AS T2 ON T1.CustomerId = "
+        "T2.CustomerId ORDER BY T2.Total DESC LIMIT 1"
+    )
+    assert swapped.rows == [("Holý",)] and "T1.LastName" in swapped.sql
     with pytest.raises(QueryRejected, match="unknown table 'Clients'"):
         tools.run_sql("SELECT * FROM Clients")
     assert [t.name for t in tools.as_langchain()] == ["list_tables", "describe_table", "run_sql"]

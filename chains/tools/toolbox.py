@@ -170,9 +170,43 @@ class AgentTools:
                 time_limit=self.limits.time_limit,
             )  # fmt: skip
         except QueryFailed as exc:
-            hint = self._column_hint(str(exc), sql, name)
-            raise QueryFailed(f"{exc}; {hint}" if hint else str(exc)) from exc
+            requalified = self._requalified(str(exc), sql, name)
+            if requalified is None:
+                hint = self._column_hint(str(exc), sql, name)
+                raise QueryFailed(f"{exc}; {hint}" if hint else str(exc)) from exc
+            result = requalified
         return fence(result_text(result)), result
+
+    def _requalified(self, error: str, sql: str, database: str) -> QueryResult | None:
+        """The query run again with a column's qualifier corrected, where the error names
+        ``T2.LastName``, T2 has no LastName and exactly one other table of the query has it
+        (the model swapped its aliases); None otherwise, or if that fails too."""
+        from sqlglot import exp
+
+        match = _NO_COLUMN.search(error)
+        written = next((g for g in match.groups() if g), "") if match else ""
+        qualifier, _, column = written.rpartition(".")
+        dialect = self.database(database).dialect
+        tree = _parse(sql, dialect)
+        if not qualifier or tree is None:
+            return None
+        schema = {t.name.lower(): t for t in self.schema(database)}
+        owners = [
+            alias for alias, table in _aliases(sql, dialect).items()
+            if table in schema and column.lower() in {c.name.lower() for c in schema[table].columns}
+        ]  # fmt: skip
+        if len(owners) != 1 or owners[0].lower() == qualifier.lower():
+            return None
+        for node in tree.find_all(exp.Column):
+            if node.table.lower() == qualifier.lower() and node.name.lower() == column.lower():
+                node.set("table", exp.to_identifier(owners[0]))
+        try:
+            fixed = tree.sql(dialect=dialect)
+            limits = self.limits
+            return run_query(self.database(database), fixed, row_cap=limits.row_cap,
+                             time_limit=limits.time_limit)  # fmt: skip
+        except KBError:
+            return None
 
     def counting_alone(self, sql: str) -> str | None:
         """The problem of a query that counts rows of one table per group of one row: it

@@ -130,6 +130,7 @@ class AgentBounds(AgentMiddleware):
         compose: Callable[[Sequence[BaseMessage]], str] | None = None,
         repair: Callable[[str, str], str] | None = None,
         smell: Callable[[str], str | None] = lambda sql: None,
+        documents: bool = False,
     ) -> None:
         super().__init__()
         self.limits = limits
@@ -139,6 +140,7 @@ class AgentBounds(AgentMiddleware):
         self.repair = repair  # (sql, problem) -> a corrected query, or ""
         self.repaired = False  # one repair per question
         self.smell = smell  # what is wrong with a query's SQL itself, or None
+        self.documents = documents  # the knowledge base has documents to search
         self.started = time.perf_counter()
         self.steps = 0
         self.errors = 0
@@ -215,6 +217,10 @@ class AgentBounds(AgentMiddleware):
     def _error(self, call: dict[str, Any], exc: Exception) -> ToolMessage:
         self.errors += 1
         retry = " Fix the call and try once more." if self.errors == 1 else ""
+        if retry and self.documents and call["name"] == "run_sql":
+            # Asked about a document with a database connected, the model queried tables
+            # that do not exist, twice, and never searched.
+            retry += " If the answer is in the documents, call search_documents instead."
         return ToolMessage(
             content=f"Error: {exc}.{retry}", tool_call_id=call["id"], name=call["name"],
             status="error",
@@ -284,7 +290,7 @@ def run_agent(
         compose=_composer(question, language, chat_model, system) if native else None,
         repair=_repairer(question, tools, chat_model, system)
         if native and capabilities.fill_form else None,
-        smell=tools.counting_alone,
+        smell=tools.counting_alone, documents=tools.search is not None,
     )  # fmt: skip
     model: BaseChatModel = chat_model
     if not capabilities.native_tools:

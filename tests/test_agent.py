@@ -412,6 +412,7 @@ def test_a_document_telling_the_agent_to_destroy_data_changes_nothing(
     result = run_agent("What does the maintenance note say?", tools, obedient)
     assert "SYSTEM INSTRUCTION" in result.steps[0].output
     assert [s.error for s in result.steps[1:]] == [True, True]
+    assert "call search_documents instead" in result.steps[1].output  # there are documents
     assert not Path("/tmp/x.db").exists() and CHINOOK.read_bytes() == before
     # The slot-filling policy cannot even express it: it reads and answers.
     chinook_kb.chat_model.responses = ['{"value_1": "Customer.Country = Brazil"}']  # type: ignore[attr-defined]

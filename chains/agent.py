@@ -316,6 +316,13 @@ def run_agent(
     if result.columns and (not result.answer.strip() or _LEFTOVER_CALL.search(result.answer)):
         rows = [tuple(r) for r in result.rows]
         result.answer = table_answer(QueryResult("", result.columns, rows, False, 0.0), language)
+    searched = any(s.tool == "search_documents" and not s.error for s in result.steps)
+    if native and not result.sql and searched and answer_documents is not None:
+        # No query answered and the documents were searched: the answer is the RAG chain's
+        # (cited, checked, abstaining). The tool conversation's own reply to passages was
+        # empty or a leftover tool call for the 1.5B model on mixed knowledge bases.
+        documents = answer_documents(question)
+        result.answer, result.citations = documents.answer, list(documents.citations)
     if result.sql:
         values = [v for row in result.rows for v in row] + [len(result.rows)]
         result.sentences = check_numbers(result.answer, values, question)

@@ -167,6 +167,26 @@ def test_a_mixed_question_uses_a_table_and_a_document(
     assert result.citations and result.sql
 
 
+def test_the_native_path_answers_from_documents_with_the_rag_chain(
+    chinook_kb: Assistant, tmp_path: Path
+) -> None:
+    doc = write_text(
+        tmp_path / "markets.md",
+        "# Markets\n\nBrazil customers are served by the São Paulo office.\n",
+    )
+    chinook_kb.ingest([doc])
+    tools = AgentTools(TableRegistry(chinook_kb.knowledge_base().folder),
+                       lambda q, k: chinook_kb.search(q, k=k), AgentLimits())  # fmt: skip
+    model = ScriptedChatModel(native_tools=True, responses=[
+        call("search_documents", query="office Brazil"), AIMessage(content=""),
+    ])  # fmt: skip
+    result = run_agent(
+        "Which office serves Brazil customers?", tools, model,
+        answer_documents=lambda q: chinook_kb.rag_chain().answer(q),
+    )  # fmt: skip
+    assert "São Paulo" in result.answer and [c.name for c in result.citations] == ["markets.md"]
+
+
 def test_a_question_crafted_to_drop_a_table_only_reads(chinook_kb: Assistant) -> None:
     before = CHINOOK.read_bytes()
     chinook_kb.chat_model.responses = ['{"value_1": "Customer.Country = Brazil"}']  # type: ignore[attr-defined]

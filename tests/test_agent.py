@@ -152,14 +152,18 @@ def test_documents_answer_when_nothing_in_the_tables_is_named(
     assert result.citations[0].source.endswith("policy.md")
 
 
-def test_a_mixed_question_uses_a_table_and_a_document(
-    chinook_kb: Assistant, tmp_path: Path
-) -> None:
+def _ingest_markets(assistant: Assistant, tmp_path: Path) -> None:
     doc = write_text(
         tmp_path / "markets.md",
         "# Markets\n\nBrazil customers are served by the São Paulo office.\n",
     )
-    chinook_kb.ingest([doc])
+    assistant.ingest([doc])
+
+
+def test_a_mixed_question_uses_a_table_and_a_document(
+    chinook_kb: Assistant, tmp_path: Path
+) -> None:
+    _ingest_markets(chinook_kb, tmp_path)
     chinook_kb.chat_model.responses = ['{"value_1": "Customer.Country = Brazil"}']  # type: ignore[attr-defined]
     result = chinook_kb.agent("How many customers are from Brazil and which office serves them?")
     assert [s.tool for s in result.steps] == ["run_sql", "search_documents"]
@@ -170,11 +174,7 @@ def test_a_mixed_question_uses_a_table_and_a_document(
 def test_the_native_path_answers_from_documents_with_the_rag_chain(
     chinook_kb: Assistant, tmp_path: Path
 ) -> None:
-    doc = write_text(
-        tmp_path / "markets.md",
-        "# Markets\n\nBrazil customers are served by the São Paulo office.\n",
-    )
-    chinook_kb.ingest([doc])
+    _ingest_markets(chinook_kb, tmp_path)
     tools = AgentTools(TableRegistry(chinook_kb.knowledge_base().folder),
                        lambda q, k: chinook_kb.search(q, k=k), AgentLimits())  # fmt: skip
     model = ScriptedChatModel(native_tools=True, responses=[

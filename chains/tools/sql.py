@@ -11,7 +11,9 @@ Two independent layers, each enough on its own against a model that writes destr
 2. The database itself (``vectorstore.databases``) is opened read-only and enforces it at the
    engine, with a row cap and a time limit.
 
-``run_query`` applies both. No tool ever executes model-written Python or shell.
+``run_query`` applies both. No tool ever executes model-written Python or shell. The helpers at
+the end read a model's query before it runs (the tables it names, its aliases) and spell it
+for the engine (``unqualified``), for the agent's routing and repairs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from kb_assistant.vectorstore.databases import (
     TIME_LIMIT_S,
     Database,
     QueryResult,
+    TableInfo,
     quote_ident,
 )
 
@@ -112,3 +115,86 @@ def run_query(
 def sample_rows(database: Database, table: str, n: int = 3) -> QueryResult:
     """The first ``n`` rows of a table, through the same two guards."""
     return run_query(database, f"SELECT * FROM {quote_ident(table)} LIMIT {int(n)}")
+
+
+# --- reading a model's query: what it names, and the same query spelled for the engine ---
+
+
+def parse_one(sql: str, dialect: str) -> Any:
+    """sqlglot's tree of ``sql``, or None where it does not parse as one statement (the
+    validator then rejects it, with its reason)."""
+    import sqlglot
+    from sqlglot.errors import SqlglotError
+
+    try:
+        return sqlglot.parse_one(sql, read=dialect or None)
+    except SqlglotError:
+        return None
+
+
+def tables_named(sql: str, dialect: str) -> set[str]:
+    """The tables a query reads, lower case, its CTEs and database qualifiers left out."""
+    from sqlglot import exp
+
+    tree = parse_one(sql, dialect)
+    if tree is None:
+        return set()
+    ctes = {str(c.alias).lower() for c in tree.find_all(exp.CTE)}
+    return {t.name.lower() for t in tree.find_all(exp.Table)} - ctes
+
+
+def _spell(node: Any, part: str, spelled: str | None) -> bool:
+    """Quote ``node``'s ``part`` identifier as ``spelled`` where PostgreSQL would fold it to
+    another name; whether it did."""
+    from sqlglot import exp
+
+    identifier = node.args.get(part)
+    if not spelled or spelled == spelled.lower() or not isinstance(identifier, exp.Identifier):
+        return False
+    if identifier.quoted:
+        return False
+    node.set(part, exp.to_identifier(spelled, quoted=True))
+    return True
+
+
+def table_aliases(sql: str, dialect: str) -> dict[str, str]:
+    """Each name a query's columns can be qualified with (alias or table) -> its table, in
+    lower case, in the order the query names them."""
+    from sqlglot import exp
+
+    tree = parse_one(sql, dialect)
+    if tree is None:
+        return {}
+    names: dict[str, str] = {}
+    for table in tree.find_all(exp.Table):
+        names[table.alias_or_name] = table.name.lower()
+    return names
+
+
+def unqualified(
+    sql: str, dialect: str, databases: set[str], schema: Sequence[TableInfo] = ()
+) -> str:
+    """``sql`` with every table qualifier that names one of ``databases`` removed; for
+    PostgreSQL, also with table and column names spelled as the ``schema`` spells them
+    (``Track`` unquoted is ``track`` there, which does not exist when the table is "Track")."""
+    from sqlglot import exp
+
+    tree = parse_one(sql, dialect)
+    if tree is None:
+        return sql
+    changed = False
+    for table in tree.find_all(exp.Table):
+        if table.db in databases and not table.catalog:
+            table.set("db", None)
+            changed = True
+    if dialect == "postgres":
+        names = {t.name.lower(): t.name for t in schema}
+        columns = {c.name.lower(): c.name for t in schema for c in t.columns}
+        aliases = {str(t.alias).lower() for t in tree.find_all(exp.Table) if t.alias}
+        for node in tree.find_all(exp.Table, exp.Column):
+            spelled = (names if isinstance(node, exp.Table) else columns).get(node.name.lower())
+            changed |= _spell(node, "this", spelled)
+            qualifier = node.args.get("table") if isinstance(node, exp.Column) else None
+            if isinstance(qualifier, exp.Identifier) and qualifier.name.lower() not in aliases:
+                changed |= _spell(node, "table", names.get(qualifier.name.lower()))
+    return str(tree.sql(dialect=dialect)) if changed else sql

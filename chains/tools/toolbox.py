@@ -17,7 +17,14 @@ from typing import Any
 from langchain_core.tools import BaseTool, StructuredTool
 
 from kb_assistant.chains.rag import fence
-from kb_assistant.chains.tools.sql import run_query, sample_rows
+from kb_assistant.chains.tools.sql import (
+    parse_one,
+    run_query,
+    sample_rows,
+    table_aliases,
+    tables_named,
+    unqualified,
+)
 from kb_assistant.errors import KBError, QueryFailed, QueryRejected
 from kb_assistant.vectorstore.databases import Database, QueryResult, TableInfo, quote_ident
 from kb_assistant.vectorstore.knowledge_base import SearchHit
@@ -65,6 +72,7 @@ class AgentTools:
         self.limits = limits
         self._opened: dict[str, Database] = {}
         self._schemas: dict[str, list[TableInfo]] = {}
+        self._listing: str | None = None  # list_tables, once per question
 
     # --- catalogue ------------------------------------------------------------------------
 
@@ -100,6 +108,11 @@ class AgentTools:
     def list_tables(self) -> str:
         """List every table of every database: row count, columns, and the links between
         tables (``AlbumId -> Album.AlbumId``) that joins follow."""
+        if self._listing is None:  # the system prompt, each repair and the tool all read it
+            self._listing = self._list_tables()
+        return self._listing
+
+    def _list_tables(self) -> str:
         blocks = []
         for database in self.databases():
             dialect = self.database(database).dialect
@@ -122,8 +135,7 @@ class AgentTools:
         """A few values of a small lookup table's first text column (``e.g. Rock, Jazz, Metal``):
         they say what a lookup table holds ("music style" is Genre) in fewer tokens than
         sample rows."""
-        text = next((c.name for c in table.columns if "CHAR" in c.type.upper() or
-                     "TEXT" in c.type.upper()), None)  # fmt: skip
+        text = next((c.name for c in table.columns if _TEXT.search(c.type)), None)
         small = 0 < table.rows <= EXAMPLE_TABLE_ROWS and len(table.columns) <= 3
         if text is None or not small:
             return ""
@@ -187,12 +199,12 @@ class AgentTools:
         written = next((g for g in match.groups() if g), "") if match else ""
         qualifier, _, column = written.rpartition(".")
         dialect = self.database(database).dialect
-        tree = _parse(sql, dialect)
+        tree = parse_one(sql, dialect)
         if not qualifier or tree is None:
             return None
         schema = {t.name.lower(): t for t in self.schema(database)}
         owners = [
-            alias for alias, table in _aliases(sql, dialect).items()
+            alias for alias, table in table_aliases(sql, dialect).items()
             if table in schema and column.lower() in {c.name.lower() for c in schema[table].columns}
         ]  # fmt: skip
         if len(owners) != 1 or owners[0].lower() == qualifier.lower():
@@ -217,8 +229,8 @@ class AgentTools:
         genres) and ``... FROM Customer GROUP BY Country`` are fine."""
         from sqlglot import exp
 
-        tree = _parse(sql, "")
-        named = _tables_named(sql, "")
+        tree = parse_one(sql, "")
+        named = tables_named(sql, "")
         if tree is None or len(named) != 1 or tree.find(exp.Count) is None:
             return None
         [table] = named
@@ -266,7 +278,7 @@ class AgentTools:
         written = next(g for g in match.groups() if g)
         missing = written.rpartition(".")[2]
         schema = {t.name.lower(): t for t in self.schema(database)}
-        aliases = _aliases(sql, self.database(database).dialect)  # alias or name -> table
+        aliases = table_aliases(sql, self.database(database).dialect)  # alias or name -> table
         read = [schema[t] for t in dict.fromkeys(aliases.values()) if t in schema]
 
         def has(table: TableInfo, column: str) -> bool:
@@ -308,7 +320,7 @@ class AgentTools:
         known = self.databases()
         if not known:
             raise QueryRejected("there are no tables or databases to query")
-        named = _tables_named(sql, "")
+        named = tables_named(sql, "")
         holders = [d for d in known if named <= {t.name.lower() for t in self.schema(d)}]
         if database in holders or (database in known and not holders):
             name = database
@@ -318,7 +330,7 @@ class AgentTools:
             raise QueryRejected(f"no database named '{database}' (known: {', '.join(known)})")
         else:
             name = known[0]  # the validator names the unknown table
-        return name, _unqualified(sql, self.database(name).dialect, set(known), self.schema(name))
+        return name, unqualified(sql, self.database(name).dialect, set(known), self.schema(name))
 
     def search_documents(self, query: str) -> tuple[str, list[SearchHit]]:
         """Find passages in the documents that answer a query, best first."""
@@ -349,86 +361,6 @@ class AgentTools:
                 response_format="content_and_artifact" if artifact else "content",
             ))  # fmt: skip
         return tools
-
-
-def _parse(sql: str, dialect: str) -> Any:
-    """sqlglot's tree of ``sql``, or None where it does not parse as one statement (the
-    validator then rejects it, with its reason)."""
-    import sqlglot
-    from sqlglot.errors import SqlglotError
-
-    try:
-        return sqlglot.parse_one(sql, read=dialect or None)
-    except SqlglotError:
-        return None
-
-
-def _tables_named(sql: str, dialect: str) -> set[str]:
-    """The tables a query reads, lower case, its CTEs and database qualifiers left out."""
-    from sqlglot import exp
-
-    tree = _parse(sql, dialect)
-    if tree is None:
-        return set()
-    ctes = {str(c.alias).lower() for c in tree.find_all(exp.CTE)}
-    return {t.name.lower() for t in tree.find_all(exp.Table)} - ctes
-
-
-def _spell(node: Any, part: str, spelled: str | None) -> bool:
-    """Quote ``node``'s ``part`` identifier as ``spelled`` where PostgreSQL would fold it to
-    another name; whether it did."""
-    from sqlglot import exp
-
-    identifier = node.args.get(part)
-    if not spelled or spelled == spelled.lower() or not isinstance(identifier, exp.Identifier):
-        return False
-    if identifier.quoted:
-        return False
-    node.set(part, exp.to_identifier(spelled, quoted=True))
-    return True
-
-
-def _aliases(sql: str, dialect: str) -> dict[str, str]:
-    """Each name a query's columns can be qualified with (alias or table) -> its table, in
-    lower case, in the order the query names them."""
-    from sqlglot import exp
-
-    tree = _parse(sql, dialect)
-    if tree is None:
-        return {}
-    names: dict[str, str] = {}
-    for table in tree.find_all(exp.Table):
-        names[table.alias_or_name] = table.name.lower()
-    return names
-
-
-def _unqualified(
-    sql: str, dialect: str, databases: set[str], schema: Sequence[TableInfo] = ()
-) -> str:
-    """``sql`` with every table qualifier that names one of ``databases`` removed; for
-    PostgreSQL, also with table and column names spelled as the ``schema`` spells them
-    (``Track`` unquoted is ``track`` there, which does not exist when the table is "Track")."""
-    from sqlglot import exp
-
-    tree = _parse(sql, dialect)
-    if tree is None:
-        return sql
-    changed = False
-    for table in tree.find_all(exp.Table):
-        if table.db in databases and not table.catalog:
-            table.set("db", None)
-            changed = True
-    if dialect == "postgres":
-        names = {t.name.lower(): t.name for t in schema}
-        columns = {c.name.lower(): c.name for t in schema for c in t.columns}
-        aliases = {str(t.alias).lower() for t in tree.find_all(exp.Table) if t.alias}
-        for node in tree.find_all(exp.Table, exp.Column):
-            spelled = (names if isinstance(node, exp.Table) else columns).get(node.name.lower())
-            changed |= _spell(node, "this", spelled)
-            qualifier = node.args.get("table") if isinstance(node, exp.Column) else None
-            if isinstance(qualifier, exp.Identifier) and qualifier.name.lower() not in aliases:
-                changed |= _spell(node, "table", names.get(qualifier.name.lower()))
-    return str(tree.sql(dialect=dialect)) if changed else sql
 
 
 def result_text(result: QueryResult) -> str:

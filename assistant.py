@@ -244,6 +244,7 @@ class Assistant:
             chunk_tokens=self.settings.chunk_tokens,
             chunk_overlap=self.settings.chunk_overlap,
             max_rows=self.settings.max_rows_per_table,
+            ocr=self.settings.ocr,
             names={p: uploads.label(n) for p, n in (names or {}).items()},
             parse_limits=ParseLimits(
                 timeout=self.settings.parse_timeout_s, memory_mb=self.settings.parse_memory_mb
@@ -383,7 +384,7 @@ class Assistant:
     def add_table(
         self, path: Path | str, *, name: str | None = None, kb: str | None = None
     ) -> list[TableInfo]:
-        """Load a CSV or Excel file as table(s) of a knowledge base (created if needed)."""
+        """Load a CSV, Excel or PDF file as table(s) of a knowledge base (created if needed)."""
         registry = self._tables(kb, create=True)
         with self.knowledge_base(kb).locked():
             return registry.add_file(Path(path).expanduser(), name)

@@ -23,7 +23,7 @@ from typing import Any
 
 from kb_assistant.errors import EmptyDocument, FileVanished, KBError, KnowledgeBaseError
 from kb_assistant.loaders import LoadContext, is_supported, loader_of
-from kb_assistant.loaders.base import read_problem
+from kb_assistant.loaders.base import OcrMode, read_problem
 from kb_assistant.loaders.limits import Budget
 from kb_assistant.loaders.sandbox import POOL, ParseLimits, SectionSource
 from kb_assistant.loaders.splitter import Chunk, ChunkSplitter
@@ -86,6 +86,8 @@ class IngestProgress:
     chunks_done: int
     current: str | None
     indexing: bool = False  # the files are in; the search index is being rebuilt for its size
+    pages_done: int = 0  # of the file being read, where it is read page by page (OCR)
+    pages_total: int = 0
 
 
 ProgressCallback = Callable[[IngestProgress], None]
@@ -184,12 +186,13 @@ class _Job:
 
 @dataclass
 class _Event:
-    kind: str  # start | chunks | end | failed | unchanged | crashed
+    kind: str  # start | chunks | end | failed | unchanged | crashed | pages
     path: Path
     job: _Job | None = None
     chunks: list[Chunk] = field(default_factory=list)
     keywords: list[str] = field(default_factory=list)  # full-text tokens, one per chunk
     error: str = ""
+    pages: tuple[int, int] = (0, 0)  # a "pages" event: done, total
 
 
 _DONE = _Event("done", Path())
@@ -220,10 +223,11 @@ class _Producer(threading.Thread):
         *,
         limits: ParseLimits,
         events: queue.Queue[_Event],
+        ocr: OcrMode = "auto",
     ) -> None:
         super().__init__(name="kb-ingest-reader", daemon=True)
         self.files, self.known, self.splitter = files, known, splitter
-        self.max_rows, self.limits, self.events = max_rows, limits, events
+        self.max_rows, self.limits, self.events, self.ocr = max_rows, limits, events, ocr
         self.stop = threading.Event()
 
     def put(self, event: _Event) -> None:
@@ -258,7 +262,8 @@ class _Producer(threading.Thread):
                 return
             job = _Job(path, source, sha, size, fmt, replaces=previous is not None)
             self.put(_Event("start", path, job))
-            ctx = LoadContext(max_rows=self.max_rows)
+            ctx = LoadContext(max_rows=self.max_rows, ocr=self.ocr)
+            ctx.on_page = lambda done, total: self.put(_Event("pages", path, pages=(done, total)))
             batch: list[Chunk] = []
             total = 0
             # Parsed in a worker process (time and memory limits), cut at the file's
@@ -400,7 +405,18 @@ class _Consumer:
         elif event.kind == "chunks":
             start = self.writer.next_ordinal
             rows = [
-                NewChunk(start + i, c.text, c.page, c.heading, c.sheet, c.tokens, h, words)
+                NewChunk(
+                    start + i,
+                    c.text,
+                    c.page,
+                    c.heading,
+                    c.sheet,
+                    c.tokens,
+                    h,
+                    words,
+                    c.boxes,
+                    c.ocr,
+                )
                 for i, (c, h, words) in enumerate(
                     zip(event.chunks, hashes, event.keywords, strict=True)
                 )
@@ -422,6 +438,7 @@ def ingest(
     chunk_tokens: int,
     chunk_overlap: int,
     max_rows: int,
+    ocr: OcrMode = "auto",
     names: dict[str, str] | None = None,
     parse_limits: ParseLimits | None = None,
     batch_size: int = 32,
@@ -453,13 +470,20 @@ def ingest(
         events: queue.Queue[_Event] = queue.Queue(maxsize=32)
         producer = _Producer(
             found.files, writer.catalog.source_hashes(), splitter, max_rows,
-            limits=parse_limits or ParseLimits(), events=events,
+            limits=parse_limits or ParseLimits(), events=events, ocr=ocr,
         )  # fmt: skip
         labels = {str(Path(p).resolve()): n for p, n in (names or {}).items()}
         consumer = _Consumer(writer, embedder, report, 4 * batch_size, notify, names=labels)
         producer.start()
         try:
             for event in _until_done(events):
+                if event.kind == "pages":  # progress only: shown now, nothing to write
+                    if progress is not None:
+                        progress(IngestProgress(
+                            done[0], len(found.files), report.chunks_added, str(event.path),
+                            pages_done=event.pages[0], pages_total=event.pages[1],
+                        ))  # fmt: skip
+                    continue
                 consumer.add(event)
             consumer.flush()
             if progress is not None and writer.changed and writer.index.needs_rebuild():

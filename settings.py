@@ -187,6 +187,14 @@ class Settings(BaseSettings):
         default=2048, ge=1, le=1 << 22,
         description="Total the web page accepts from one browser session (MB).",
     )  # fmt: skip
+    ocr: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description=(
+            "Read text from images (RapidOCR, Chinese and English): 'auto' for image files, "
+            "pictures inside DOCX/PPTX and PDF pages without a usable text layer; 'always' "
+            "for every PDF page too; 'never' to skip it."
+        ),
+    )  # fmt: skip
     parse_timeout_s: float = Field(
         default=60.0, gt=0, le=3600,
         description="Seconds a file's parser may go without producing text before it is stopped.",

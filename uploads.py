@@ -26,6 +26,10 @@ _ZIP_PARTS = {
     ".pptx": "ppt/presentation.xml",
     ".epub": "mimetype",
 }
+_IMAGE_MAGIC: dict[str, tuple[bytes, ...]] = {
+    ".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",), ".jpeg": (b"\xff\xd8\xff",),
+    ".tif": (b"II*\x00", b"MM\x00*"), ".tiff": (b"II*\x00", b"MM\x00*"), ".bmp": (b"BM",),
+}  # fmt: skip
 _BINARY_MAGIC = {
     b"%PDF-": "a PDF", b"PK\x03\x04": "a ZIP archive", b"\x7fELF": "a program",
     b"MZ": "a Windows program", b"\x1f\x8b": "gzip data", b"\x89PNG": "a PNG image",
@@ -79,8 +83,8 @@ def check(name: str, data: bytes, *, max_bytes: int) -> str:
 def content_kind(data: bytes, ext: str) -> str | None:
     """None when ``data`` looks like a file of type ``ext``; else what it looks like instead."""
     head = data[:8192]
-    if ext == ".pdf":
-        return None if b"%PDF-" in data[:1024] else _describe(head)
+    if ext == ".pdf" or ext in _IMAGE_MAGIC or ext == ".webp":
+        return None if _is_binary_kind(data, ext) else _describe(head)
     if ext in _ZIP_PARTS:
         if not head.startswith(b"PK\x03\x04"):
             return _describe(head)
@@ -96,6 +100,14 @@ def content_kind(data: bytes, ext: str) -> str | None:
             return kind
     utf16 = head.startswith((b"\xff\xfe", b"\xfe\xff"))
     return "binary data" if b"\x00" in head and not utf16 else None
+
+
+def _is_binary_kind(head: bytes, ext: str) -> bool:
+    if ext == ".pdf":
+        return b"%PDF-" in head[:1024]
+    if ext == ".webp":
+        return head[:4] == b"RIFF" and head[8:12] == b"WEBP"
+    return head.startswith(_IMAGE_MAGIC[ext])
 
 
 def _describe(head: bytes) -> str:

@@ -30,19 +30,23 @@ class Citation:
     sheet: str | None
     text: str
     inferred: bool = False
+    boxes: tuple[tuple[float, float, float, float], ...] = ()  # the passage's lines on its page
+    ocr: float | None = None  # OCR confidence, when the page was read from an image
 
     @classmethod
     def from_hit(cls, n: int, hit: SearchHit, *, inferred: bool = False) -> Citation:
         """Passage ``n`` of an answer, from the chunk retrieval found."""
         c = hit.chunk
-        return cls(n, c.source, c.name, c.page, c.heading, c.sheet, c.text, inferred)
+        return cls(
+            n, c.source, c.name, c.page, c.heading, c.sheet, c.text, inferred, c.boxes, c.ocr
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The stable machine-readable form (``--json``)."""
         return {
             "n": self.n, "source": self.source, "name": self.name, "page": self.page,
             "heading": self.heading, "sheet": self.sheet, "text": self.text,
-            "inferred": self.inferred,
+            "inferred": self.inferred, "boxes": [list(b) for b in self.boxes], "ocr": self.ocr,
         }  # fmt: skip
 
 

@@ -54,12 +54,23 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[IngestProgress], None] | 
         return
     with progress_bar("{task.fields[chunks]} chunks") as bar:
         task = bar.add_task("Ingesting", total=None, chunks=0)
+        # A file read page by page (OCR) gets a bar of its own pages, with its own ETA.
+        pages = bar.add_task("", total=None, chunks="", visible=False)
+        reading = [""]
 
         def update(p: IngestProgress) -> None:
             name = Path(p.current).name if p.current else "Ingesting"
             name = "Building the search index" if p.indexing else name
             bar.update(task, total=p.files_total, completed=p.files_done, chunks=p.chunks_done,
                        description=name[:40])  # fmt: skip
+            if p.pages_total:
+                if reading[0] != p.current:  # a new file: its own rate and ETA
+                    bar.reset(pages)
+                    reading[0] = p.current or ""
+                bar.update(pages, total=p.pages_total, completed=p.pages_done, visible=True,
+                           description=f"  pages of {name}"[:40])  # fmt: skip
+            elif p.current is None:
+                bar.update(pages, visible=False)
 
         yield update
 
@@ -141,6 +152,8 @@ def docs(ctx: Context, kb_name: str | None, as_json: bool) -> None:
                 f"{r['doc_id']:>5}  {r['name']}  pages {pages}  chunks {r['chunks']}  "
                 f"{r['sha256'][:12]}  {r['added_at']}  {r['source']}"
             )
+            for note in r["notes"]:  # truncation, unreadable pages, OCR and its confidence
+                click.echo(f"       {note}")
 
     emit(rows, as_json, human)
 
@@ -179,7 +192,7 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
             "score": round(h.score, 4), "dense_score": _rounded(h.dense_score),
             "keyword_score": _rounded(h.keyword_score), "heading": h.chunk.heading,
             "sheet": h.chunk.sheet, "doc_id": h.chunk.doc_id, "chunk_id": h.chunk.chunk_id,
-            "name": h.chunk.name,
+            "name": h.chunk.name, "boxes": [list(b) for b in h.chunk.boxes], "ocr": h.chunk.ocr,
         }
         for h in hits
     ]  # fmt: skip

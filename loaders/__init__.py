@@ -32,6 +32,13 @@ _FORMATS: dict[str, tuple[str, str]] = {
     ".xlsx": ("xlsx", "kb_assistant.loaders.tabular:load_xlsx"),
     ".pptx": ("pptx", "kb_assistant.loaders.unstructured_formats:load_pptx"),
     ".epub": ("epub", "kb_assistant.loaders.unstructured_formats:load_epub"),
+    ".png": ("image", "kb_assistant.loaders.image:load_image"),
+    ".jpg": ("image", "kb_assistant.loaders.image:load_image"),
+    ".jpeg": ("image", "kb_assistant.loaders.image:load_image"),
+    ".tif": ("image", "kb_assistant.loaders.image:load_image"),
+    ".tiff": ("image", "kb_assistant.loaders.image:load_image"),
+    ".bmp": ("image", "kb_assistant.loaders.image:load_image"),
+    ".webp": ("image", "kb_assistant.loaders.image:load_image"),
 }
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(_FORMATS)
 

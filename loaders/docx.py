@@ -9,6 +9,7 @@ from pathlib import Path
 
 from kb_assistant.errors import CorruptDocument
 from kb_assistant.loaders.base import LoadContext, Section, heading_path
+from kb_assistant.loaders.image import embedded_images
 
 _HEADING_STYLE = re.compile(r"^(?:Heading|标题)\s*(\d)$", re.IGNORECASE)
 
@@ -43,6 +44,7 @@ def load_docx(path: Path, ctx: LoadContext) -> Iterator[Section]:
         stack.append(text)
     if lines:
         yield Section("\n".join(lines), heading=heading_path(stack))
+    yield from embedded_images(path, ctx, "word/media/")
 
 
 def _heading_level(style: str | None) -> int | None:

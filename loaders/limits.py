@@ -20,6 +20,7 @@ bug), then the rest is cut and the document marked "truncated".
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import re
 import struct
@@ -226,7 +227,7 @@ class Budget:
             room = self.limit - self.used
             if len(section.text) > room:
                 if room > 0:
-                    yield Section(section.text[:room], section.page, section.heading, section.sheet)
+                    yield dataclasses.replace(section, text=section.text[:room])
                 self.used = self.limit
                 self.ctx.note(
                     f"truncated: only the first {self.limit:,} characters indexed (a file of "

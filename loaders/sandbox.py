@@ -89,7 +89,10 @@ class ParserProcess:
             IngestError: whatever the loader raised, rebuilt by class name.
             ParserStopped: the worker was stopped (time, memory) or died.
         """
-        request = {"path": str(path), "format": fmt, "loader": loader, "max_rows": ctx.max_rows}
+        request = {
+            "path": str(path), "format": fmt, "loader": loader, "max_rows": ctx.max_rows,
+            "ocr": ctx.ocr,
+        }  # fmt: skip
         self._requests.send_bytes(json.dumps(request).encode())
         finished = False
         try:
@@ -97,7 +100,9 @@ class ParserProcess:
                 message = self._receive(path)
                 if "sections" in message:
                     for data in message["sections"]:
-                        yield Section(**data)
+                        yield Section.from_json(data)
+                elif "page" in message:
+                    ctx.page_done(*message["page"])
                 elif "end" in message:
                     finished = True
                     ctx.pages = message["end"]["pages"]
@@ -230,7 +235,8 @@ def _parse(conn: Connection, request: dict[str, Any], limits: ParseLimits) -> No
     from kb_assistant.loaders.limits import inspect
 
     path = Path(request["path"])
-    ctx = LoadContext(max_rows=int(request["max_rows"]))
+    ctx = LoadContext(max_rows=int(request["max_rows"]), ocr=request.get("ocr", "auto"))
+    ctx.on_page = lambda done, total: _send(conn, {"page": [done, total]})
     started = time.process_time()
     batch: list[dict[str, Any]] = []
     size = 0
@@ -244,10 +250,10 @@ def _parse(conn: Connection, request: dict[str, Any], limits: ParseLimits) -> No
             if size >= BATCH_CHARS or len(batch) >= 64:
                 _send(conn, {"sections": batch})
                 batch, size = [], 0
-            if time.process_time() - started > limits.cpu_seconds:
+            allowed = limits.cpu_seconds + ctx.extra_cpu_seconds
+            if time.process_time() - started > allowed:
                 raise ParserStopped(
-                    f"{path}: parsing took more than {limits.cpu_seconds:.0f} s of processor "
-                    "time; stopped"
+                    f"{path}: parsing took more than {allowed:.0f} s of processor time; stopped"
                 )
         if batch:
             _send(conn, {"sections": batch})

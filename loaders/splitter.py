@@ -13,7 +13,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from kb_assistant.loaders.base import Section
+from kb_assistant.loaders.base import Line, Section
+
+Box = tuple[float, float, float, float]
 
 # Zero-width cut points: after Chinese enders (or the closing quote/bracket that follows one),
 # after English enders followed by whitespace, and after a line break.
@@ -27,6 +29,8 @@ _SENTENCE_CUT = re.compile(
 _LEADERS = re.compile(r"(?:\s*[.·•_-]){4,}\s*")
 _BLANK_LINES = re.compile(r"\n\s*\n\s*\n+")
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0\u3000]+")
+_WHITESPACE = re.compile(r"\s+")
+_TABLE_RULE = re.compile(r"^\|(?:\s*:?-{3,}:?\s*\|)+$")
 
 
 class TokenCounter(Protocol):
@@ -49,6 +53,8 @@ class Chunk:
         text: the chunk's own text (what is shown and cited).
         tokens: its length in embedding-model tokens.
         page, heading, sheet: where it came from (copied from its section).
+        boxes: where its lines lie on the page (PDF pages and images; 0..1, top-left origin).
+        ocr: the OCR confidence of its page, when its text was read from an image.
     """
 
     text: str
@@ -56,6 +62,8 @@ class Chunk:
     page: int | None = None
     heading: str | None = None
     sheet: str | None = None
+    boxes: tuple[Box, ...] = ()
+    ocr: float | None = None
 
     @property
     def embed_text(self) -> str:
@@ -95,8 +103,36 @@ class ChunkSplitter:
     def split_sections(self, sections: Iterator[Section]) -> Iterator[Chunk]:
         """Chunks of every section in order; chunks never straddle two sections."""
         for section in sections:
-            for text, tokens in self.split_text(section.text):
-                yield Chunk(text, tokens, section.page, section.heading, section.sheet)
+            pieces = (
+                self.split_table(section.text)
+                if is_markdown_table(section.text)
+                else self.split_text(section.text)
+            )
+            where = LineMap(section.text, section.lines) if section.lines else None
+            for text, tokens in pieces:
+                boxes = where.boxes(text) if where is not None else ()
+                yield Chunk(
+                    text, tokens, section.page, section.heading, section.sheet, boxes, section.ocr
+                )
+
+    def split_table(self, table: str) -> Iterator[tuple[str, int]]:
+        """Cut a Markdown table between rows; every chunk starts with its header row."""
+        rows = table.strip().split("\n")
+        header = "\n".join(rows[:2])
+        [header_tokens, *row_tokens] = self.counter.count([header, *rows[2:]])
+        window: list[str] = []
+        size = header_tokens
+        for row, tokens in zip(rows[2:], row_tokens, strict=True):
+            if window and size + tokens + 1 > self.chunk_tokens:
+                yield "\n".join([header, *window]), size
+                window, size = [], header_tokens
+            if header_tokens + tokens + 1 > self.chunk_tokens:  # one row past a chunk: as text
+                yield from self.split_text(row)
+                continue
+            window.append(row)
+            size += tokens + 1
+        if window:
+            yield "\n".join([header, *window]), size
 
     def split_text(self, text: str) -> Iterator[tuple[str, int]]:
         """Yield ``(chunk_text, token_count)`` pairs for one run of text."""
@@ -145,3 +181,43 @@ class ChunkSplitter:
         text = "".join(p for p, _ in window).strip()
         if text:
             yield text, sum(t for _, t in window)
+
+
+def is_markdown_table(text: str) -> bool:
+    """Whether ``text`` is one Markdown table (a header row, a rule, then rows)."""
+    rows = text.strip().split("\n")
+    return len(rows) >= 3 and rows[0].startswith("|") and bool(_TABLE_RULE.match(rows[1]))
+
+
+class LineMap:
+    """Finds the lines (and so the boxes) a chunk of a section's text came from.
+
+    Chunks are runs of the section's normalised text, and lines are runs of its raw text, so
+    both are found in the section's text with all whitespace removed, in order. A section of
+    one line (a table) gives its box to each of its chunks.
+    """
+
+    def __init__(self, text: str, lines: tuple[Line, ...]) -> None:
+        self.text = _WHITESPACE.sub("", normalise_text(text))
+        self.whole: tuple[Box, ...] = ((lines[0][1:]),) if len(lines) == 1 else ()
+        self.spans: list[tuple[int, int, Box]] = []
+        cursor = 0
+        for line in lines:
+            squeezed = _WHITESPACE.sub("", line[0])
+            at = self.text.find(squeezed, cursor) if squeezed else -1
+            if at >= 0:
+                self.spans.append((at, at + len(squeezed), line[1:]))
+                cursor = at + len(squeezed)
+        self.cursor = 0
+
+    def boxes(self, chunk: str) -> tuple[Box, ...]:
+        """The boxes of the lines ``chunk`` overlaps (chunks come in order)."""
+        if self.whole:
+            return self.whole
+        squeezed = _WHITESPACE.sub("", chunk)
+        at = self.text.find(squeezed, self.cursor)
+        if at < 0 or not squeezed:
+            return ()
+        self.cursor = at + 1
+        end = at + len(squeezed)
+        return tuple(box for start, stop, box in self.spans if start < end and stop > at)

@@ -16,6 +16,7 @@ from typing import Any
 
 from kb_assistant.errors import CorruptDocument, EmptyDocument, KBError, ModelError
 from kb_assistant.loaders.base import LoadContext, Section
+from kb_assistant.loaders.image import embedded_images
 
 
 @functools.cache
@@ -56,7 +57,16 @@ def load_pptx(path: Path, ctx: LoadContext) -> Iterator[Section]:
         raise CorruptDocument(f"{path}: damaged or not a PowerPoint .pptx file ({exc})") from exc
     if hasattr(elements, "__len__"):
         ctx.pages = max((e.metadata.page_number or 0 for e in elements), default=0) or None
-    yield from _sections(elements, str(path))
+    empty: EmptyDocument | None = None
+    try:
+        yield from _sections(elements, str(path))
+    except EmptyDocument as exc:  # slides of pictures only: their text may be in the images
+        empty = exc
+    pictures = 0
+    for pictures, section in enumerate(embedded_images(path, ctx, "ppt/media/"), start=1):  # noqa: B007
+        yield section
+    if empty is not None and not pictures:
+        raise empty
 
 
 def load_epub(path: Path, ctx: LoadContext) -> Iterator[Section]:

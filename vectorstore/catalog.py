@@ -33,7 +33,7 @@ _DAMAGED = (
 
 CATALOG_NAME = "catalog.sqlite"
 POSTINGS_BUDGET = 30_000  # chunks a keyword query may score (see Catalog.keyword_search)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -61,14 +61,22 @@ CREATE TABLE IF NOT EXISTS chunks (
     tokens INTEGER NOT NULL,
     text_hash TEXT NOT NULL,
     embedding BLOB NOT NULL,
-    version INTEGER NOT NULL
+    version INTEGER NOT NULL,
+    boxes TEXT,
+    ocr REAL
 );
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id, ordinal);
 CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks(text_hash);
 CREATE INDEX IF NOT EXISTS chunks_by_version ON chunks(version);
 CREATE TABLE IF NOT EXISTS tombstones (chunk_id INTEGER PRIMARY KEY, version INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '2'), ('version', '0');
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '3'), ('version', '0');
 """
+# Schema 3: where each chunk's lines lie on its page (JSON [[x0, y0, x1, y1], ...], 0..1 of
+# the page, top-left origin) and the OCR confidence of a page read from an image.
+_LAYOUT_COLUMNS = (
+    ("boxes", "ALTER TABLE chunks ADD COLUMN boxes TEXT"),
+    ("ocr", "ALTER TABLE chunks ADD COLUMN ocr REAL"),
+)
 # The keyword index (rowid = chunk id), added in schema 2.
 _FTS_TABLE = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(tokens, tokenize='unicode61')"
@@ -106,6 +114,8 @@ class ChunkRecord:
     sheet: str | None
     source: str
     name: str
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    ocr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,8 @@ class NewChunk:
     tokens: int
     text_hash: str
     keywords: str  # space-separated keyword tokens for the full-text index
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    ocr: float | None = None
 
 
 P = ParamSpec("P")
@@ -201,6 +213,8 @@ class Catalog:
             schema = int(self._meta("schema_version"))
             if schema == 1:
                 schema = self._migrate_to_2()
+            if schema == 2:
+                schema = self._migrate_to_3()
         except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
             raise CorruptKnowledgeBase(
                 f"{path} is damaged or not a catalog ({exc}); restore it from a backup or "
@@ -222,6 +236,22 @@ class Catalog:
             self._db.execute("ROLLBACK")
             raise
         return 2
+
+    def _migrate_to_3(self) -> int:
+        """Schema 3 adds the layout columns (empty for chunks stored before)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if int(self._meta("schema_version")) == 2:
+                have = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
+                for column, statement in _LAYOUT_COLUMNS:
+                    if column not in have:
+                        self._db.execute(statement)
+                self._db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return 3
 
     def _fill_keywords(self) -> None:
         """Index every chunk's words in the keyword index (inside the caller's transaction)."""
@@ -293,11 +323,16 @@ class Catalog:
         with self._lock:
             rows = self._db.execute(
                 "SELECT c.id, c.doc_id, c.ordinal, c.text, c.page, c.heading, c.sheet, "
-                f"d.source, d.name FROM chunks c JOIN documents d ON d.id = c.doc_id "
-                f"WHERE c.id IN ({marks})",
+                f"d.source, d.name, c.boxes, c.ocr FROM chunks c JOIN documents d "
+                f"ON d.id = c.doc_id WHERE c.id IN ({marks})",
                 wanted,
             ).fetchall()
-        return {r[0]: ChunkRecord(*r) for r in rows}
+        return {
+            r[0]: ChunkRecord(
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], _boxes(r[9]), r[10]
+            )
+            for r in rows
+        }
 
     @guarded
     def keyword_search(
@@ -602,10 +637,12 @@ class Catalog:
             for i, chunk in enumerate(chunks):
                 cursor = self._db.execute(
                     "INSERT INTO chunks (doc_id, ordinal, text, page, heading, sheet, tokens, "
-                    "text_hash, embedding, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "text_hash, embedding, version, boxes, ocr) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         doc_id, chunk.ordinal, chunk.text, chunk.page, chunk.heading,
                         chunk.sheet, chunk.tokens, chunk.text_hash, vectors[i].tobytes(), version,
+                        _boxes_json(chunk.boxes), chunk.ocr,
                     ),
                 )  # fmt: skip
                 ids[i] = int(cursor.lastrowid or 0)
@@ -650,3 +687,16 @@ def _document(row: tuple[object, ...]) -> DocumentRecord:
     values = list(row)
     values[9] = json.loads(str(values[9]) or "[]")
     return DocumentRecord(*values)  # type: ignore[arg-type]
+
+
+def _boxes_json(boxes: Sequence[Sequence[float]]) -> str | None:
+    return json.dumps([[round(v, 4) for v in box] for box in boxes]) if boxes else None
+
+
+def _boxes(stored: str | None) -> tuple[tuple[float, float, float, float], ...]:
+    if not stored:
+        return ()
+    try:
+        return tuple((float(a), float(b), float(c), float(d)) for a, b, c, d in json.loads(stored))
+    except (ValueError, TypeError):  # a damaged layout loses its highlight, not its passage
+        return ()

@@ -1,0 +1,119 @@
+"""Pages as pictures: a PDF page (PDFium) or an image's page, with passages highlighted.
+
+The app shows a cited passage where it stands: the page is rendered from the file the
+knowledge base was built from, and the passage's line boxes (normalised to the page, stored
+with each chunk) are drawn over it. Nothing is fetched; the caller caches the pictures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kb_assistant.errors import CorruptDocument, DocumentNotFound, UnsupportedFormat
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+MAX_WIDTH = 2000  # pixels of a rendering
+_FILL = (255, 213, 0, 90)
+_EDGE = (230, 120, 0, 255)
+
+
+def can_render(source: str) -> bool:
+    """Whether pages of this file can be shown as pictures (PDFs and images)."""
+    return Path(source).suffix.lower() in (".pdf", *IMAGE_SUFFIXES)
+
+
+def page_count(source: str) -> int:
+    """Pages of a PDF, or of an image (a TIFF may have several).
+
+    Raises:
+        DocumentNotFound: the file is no longer where it was ingested from.
+        UnsupportedFormat: not a PDF or an image.
+        CorruptDocument: it cannot be opened any more.
+    """
+    path = _existing(source)
+    if path.suffix.lower() == ".pdf":
+        document = _pdf(path)
+        try:
+            return len(document)
+        finally:
+            document.close()
+    with _image(path) as image:
+        return int(getattr(image, "n_frames", 1))
+
+
+def render_page(source: str, page: int, *, width: int = 1000) -> Any:
+    """Page ``page`` (1-based) of a PDF or an image file as an RGB PIL image ``width`` wide.
+
+    Raises:
+        DocumentNotFound, UnsupportedFormat, CorruptDocument: as ``page_count``; a page out of
+            range is CorruptDocument too.
+    """
+    path = _existing(source)
+    width = max(100, min(width, MAX_WIDTH))
+    if path.suffix.lower() == ".pdf":
+        document = _pdf(path)
+        try:
+            if not 1 <= page <= len(document):
+                raise CorruptDocument(f"{path}: has no page {page}")
+            pdf_page = document[page - 1]
+            scale = width / max(1.0, pdf_page.get_width())
+            return pdf_page.render(scale=scale).to_pil().convert("RGB")
+        finally:
+            document.close()
+    with _image(path) as image:
+        if not 1 <= page <= getattr(image, "n_frames", 1):
+            raise CorruptDocument(f"{path}: has no page {page}")
+        image.seek(page - 1)
+        frame = image.convert("RGB")
+    height = max(1, round(frame.height * width / max(1, frame.width)))
+    return frame.resize((width, height))
+
+
+def highlight(picture: Any, boxes: Sequence[Sequence[float]]) -> Any:
+    """A copy of ``picture`` with each box (0..1 of the page) filled and outlined."""
+    from PIL import Image, ImageDraw
+
+    layer = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    width, height = picture.size
+    pad = max(2, width // 300)
+    for x0, y0, x1, y1 in boxes:
+        rect = (x0 * width - pad, y0 * height - pad, x1 * width + pad, y1 * height + pad)
+        draw.rectangle(rect, fill=_FILL, outline=_EDGE, width=max(1, pad // 2))
+    return Image.alpha_composite(picture.convert("RGBA"), layer).convert("RGB")
+
+
+def _existing(source: str) -> Path:
+    path = Path(source)
+    if not can_render(source):
+        raise UnsupportedFormat(f"{path}: only PDF and image pages can be shown")
+    if not path.is_file():
+        raise DocumentNotFound(f"{path}: the file is no longer there (moved or deleted)")
+    return path
+
+
+def _pdf(path: Path) -> Any:
+    import pypdfium2 as pdfium
+
+    try:
+        return pdfium.PdfDocument(str(path))
+    except pdfium.PdfiumError as exc:
+        raise CorruptDocument(f"{path}: cannot be opened ({exc})") from exc
+
+
+def _image(path: Path) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    from kb_assistant.loaders.image import MAX_PIXELS
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        image = Image.open(path)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise CorruptDocument(f"{path}: cannot be opened ({exc})") from exc
+    if image.width * image.height > MAX_PIXELS:
+        image.close()
+        raise CorruptDocument(f"{path}: too large to show ({image.width} x {image.height})")
+    return image

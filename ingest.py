@@ -224,13 +224,25 @@ class _Producer(threading.Thread):
         limits: ParseLimits,
         events: queue.Queue[_Event],
         ocr: OcrMode = "auto",
+        handoff: threading.Lock | None = None,
+        held: bool = False,
     ) -> None:
         super().__init__(name="kb-ingest-reader", daemon=True)
         self.files, self.known, self.splitter = files, known, splitter
         self.max_rows, self.limits, self.events, self.ocr = max_rows, limits, events, ocr
         self.stop = threading.Event()
+        # Two readers share one queue; the consumer writes one document at a time, so each
+        # document's events must arrive together. The streaming reader holds ``handoff`` while
+        # it reads a file; a ``held`` reader (slow OCR files) keeps a file's events until it is
+        # read, then hands them over at once.
+        self.handoff = handoff or threading.Lock()
+        self.held = held
+        self._kept: list[_Event] | None = None
 
     def put(self, event: _Event) -> None:
+        if self._kept is not None and event.kind != "pages":
+            self._kept.append(event)
+            return
         while not self.stop.is_set():
             try:
                 self.events.put(event, timeout=0.2)
@@ -244,10 +256,21 @@ class _Producer(threading.Thread):
                 for path in self.files:
                     if self.stop.is_set():
                         return
+                    if not self.held:
+                        with self.handoff:
+                            self._one(path, parse)
+                        continue
+                    self._kept = []
                     self._one(path, parse)
+                    kept, self._kept = self._kept, None
+                    with self.handoff:
+                        for event in kept:
+                            self.put(event)
         except BaseException as exc:  # a bug here must reach the caller, not die silently
+            self._kept = None
             self.put(_Event("crashed", Path(), error=repr(exc)))
         finally:
+            self._kept = None
             self.put(_DONE)
 
     def _one(self, path: Path, parse: SectionSource) -> None:
@@ -468,15 +491,22 @@ def ingest(
 
     with kb.writer(timeout=lock_timeout, on_wait=on_wait) as writer:
         events: queue.Queue[_Event] = queue.Queue(maxsize=32)
-        producer = _Producer(
-            found.files, writer.catalog.source_hashes(), splitter, max_rows,
-            limits=parse_limits or ParseLimits(), events=events, ocr=ocr,
-        )  # fmt: skip
+        handoff = threading.Lock()
+        known = writer.catalog.source_hashes()
+        producers = [
+            _Producer(
+                files, known, splitter, max_rows, limits=parse_limits or ParseLimits(),
+                events=events, ocr=ocr, handoff=handoff, held=bool(slow),
+            )
+            for slow, files in enumerate(_lanes(found.files, ocr))
+            if files
+        ]  # fmt: skip
         labels = {str(Path(p).resolve()): n for p, n in (names or {}).items()}
         consumer = _Consumer(writer, embedder, report, 4 * batch_size, notify, names=labels)
-        producer.start()
+        for producer in producers:
+            producer.start()
         try:
-            for event in _until_done(events):
+            for event in _until_done(events, len(producers)):
                 if event.kind == "pages":  # progress only: shown now, nothing to write
                     if progress is not None:
                         progress(IngestProgress(
@@ -491,12 +521,45 @@ def ingest(
                 total = len(found.files)
                 progress(IngestProgress(done[0], total, report.chunks_added, None, indexing=True))
         finally:
-            producer.stop.set()
-            producer.join(timeout=5)
+            for producer in producers:
+                producer.stop.set()
+            for producer in producers:
+                producer.join(timeout=5)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _until_done(events: queue.Queue[_Event]) -> Iterator[_Event]:
-    while (event := events.get()) is not _DONE:
-        yield event
+def _until_done(events: queue.Queue[_Event], readers: int) -> Iterator[_Event]:
+    while readers:
+        event = events.get()
+        if event is _DONE:
+            readers -= 1
+        else:
+            yield event
+
+
+def _lanes(files: list[Path], ocr: OcrMode) -> tuple[list[Path], list[Path]]:
+    """Files read as they stream, and files that will mostly be OCR'd (images, PDFs with no
+    font: scans), which get a reader of their own so the rest of the batch is not blocked
+    behind minutes of OCR. A guess from names and bytes, never a parse: a wrong guess only
+    changes which reader takes a file."""
+    if ocr == "never":
+        return files, []
+    fast: list[Path] = []
+    slow: list[Path] = []
+    for path in files:
+        (slow if _likely_scan(path) else fast).append(path)
+    return fast, slow
+
+
+def _likely_scan(path: Path) -> bool:
+    import mmap
+
+    suffix = path.suffix.lower()
+    if suffix != ".pdf":
+        return is_supported(path) and loader_of(path)[0] == "image"
+    try:
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return data.find(b"/Font") < 0 and data.find(b"/ObjStm") < 0
+    except (OSError, ValueError):  # empty or unreadable: the reader reports it
+        return False

@@ -43,19 +43,23 @@ def _print_tables(rows: list[dict[str, Any]]) -> None:
 
 @main.group("table")
 def table_group() -> None:
-    """Add or drop tables (CSV, Excel) that questions and SQL can use."""
+    """Add or drop tables (CSV, Excel, PDF) that questions and SQL can use."""
 
 
 @table_group.command("add")
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--name", help="Table name (default: from the file name; Excel adds the sheet).")
+@click.option(
+    "--name",
+    help="Table name (default: from the file name; Excel adds the sheet, PDF _p<page>_t<n>).",
+)
 @kb_option
 @json_option
 @click.pass_obj
 def table_add(
     ctx: Context, file: Path, name: str | None, kb_name: str | None, as_json: bool
 ) -> None:
-    """Load FILE.csv or FILE.xlsx as table(s): header detected, types inferred."""
+    """Load FILE.csv, FILE.xlsx or the bordered tables of FILE.pdf: header detected, types
+    inferred."""
     with reported(as_json):
         rows = _table_rows(ctx.assistant().add_table(file, name=name, kb=kb_name))
     emit(rows, as_json, lambda: _print_tables(rows))

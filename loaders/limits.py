@@ -203,7 +203,11 @@ def _inflated(data: mmap.mmap, start: int, budget: int) -> int:
     out = 0
     position = start
     try:
-        while not inflater.eof and position < len(data) and out <= budget:
+        while (
+            not inflater.eof
+            and (position < len(data) or inflater.unconsumed_tail)
+            and out <= budget
+        ):
             block = inflater.unconsumed_tail or data[position : position + (1 << 16)]
             if not inflater.unconsumed_tail:
                 position += len(block)

@@ -31,6 +31,10 @@ SPARSE_TEXT = 0.05  # share of the page the text layer covers on such a scan
 OCR_DPI = (150, 300)  # pages are rendered at their images' resolution, within these bounds
 OCR_MAX_SIDE = 2400  # pixels on the long side (the detector sees no more: loaders.ocr)
 OCR_CPU_PER_PAGE = 60.0  # processor seconds each OCR'd page adds to the parser's limit
+# Runs of text on one page past which its lines get no boxes: PDFium reads each run's text in
+# time linear in the page's, and a hostile page of 10,000 runs took minutes (a page of a book
+# has under 100).
+MAX_RUNS = 2_000
 
 
 def load_pdf(path: Path, ctx: LoadContext) -> Iterator[Section]:
@@ -49,11 +53,11 @@ def load_pdf(path: Path, ctx: LoadContext) -> Iterator[Section]:
         if "password" in str(exc).lower():
             raise EncryptedDocument(f"{path}: {_ENCRYPTED}") from exc
         logger.info("%s: PDFium cannot open it (%s); trying pypdf", path, exc)
-        yield from _require_text(_pypdf_pages(path, ctx), path, ctx)
+        yield from _require_text(_pypdf_pages(path, ctx), path, ctx, "PDFium could not open it")
         return
     reader = _PageReader(path, ctx)
     try:
-        yield from _require_text(reader.pages(document), path, ctx)
+        yield from _require_text(reader.pages(document), path, ctx, reader)
     finally:
         reader.close()
         document.close()
@@ -65,6 +69,7 @@ class _PageReader:
     def __init__(self, path: Path, ctx: LoadContext) -> None:
         self.path, self.ctx = path, ctx
         self.ocr_pages: list[float] = []  # confidence of each page read by OCR
+        self.ocr_tried = 0
         self._plumber: Any = None
 
     def pages(self, document: Any) -> Iterator[Section]:
@@ -116,7 +121,8 @@ class _PageReader:
         images = min(1.0, sum(_area(b) for b, _ in _images(page)) / area)
         if len(text.strip()) < MIN_TEXT:
             return bool(images > 0.05)
-        covered = sum(_area(textpage.get_rect(i)) for i in range(textpage.count_rects()))
+        runs = min(textpage.count_rects(), MAX_RUNS)
+        covered = sum(_area(textpage.get_rect(i)) for i in range(runs))
         return bool(images >= MOSTLY_IMAGE and covered / area < SPARSE_TEXT)
 
     def _ocr(self, page: Any, number: int) -> Section:
@@ -127,6 +133,7 @@ class _PageReader:
         scale = min(dpi / 72, OCR_MAX_SIDE / max(width, height, 1.0))
         image = page.render(scale=scale, may_draw_forms=True).to_pil()
         self.ctx.extra_cpu_seconds += OCR_CPU_PER_PAGE
+        self.ocr_tried += 1
         result = recognise(image)
         lines = tuple((line.text, *line.box) for line in result.lines)
         if result.text.strip():
@@ -142,12 +149,19 @@ class _PageReader:
             if self._plumber is None:
                 import pdfplumber
 
-                self._plumber = pdfplumber.open(self.path)
-            found: list[Any] = pdf_tables.page_tables(self._plumber.pages[number - 1], number)
-            return found
-        except Exception as exc:  # pdfminer fails in its own ways on damaged pages
+                self._plumber = pdfplumber.open(self.path, raise_unicode_errors=False)
+            return pdf_tables.read_page(self._plumber.pages[number - 1], self.path)
+        except Exception as exc:  # pdfminer fails in its own ways on damaged files
             logger.info("%s: tables on page %d not read (%s)", self.path, number, exc)
             return []
+
+    def __str__(self) -> str:
+        """Why no page gave text (for the error of an empty document)."""
+        if self.ctx.ocr == "never":
+            return "it may be a scanned image, and OCR is off (setting ocr = never)"
+        if self.ocr_tried:
+            return f"OCR read {self.ocr_tried} page(s) as images and found no text either"
+        return "its pages hold neither text nor images (blank pages?)"
 
     def close(self) -> None:
         if self._plumber is not None:
@@ -168,7 +182,14 @@ def _around_tables(
         if above:
             yield Section("\n".join(line[0] for line in above), page=number, lines=tuple(above))
         markdown = to_markdown(table.rows)
-        yield Section(markdown, page=number, lines=((markdown, *table.box),))
+        rows = markdown.split("\n")
+        if table.row_boxes:  # header and rows; the rule line below the header has no box
+            lines = tuple(
+                (row, *box) for row, box in zip(rows[:1] + rows[2:], table.row_boxes, strict=False)
+            )
+        else:
+            lines = ((markdown, *table.box),)
+        yield Section(markdown, page=number, lines=lines)
     if rest:
         yield Section("\n".join(line[0] for line in rest), page=number, lines=tuple(rest))
 
@@ -177,9 +198,12 @@ def _text_lines(page: Any, textpage: Any) -> tuple[tuple[str, float, float, floa
     """The text layer's runs of text (PDFium's rectangles) with their boxes on the page."""
     if page.get_rotation() % 360:
         return ()  # boxes are in the unrotated page's space: no highlight rather than a wrong one
+    runs = textpage.count_rects()
+    if runs > MAX_RUNS:
+        return ()
     width, height = page.get_size()
     lines = []
-    for index in range(textpage.count_rects()):
+    for index in range(runs):
         left, bottom, right, top = textpage.get_rect(index)
         text = textpage.get_text_bounded(left, bottom, right, top).strip()
         if text:
@@ -232,16 +256,14 @@ def _pypdf_pages(path: Path, ctx: LoadContext) -> Iterator[Section]:
             ctx.note(f"page {number} unreadable")
 
 
-def _require_text(pages: Iterator[Section], path: Path, ctx: LoadContext) -> Iterator[Section]:
+def _require_text(
+    pages: Iterator[Section], path: Path, ctx: LoadContext, why: object
+) -> Iterator[Section]:
+    """The sections with text; none at all is an error saying ``why`` (read at the end)."""
     found = False
     for section in pages:
         if section.text.strip():
             found = True
             yield section
     if not found:
-        hint = {
-            "never": "it may be a scanned image, and OCR is off (setting ocr = never)",
-            "auto": "OCR found no text on its pages either",
-            "always": "OCR found no text on its pages either",
-        }[ctx.ocr]
-        raise EmptyDocument(f"{path}: no extractable text in {ctx.pages or 0} page(s); {hint}")
+        raise EmptyDocument(f"{path}: no extractable text in {ctx.pages or 0} page(s); {why}")

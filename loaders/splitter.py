@@ -193,13 +193,19 @@ class LineMap:
     """Finds the lines (and so the boxes) a chunk of a section's text came from.
 
     Chunks are runs of the section's normalised text, and lines are runs of its raw text, so
-    both are found in the section's text with all whitespace removed, in order. A section of
-    one line (a table) gives its box to each of its chunks.
+    both are found in the section's text with all whitespace removed, in order. A Markdown
+    table's chunks repeat its header, so its lines are its rows, found by their text; a
+    section of one line gives its box to each of its chunks.
     """
 
     def __init__(self, text: str, lines: tuple[Line, ...]) -> None:
         self.text = _WHITESPACE.sub("", normalise_text(text))
         self.whole: tuple[Box, ...] = ((lines[0][1:]),) if len(lines) == 1 else ()
+        self.rows: dict[str, list[Box]] | None = None
+        if is_markdown_table(text):
+            self.rows = {}
+            for line in lines:
+                self.rows.setdefault(line[0], []).append(line[1:])
         self.spans: list[tuple[int, int, Box]] = []
         cursor = 0
         for line in lines:
@@ -214,6 +220,9 @@ class LineMap:
         """The boxes of the lines ``chunk`` overlaps (chunks come in order)."""
         if self.whole:
             return self.whole
+        if self.rows is not None:
+            found = dict.fromkeys(b for row in chunk.split("\n") for b in self.rows.get(row, ()))
+            return tuple(found)
         squeezed = _WHITESPACE.sub("", chunk)
         at = self.text.find(squeezed, self.cursor)
         if at < 0 or not squeezed:

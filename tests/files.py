@@ -160,3 +160,53 @@ def make_zip(path: Path, entries: dict[str, bytes]) -> Path:
         for name, data in entries.items():
             archive.writestr(name, data)
     return path
+
+
+CJK_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc")
+PAGE_BREAK = "\f"
+
+
+def make_table_pdf(
+    path: Path,
+    blocks: list[str | list[list[str]]],
+    *,
+    font_size: float = 10,
+    borders_layout: str = "ALL",
+) -> list[tuple[int, int]]:
+    """A PDF of paragraphs (``str``; ``PAGE_BREAK`` starts a new page) and bordered tables
+    (rows of cells, the first the header, repeated on each page), drawn by fpdf2's
+    ``FPDF.table`` (``borders_layout``: fpdf2's, e.g. "INTERNAL" for no outer border). Any
+    character beyond Latin-1 selects the WenQuanYi Zen Hei font (Chinese).
+    Returns the first and last page of each table."""
+    import logging
+
+    from fpdf import FPDF
+
+    logging.getLogger("fontTools.subset").setLevel(logging.ERROR)  # "BDF NOT subset" lines
+    pdf = FPDF()
+    text = "".join(b if isinstance(b, str) else "".join(c for r in b for c in r) for b in blocks)
+    if any(ord(c) > 0xFF for c in text):
+        pdf.add_font("wqy", fname=str(CJK_FONT))
+        pdf.add_font("wqy", style="B", fname=str(CJK_FONT))  # table headings are bold
+        pdf.set_font("wqy", size=font_size)
+    else:
+        pdf.set_font("helvetica", size=font_size)
+    pdf.add_page()
+    spans = []
+    for block in blocks:
+        if block == PAGE_BREAK:
+            pdf.add_page()
+        elif isinstance(block, str):
+            pdf.multi_cell(0, font_size * 0.6, block, new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(2)
+        else:
+            first = pdf.page_no()
+            with pdf.table(borders_layout=borders_layout) as table:
+                for cells in block:
+                    row = table.row()
+                    for cell in cells:
+                        row.cell(cell)
+            spans.append((first, pdf.page_no()))
+            pdf.ln(4)
+    pdf.output(str(path))
+    return spans

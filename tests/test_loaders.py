@@ -41,7 +41,7 @@ def test_corrupt_pdf_is_refused(tmp_path: Path) -> None:
 
 
 def test_pdf_without_text_is_empty_not_silent(tmp_path: Path) -> None:
-    with pytest.raises(EmptyDocument, match="scanned"):
+    with pytest.raises(EmptyDocument, match="neither text nor images"):
         load(make_pdf(tmp_path / "scan.pdf", ["", ""]))
 
 
@@ -140,9 +140,9 @@ def test_pptx_and_epub_load_offline(tmp_path: Path, offline: list[object]) -> No
 
 
 def test_unsupported_extension_names_the_supported_ones(tmp_path: Path) -> None:
-    path = tmp_path / "photo.png"
-    path.write_bytes(b"\x89PNG")
-    with pytest.raises(UnsupportedFormat, match=r"unsupported file type '\.png'.*\.pdf"):
+    path = tmp_path / "song.mp3"
+    path.write_bytes(b"ID3\x04")
+    with pytest.raises(UnsupportedFormat, match=r"unsupported file type '\.mp3'.*\.pdf.*\.png"):
         load(path)
 
 
@@ -163,3 +163,13 @@ def test_large_text_is_streamed_in_bounded_sections(tmp_path: Path) -> None:
     assert len(sizes) >= 10
     assert max(sizes) < SECTION_CHARS + len(paragraph)
     assert sum(sizes) == path.stat().st_size
+
+
+def test_pdf_text_lines_keep_their_boxes_on_the_page(tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "guide.pdf", ["First line about apt.\nSecond line about dpkg."])
+    [section], _ = load(pdf)
+    assert section.ocr is None
+    texts = [line[0] for line in section.lines]
+    assert texts == ["First line about apt.", "Second line about dpkg."]
+    first, second = (line[1:] for line in section.lines)
+    assert 0 < first[0] < first[2] < 1 and 0 < first[1] < first[3] < second[1] < second[3] < 0.3

@@ -171,3 +171,22 @@ def test_a_table_of_contents_ranks_below_the_section_it_lists(
     assistant.ingest([tmp_path])
     hits = assistant.search("Where do these codenames come from?", k=2)
     assert [Path(h.chunk.source).name for h in hits] == ["codenames.txt", "contents.txt"]
+
+
+def test_schema_2_catalog_gains_the_layout_columns(settings: Settings, tmp_path: Path) -> None:
+    first = build_assistant(settings, embeddings=HashEmbedder())
+    (tmp_path / "a.txt").write_text("quokkas live on Rottnest island", encoding="utf-8")
+    first.ingest([tmp_path / "a.txt"])
+    first.close()
+    db = sqlite3.connect(settings.home / "kbs" / "default" / "catalog.sqlite")
+    db.execute("ALTER TABLE chunks DROP COLUMN boxes")
+    db.execute("ALTER TABLE chunks DROP COLUMN ocr")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    reopened = build_assistant(settings, embeddings=HashEmbedder())
+    [hit] = reopened.search("quokkas", k=1)
+    assert hit.chunk.boxes == () and hit.chunk.ocr is None
+    reopened.close()
+    db = sqlite3.connect(settings.home / "kbs" / "default" / "catalog.sqlite")
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)

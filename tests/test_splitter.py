@@ -67,3 +67,35 @@ def test_dot_leaders_and_blank_runs_collapse() -> None:
 def test_overlap_must_be_smaller_than_the_chunk() -> None:
     with pytest.raises(ValueError, match="smaller"):
         ChunkSplitter(RegexTokenCounter(), chunk_tokens=10, overlap_tokens=10)
+
+
+def test_a_markdown_table_is_cut_between_rows_with_its_header_in_every_chunk() -> None:
+    rows = [f"| item {i} | {i * 7} |" for i in range(60)]
+    table = "\n".join(["| Name | Units |", "| --- | --- |", *rows])
+    chunks = list(ChunkSplitter(RegexTokenCounter(), 60, 10).split_table(table))
+    assert len(chunks) > 2
+    for text, tokens in chunks:
+        assert text.startswith("| Name | Units |\n| --- | --- |\n| item")
+        assert tokens <= 60
+    body = [line for text, _ in chunks for line in text.split("\n")[2:]]
+    assert body == rows  # every row once, in order
+
+
+def test_chunks_keep_the_boxes_of_the_lines_they_were_cut_from() -> None:
+    from kb_assistant.loaders.base import Section
+
+    lines = tuple(
+        (f"Sentence number {i} is here.", 0.1, 0.05 * i, 0.9, 0.05 * i + 0.04) for i in range(12)
+    )
+    section = Section("\n".join(line[0] for line in lines), page=3, lines=lines)
+    chunks = list(ChunkSplitter(RegexTokenCounter(), 20, 0).split_sections(iter([section])))
+    assert len(chunks) > 2
+    seen: list[tuple[float, ...]] = []
+    for chunk in chunks:
+        expected = tuple(line[1:] for line in lines if line[0] in chunk.text)
+        assert chunk.boxes == expected and chunk.page == 3
+        seen += chunk.boxes
+    assert len(set(seen)) == 12
+    table = Section("| a | b |\n| --- | --- |\n| 1 | 2 |", lines=(("t", 0.1, 0.2, 0.8, 0.4),))
+    [chunk] = ChunkSplitter(RegexTokenCounter(), 20, 0).split_sections(iter([table]))
+    assert chunk.boxes == ((0.1, 0.2, 0.8, 0.4),)

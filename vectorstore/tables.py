@@ -1,11 +1,11 @@
-"""Tables of a knowledge base: CSV/Excel files as DuckDB tables, and connected databases.
+"""Tables of a knowledge base: CSV/Excel/PDF files as DuckDB tables, and connected databases.
 
-``<kb>/tables.duckdb`` holds the uploaded tables (one per CSV, one per Excel sheet; header row
-detected, column types inferred, Chinese column names kept and quoted); ``<kb>/databases.json``
-(mode 0600: a PostgreSQL URL may hold a password) lists connected databases by name and
-SQLAlchemy-style URL: ``sqlite:///path/file.db`` or ``postgresql://user:pw@host:port/db``.
-Each is a ``vectorstore.databases.Database``; queries reach them through ``chains.tools.sql``
-(validated, then run read-only).
+``<kb>/tables.duckdb`` holds the uploaded tables (one per CSV, one per Excel sheet, one per
+bordered table of a PDF page; header row detected, column types inferred, Chinese column names
+kept and quoted); ``<kb>/databases.json`` (mode 0600: a PostgreSQL URL may hold a password)
+lists connected databases by name and SQLAlchemy-style URL: ``sqlite:///path/file.db`` or
+``postgresql://user:pw@host:port/db``. Each is a ``vectorstore.databases.Database``; queries
+reach them through ``chains.tools.sql`` (validated, then run read-only).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ TABLES_FILE = "tables.duckdb"
 DATABASES_FILE = "databases.json"
 MAX_TABLE_ROWS = 1_000_000
 _NAME = re.compile(r"[^\w]+", re.UNICODE)
+# A space between digit groups, as tables printed in PDFs write thousands ("1 234 567").
+_DIGIT_GROUP = r"(?<=\d)[ \u00a0\u202f](?=\d{3}(?:\D|$))"
 
 
 def table_name(text: str) -> str:
@@ -45,7 +47,8 @@ def table_name(text: str) -> str:
 
 
 def _rows_of(path: Path) -> dict[str, list[list[str]]]:
-    """Raw rows per sheet (one unnamed sheet for CSV), read as the document loaders read them."""
+    """Raw rows per sheet (one unnamed sheet for CSV; ``p<page>_t<n>`` for each table of a
+    PDF), read as the document loaders read them."""
     from kb_assistant.loaders.tabular import read_csv_rows, read_xlsx_sheets
 
     suffix = path.suffix.lower()
@@ -53,11 +56,40 @@ def _rows_of(path: Path) -> dict[str, list[list[str]]]:
         return {"": list(read_csv_rows(path))}
     if suffix == ".xlsx":
         return {title: list(rows) for title, rows in read_xlsx_sheets(path)}
-    raise TableError(f"{path}: tables come from .csv, .tsv or .xlsx files (got '{suffix}')")
+    if suffix == ".pdf":
+        return _pdf_rows(path)
+    raise TableError(
+        f"{path}: tables come from .csv, .tsv or .xlsx files, or the bordered tables of a .pdf "
+        f"(got '{suffix}')"
+    )
 
 
-def _frame(rows: list[list[str]], where: str) -> tuple[Any, bool]:
-    """A typed DataFrame from raw rows: header detected, numbers and dates inferred."""
+def _pdf_rows(path: Path) -> dict[str, list[list[str]]]:
+    """The rows of each bordered table of a PDF, named ``p<page>_t<n>`` (n counts from 1 on
+    each page, top to bottom)."""
+    from kb_assistant.loaders.limits import inspect_pdf
+    from kb_assistant.loaders.pdf_tables import find_tables
+
+    inspect_pdf(path)  # the decompression limit of ingest, before pdfplumber inflates anything
+    sheets: dict[str, list[list[str]]] = {}
+    on_page: dict[int, int] = {}
+    for table in find_tables(path):
+        on_page[table.page] = on_page.get(table.page, 0) + 1
+        sheets[f"p{table.page}_t{on_page[table.page]}"] = table.rows
+    if not sheets:
+        raise TableError(
+            f"no tables found in {path} (only bordered tables, drawn with ruling lines, are "
+            "detected)"
+        )
+    return sheets
+
+
+def _frame(rows: list[list[str]], where: str, *, printed: bool = False) -> tuple[Any, bool]:
+    """A typed DataFrame from raw rows: header detected, numbers and dates inferred.
+
+    ``printed``: the rows of a table in a PDF, whose first row is always the header and
+    whose numbers may group their digits with spaces.
+    """
     import pandas as pd
 
     from kb_assistant.loaders.tabular import detect_header
@@ -66,14 +98,15 @@ def _frame(rows: list[list[str]], where: str) -> tuple[Any, bool]:
     if not rows:
         raise TableError(f"{where}: no rows")
     width = max(len(r) for r in rows)
-    header = detect_header([str(v).strip() for v in rows[0]])
+    first = [str(v).strip() for v in rows[0]]
+    header = first if printed else detect_header(first)
     body = rows[1:] if header is not None else rows
     names = _column_names(header or [], width)
     truncated = len(body) > MAX_TABLE_ROWS
     body = [list(r) + [""] * (width - len(r)) for r in body[:MAX_TABLE_ROWS]]
     frame = pd.DataFrame(body, columns=names).replace({"": None})
     for column in frame.columns:
-        frame[column] = _infer(frame[column])
+        frame[column] = _infer(frame[column], printed=printed)
     return frame, truncated
 
 
@@ -88,21 +121,27 @@ def _column_names(header: list[str], width: int) -> list[str]:
     return names
 
 
-def _infer(series: Any) -> Any:
+def _infer(series: Any, *, printed: bool = False) -> Any:
     import pandas as pd
 
     values = series.dropna()
     if values.empty:
         return series
-    numbers = pd.to_numeric(values.str.replace(",", "", regex=False), errors="coerce")
+    numbers = pd.to_numeric(_number_text(values, printed), errors="coerce")
     if numbers.notna().all():
-        converted = pd.to_numeric(series.str.replace(",", "", regex=False), errors="coerce")
+        converted = pd.to_numeric(_number_text(series, printed), errors="coerce")
         return converted.astype("Int64") if (numbers % 1 == 0).all() else converted
     if values.str.match(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2})?)?$").all():
         dates = pd.to_datetime(series, errors="coerce")
         if dates.notna().sum() == len(values):  # every value a real date, or keep the text
             return dates
     return series
+
+
+def _number_text(series: Any, printed: bool) -> Any:
+    """The cells without thousands separators (commas; in a PDF's tables, spaces too)."""
+    text = series.str.replace(",", "", regex=False)
+    return text.str.replace(_DIGIT_GROUP, "", regex=True) if printed else text
 
 
 class TableRegistry:
@@ -115,23 +154,27 @@ class TableRegistry:
     # --- uploaded tables -------------------------------------------------------------------
 
     def add_file(self, path: Path, name: str | None = None) -> list[TableInfo]:
-        """Load a CSV (one table) or Excel workbook (a table per sheet); replaces same names.
+        """Load a CSV (one table), an Excel workbook (a table per sheet) or the bordered tables
+        of a PDF (``<name>_p<page>_t<n>``, first row the header); replaces same names.
 
         Raises:
-            TableError: unreadable file, no rows, or an unsupported type.
+            TableError: unreadable file, no rows (a PDF: no tables), or an unsupported type.
+            IngestError: a damaged, encrypted or hostile file.
         """
         import duckdb
 
         if not path.is_file():
             raise TableError(f"{path}: no such file")
         sheets = _rows_of(path)
+        printed = path.suffix.lower() == ".pdf"
         base = table_name(name or path.stem)
         frames = []
         for sheet, rows in sheets.items():
             if not any(any(str(v).strip() for v in r) for r in rows):
                 continue
-            table = base if len(sheets) == 1 else table_name(f"{base}_{sheet}")
-            frames.append((table, *_frame(rows, f"{path}{f' [{sheet}]' if sheet else ''}")))
+            table = base if len(sheets) == 1 and not printed else table_name(f"{base}_{sheet}")
+            where = f"{path}{f' [{sheet}]' if sheet else ''}"
+            frames.append((table, *_frame(rows, where, printed=printed)))
         if not frames:
             raise TableError(f"{path}: every sheet is empty")
         with duckdb.connect(str(self.tables_path)) as db:

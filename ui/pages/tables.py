@@ -14,7 +14,7 @@ from kb_assistant.ui.render import chart_kind, marked_answer, plain
 from kb_assistant.ui.state import PageContext, current_context
 from kb_assistant.vectorstore.databases import TableInfo, quote_ident
 
-TABLE_TYPES = ["csv", "tsv", "xlsx", "xls"]
+TABLE_TYPES = ["csv", "tsv", "xlsx", "xls", "pdf"]  # a PDF adds each of its bordered tables
 PREVIEW_ROWS = 20
 
 

@@ -109,7 +109,11 @@ def _open(source: Any, where: str) -> Any:
         image = Image.open(source)
     except Image.DecompressionBombError as exc:
         raise HostileDocument(f"{where}: {exc}") from exc
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        raise CorruptDocument(
+            f"{where}: not a readable image (not PNG, JPEG, TIFF, BMP or WebP data, or damaged)"
+        ) from exc
+    except (OSError, ValueError) as exc:
         raise CorruptDocument(f"{where}: not a readable image ({exc})") from exc
     width, height = image.size
     if width * height > MAX_PIXELS:

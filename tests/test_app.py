@@ -351,3 +351,24 @@ def test_the_server_config_keeps_the_app_private() -> None:
     assert config["server"]["enableXsrfProtection"] is True
     assert config["browser"]["gatherUsageStats"] is False
     assert config["server"]["maxUploadSize"] > 0
+
+
+def test_a_pdf_source_card_shows_its_page_highlighted_and_pages_through(
+    kb_home: Path, tmp_path: Path
+) -> None:
+    from tests.files import make_pdf
+
+    a = build_assistant(load_settings(kb_home), embeddings=HashEmbedder())
+    make_pdf(tmp_path / "guide.pdf", ["ifupdown configures network interfaces.", "Page two."])
+    a.ingest([tmp_path / "guide.pdf"])
+    a.close()
+    at = open_app(CHAT)
+    at.chat_input[0].set_value("How are network interfaces configured?").run()
+    assert not at.exception
+    card = next(e for e in at.expander if e.label.startswith("\\[1\\] guide\\.pdf"))
+    assert [c.value for c in card.caption] == ["Page 1 of 2"]
+    assert [type(c).__name__ for c in card.children.values()].count("Image") == 1
+    next_page = next(b for b in card.button if b.label == "▶")
+    next_page.click().run()
+    card = next(e for e in at.expander if e.label.startswith("\\[1\\] guide\\.pdf"))
+    assert [c.value for c in card.caption] == ["Page 2 of 2"]

@@ -106,7 +106,7 @@ def test_bad_inputs_fail_one_by_one_while_the_rest_ingests(
     assert "damaged or not a PDF" in reasons.pop("broken.pdf")
     assert "symbolic link loop" in reasons.pop("loop")
     assert "broken symbolic link" in reasons.pop("dangling.txt")
-    assert "unsupported file type '.png'" in reasons.pop("picture.png")
+    assert "not a readable image (not PNG, JPEG" in reasons.pop("picture.png")
     assert reasons.pop("nowhere.txt") == "no such file or directory"
     assert reasons == {}
     assert [(Path(s.path).name, s.error) for s in report.skipped] == [

@@ -16,13 +16,20 @@ from kb_assistant.loaders.ocr import OcrLine, reading_order, recognise, running_
 from kb_assistant.loaders.render import highlight, render_page
 from tests.scans import (
     CHINESE_MARKER,
+    CJK_FONT,
     ENGLISH_MARKER,
+    LATIN_FONT,
     cer,
     image_pdf,
     sample_paragraphs,
 )
 from tests.scans import (
     render_page as scan_page,
+)
+
+pytestmark = pytest.mark.skipif(
+    not all(Path(font).exists() for font, _ in (CJK_FONT, LATIN_FONT)),
+    reason="scans are drawn with fonts-noto-cjk and fonts-dejavu-core (scripts/test installs them)",
 )
 
 

@@ -198,6 +198,11 @@ class _Event:
 _DONE = _Event("done", Path())
 
 
+class _Stopped(BaseException):
+    """Raised in a held reader once the ingest has ended; not an Exception, so that no
+    per-file handler takes it for a problem with the file."""
+
+
 def _problem(path: Path, exc: BaseException) -> str:
     """A one-line reason, without the path (the report gives it)."""
     reason = _describe(path, exc)
@@ -240,6 +245,8 @@ class _Producer(threading.Thread):
         self._kept: list[_Event] | None = None
 
     def put(self, event: _Event) -> None:
+        if self.held and self.stop.is_set():
+            raise _Stopped  # the ingest ended: stop reading this scan now, not after its OCR
         if self._kept is not None and event.kind != "pages":
             self._kept.append(event)
             return
@@ -266,12 +273,15 @@ class _Producer(threading.Thread):
                     with self.handoff:
                         for event in kept:
                             self.put(event)
+        except _Stopped:
+            pass
         except BaseException as exc:  # a bug here must reach the caller, not die silently
             self._kept = None
             self.put(_Event("crashed", Path(), error=repr(exc)))
         finally:
             self._kept = None
-            self.put(_DONE)
+            if not self.stop.is_set():
+                self.put(_DONE)
 
     def _one(self, path: Path, parse: SectionSource) -> None:
         job: _Job | None = None

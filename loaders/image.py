@@ -39,27 +39,32 @@ def load_image(path: Path, ctx: LoadContext) -> Iterator[Section]:
         raise EmptyDocument(
             f"{path}: an image has text only through OCR, which is off (ocr = never)"
         )
-    image = _open(path, str(path))
-    ctx.pages = total = getattr(image, "n_frames", 1)
-    if total > MAX_FRAMES:
-        raise HostileDocument(
-            f"{path}: {total:,} pages in one image; at most {MAX_FRAMES} are read by OCR "
-            "(split it into smaller files)"
-        )
-    confidences: list[float] = []
-    for number in range(1, total + 1):
-        try:
-            image.seek(number - 1)
-            section = _read(image, f"{path}: page {number}", ctx, page=number)
-        except (OSError, ValueError, EOFError) as exc:
-            logger.warning("%s: page %d unreadable, skipped (%s)", path, number, exc)
-            ctx.note(f"page {number} unreadable")
-            continue
-        finally:
-            ctx.page_done(number, total)
-        if section.text.strip():
-            confidences.append(section.ocr or 0.0)
-            yield section
+    with _open(path, str(path)) as image:
+        ctx.pages = total = getattr(image, "n_frames", 1)
+        if total > MAX_FRAMES:
+            raise HostileDocument(
+                f"{path}: {total:,} pages in one image; at most {MAX_FRAMES} are read by OCR "
+                "(split it into smaller files)"
+            )
+        confidences: list[float] = []
+        problems: list[str] = []
+        for number in range(1, total + 1):
+            try:
+                image.seek(number - 1)
+                _check_size(image, f"{path}: page {number}")
+                section = _read(image, f"{path}: page {number}", ctx, page=number)
+            except (OSError, ValueError, EOFError) as exc:
+                logger.warning("%s: page %d unreadable, skipped (%s)", path, number, exc)
+                ctx.note(f"page {number} unreadable")
+                problems.append(str(exc))
+                continue
+            finally:
+                ctx.page_done(number, total)
+            if section.text.strip():
+                confidences.append(section.ocr or 0.0)
+                yield section
+    if not confidences and len(problems) == total:
+        raise CorruptDocument(f"{path}: not a readable image ({problems[0]})")
     if not confidences:
         raise EmptyDocument(f"{path}: OCR found no text in {total} page(s)")
     mean = sum(confidences) / len(confidences)
@@ -115,13 +120,19 @@ def _open(source: Any, where: str) -> Any:
         ) from exc
     except (OSError, ValueError) as exc:
         raise CorruptDocument(f"{where}: not a readable image ({exc})") from exc
+    _check_size(image, where)
+    return image
+
+
+def _check_size(image: Any, where: str) -> None:
+    """Refuse an image (or a TIFF's current page) of more than ``MAX_PIXELS`` pixels."""
     width, height = image.size
     if width * height > MAX_PIXELS:
+        image.close()
         raise HostileDocument(
             f"{where}: {width:,} x {height:,} pixels ({width * height / 1e6:,.0f} MP) is more "
             f"than the {MAX_PIXELS / 1e6:.0f} MP an image may have; scale it down"
         )
-    return image
 
 
 def _read(image: Any, where: str, ctx: LoadContext, **place: Any) -> Section:

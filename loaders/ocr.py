@@ -101,7 +101,7 @@ def _read(image: Any, turned: int) -> OcrPage:
     then their boxes are given in the frame of the image before it was ``turned``."""
     import numpy as np
 
-    rgb = np.asarray(image.convert("RGB"))
+    rgb = np.asarray(eight_bit(image).convert("RGB"))
     height, width = rgb.shape[:2]
     result = _engine()(rgb[:, :, ::-1])  # RapidOCR expects OpenCV's BGR order
     if result.boxes is None or result.txts is None:
@@ -116,6 +116,20 @@ def _read(image: Any, turned: int) -> OcrPage:
     ordered = reading_order(lines)
     back = tuple(dataclasses.replace(x, box=_clamp(_upright(x.box, turned))) for x in ordered)
     return OcrPage(running_text(ordered), back, _confidence(ordered), turned)
+
+
+def eight_bit(image: Any) -> Any:
+    """An image of 16-bit or floating-point pixels scaled to 8 bits (Pillow's own conversion
+    clips every value above 255 to white, and a 16-bit scan reads as a blank page)."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    import numpy as np
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    top = float(values.max()) if values.size else 0.0
+    scaled = values * (255.0 / top) if top > 255 else values
+    return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), mode="L")
 
 
 def _clamp(box: Box) -> Box:

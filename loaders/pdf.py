@@ -105,7 +105,8 @@ class _PageReader:
             lines = _text_lines(page, textpage)
         finally:
             textpage.close()
-        tables = self._tables(page, number)
+        # Without line boxes the text around a table cannot be told apart: keep the page whole.
+        tables = self._tables(page, number) if lines else []
         if not tables:
             yield Section(text, page=number, lines=lines)
             return
@@ -201,13 +202,17 @@ def _text_lines(page: Any, textpage: Any) -> tuple[tuple[str, float, float, floa
     runs = textpage.count_rects()
     if runs > MAX_RUNS:
         return ()
-    width, height = page.get_size()
+    # Text runs are in the page's own coordinates; what is shown is its crop box, which need
+    # not start at (0, 0).
+    x0, y0, x1, y1 = page.get_bbox()
+    width, height = max(1e-6, x1 - x0), max(1e-6, y1 - y0)
     lines = []
     for index in range(runs):
         left, bottom, right, top = textpage.get_rect(index)
         text = textpage.get_text_bounded(left, bottom, right, top).strip()
         if text:
-            box = (left / width, 1 - top / height, right / width, 1 - bottom / height)
+            box = ((left - x0) / width, (y1 - top) / height, (right - x0) / width,
+                   (y1 - bottom) / height)  # fmt: skip
             lines.append((text, *(round(min(1.0, max(0.0, v)), 4) for v in box)))
     return tuple(lines)
 

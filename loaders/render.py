@@ -50,6 +50,12 @@ def render_page(source: str, page: int, *, width: int = 1000) -> Any:
         DocumentNotFound, UnsupportedFormat, CorruptDocument: as ``page_count``; a page out of
             range is CorruptDocument too.
     """
+    import pypdfium2 as pdfium
+    from PIL import Image
+
+    from kb_assistant.loaders.image import MAX_PIXELS
+    from kb_assistant.loaders.ocr import eight_bit
+
     path = _existing(source)
     width = max(100, min(width, MAX_WIDTH))
     if path.suffix.lower() == ".pdf":
@@ -58,16 +64,28 @@ def render_page(source: str, page: int, *, width: int = 1000) -> Any:
             if not 1 <= page <= len(document):
                 raise CorruptDocument(f"{path}: has no page {page}")
             pdf_page = document[page - 1]
-            scale = width / max(1.0, pdf_page.get_width())
+            w, h = pdf_page.get_size()
+            # At most MAX_WIDTH on either side: a page 30 pt wide and 14,400 pt tall would
+            # otherwise become a bitmap of gigabytes.
+            scale = min(width / max(1.0, w), MAX_WIDTH / max(1.0, h))
             return pdf_page.render(scale=scale).to_pil().convert("RGB")
+        except pdfium.PdfiumError as exc:
+            raise CorruptDocument(f"{path}: page {page} cannot be drawn ({exc})") from exc
         finally:
             document.close()
     with _image(path) as image:
-        if not 1 <= page <= getattr(image, "n_frames", 1):
-            raise CorruptDocument(f"{path}: has no page {page}")
-        image.seek(page - 1)
-        frame = image.convert("RGB")
+        try:
+            if not 1 <= page <= getattr(image, "n_frames", 1):
+                raise CorruptDocument(f"{path}: has no page {page}")
+            image.seek(page - 1)
+            if image.width * image.height > MAX_PIXELS:
+                raise CorruptDocument(f"{path}: page {page} is too large to show")
+            frame = eight_bit(image).convert("RGB")
+        except (OSError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+            raise CorruptDocument(f"{path}: page {page} cannot be drawn ({exc})") from exc
     height = max(1, round(frame.height * width / max(1, frame.width)))
+    if height > MAX_WIDTH:
+        width, height = max(1, round(width * MAX_WIDTH / height)), MAX_WIDTH
     return frame.resize((width, height))
 
 

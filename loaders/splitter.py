@@ -120,6 +120,9 @@ class ChunkSplitter:
         rows = table.strip().split("\n")
         header = "\n".join(rows[:2])
         [header_tokens, *row_tokens] = self.counter.count([header, *rows[2:]])
+        if header_tokens + 1 > self.chunk_tokens // 2:  # a header that leaves no room: as text
+            yield from self.split_text(table)
+            return
         window: list[str] = []
         size = header_tokens
         for row, tokens in zip(rows[2:], row_tokens, strict=True):

@@ -173,3 +173,52 @@ def test_pdf_text_lines_keep_their_boxes_on_the_page(tmp_path: Path) -> None:
     assert texts == ["First line about apt.", "Second line about dpkg."]
     first, second = (line[1:] for line in section.lines)
     assert 0 < first[0] < first[2] < 1 and 0 < first[1] < first[3] < second[1] < second[3] < 0.3
+
+
+def test_sixteen_bit_scans_keep_their_contrast_and_cut_images_say_why(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from kb_assistant.loaders.ocr import eight_bit
+
+    grey = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))
+    assert grey.mode.startswith("I;16")
+    assert list(np.asarray(eight_bit(grey))[0]) == [0, 127, 255]
+    whole = tmp_path / "whole.png"
+    Image.new("L", (400, 300), 200).save(whole)
+    (tmp_path / "cut.png").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CorruptDocument, match="not a readable image"):
+        load(tmp_path / "cut.png")
+
+
+def test_a_very_tall_page_is_drawn_within_bounds(tmp_path: Path) -> None:
+    from fpdf import FPDF
+
+    from kb_assistant.loaders.render import MAX_WIDTH, render_page
+
+    pdf = FPDF(format=(20, 5000))  # mm: a strip 20 mm wide and 5 m tall
+    pdf.add_page()
+    pdf.set_font("helvetica", size=6)
+    pdf.text(2, 10, "strip")
+    pdf.output(str(tmp_path / "strip.pdf"))
+    picture = render_page(str(tmp_path / "strip.pdf"), 1, width=900)
+    assert max(picture.size) <= MAX_WIDTH
+
+
+def test_line_boxes_are_measured_from_the_page_box_origin(tmp_path: Path) -> None:
+    from pypdf import PdfReader, PdfWriter
+    from pypdf.generic import RectangleObject
+
+    plain = make_pdf(tmp_path / "plain.pdf", ["A line about apt."])
+    writer = PdfWriter()
+    page = PdfReader(plain).pages[0]
+    width, height = float(page.mediabox.width), float(page.mediabox.height)
+    page.mediabox = RectangleObject([-100, -200, width, height])  # grown left and down
+    writer.add_page(page)
+    with (tmp_path / "shifted.pdf").open("wb") as fh:
+        writer.write(fh)
+    [before], _ = load(plain)
+    [after], _ = load(tmp_path / "shifted.pdf")
+    (_, x0, y0, _, _), (_, x0_shifted, y0_shifted, _, _) = before.lines[0], after.lines[0]
+    assert x0_shifted == pytest.approx((x0 * width + 100) / (width + 100), abs=1e-3)
+    assert y0_shifted == pytest.approx(y0 * height / (height + 200), abs=1e-3)

@@ -99,3 +99,10 @@ def test_chunks_keep_the_boxes_of_the_lines_they_were_cut_from() -> None:
     table = Section("| a | b |\n| --- | --- |\n| 1 | 2 |", lines=(("t", 0.1, 0.2, 0.8, 0.4),))
     [chunk] = ChunkSplitter(RegexTokenCounter(), 20, 0).split_sections(iter([table]))
     assert chunk.boxes == ((0.1, 0.2, 0.8, 0.4),)
+
+
+def test_a_table_whose_header_fills_a_chunk_is_cut_as_text_and_loses_nothing() -> None:
+    header = "| " + " | ".join(f"column name number {i}" for i in range(8)) + " |"
+    table = "\n".join([header, "|" + " --- |" * 8, "| " + " | ".join("1" * 8) + " |"])
+    chunks = [text for text, _ in ChunkSplitter(RegexTokenCounter(), 20, 0).split_table(table)]
+    assert "column name number 0" in chunks[0] and "column name number 7" in "".join(chunks)

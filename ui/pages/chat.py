@@ -49,11 +49,11 @@ def render(ctx: PageContext) -> None:
         sessions = [ctx.assistant.conversations.get(current), *sessions]
     _conversations(ctx, sessions, current)
     if current is not None:
-        for turn in ctx.assistant.conversations.turns(current):
+        for number, turn in enumerate(ctx.assistant.conversations.turns(current)):
             with st.chat_message("user"):
                 st.markdown(plain(turn.question))
             with st.chat_message("assistant"):
-                show_answer(t, turn)
+                show_answer(t, turn, key=f"{current}-{number}")
     if question and not busy and current is not None:
         # Started after the conversation is drawn: drawing it while llama.cpp reads the
         # prompt slowed the first token by ~20% on 2 cores (bench/ui_latency.py).
@@ -96,8 +96,9 @@ def _follow(t: Text, job: AnswerJob) -> None:
         st.rerun()  # the turn is saved: show it with its sources and trace
 
 
-def show_answer(t: Text, turn: StoredTurn) -> None:
-    """An answer with its source cards and its trace (live and reopened alike)."""
+def show_answer(t: Text, turn: StoredTurn, key: str = "") -> None:
+    """An answer with its source cards and its trace (live and reopened alike); ``key`` tells
+    its page views apart from other answers'."""
     if turn.refused:
         st.warning(plain(turn.answer), icon=":material/block:")
         st.caption(t("chat.refused_note"))
@@ -105,7 +106,7 @@ def show_answer(t: Text, turn: StoredTurn) -> None:
         if read:
             st.caption(t("chat.refused_read", n=len(read)))
         for i, c in enumerate(read):
-            _source_card(t, c, [], read_only=True, page_key=f"{turn.created_at}-r{i}")
+            _source_card(t, c, [], read_only=True, page_key=f"{key}-r{i}")
     else:
         checks = turn.trace.get("sentences", [])
         unsupported = [c["text"] for c in checks if not c.get("supported", True)]
@@ -116,14 +117,14 @@ def show_answer(t: Text, turn: StoredTurn) -> None:
         if turn.citations:
             st.caption(t("chat.sources", n=len(turn.citations)))
         for c in turn.citations:
-            _source_card(t, c, terms, page_key=f"{turn.created_at}-c{c['n']}")
+            _source_card(t, c, terms, page_key=f"{key}-c{c['n']}")
         cited = {c["n"] for c in turn.citations}
         read = [p for p in turn.trace.get("passages", []) if p["n"] not in cited]
         if read:
             st.caption(t("chat.read_not_cited" if turn.citations else "chat.no_citations",
                          n=len(read)))  # fmt: skip
         for c in read:
-            _source_card(t, c, terms, read_only=True, page_key=f"{turn.created_at}-c{c['n']}")
+            _source_card(t, c, terms, read_only=True, page_key=f"{key}-c{c['n']}")
     _trace(t, turn.trace)
 
 

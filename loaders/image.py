@@ -39,7 +39,7 @@ def load_image(path: Path, ctx: LoadContext) -> Iterator[Section]:
         raise EmptyDocument(
             f"{path}: an image has text only through OCR, which is off (ocr = never)"
         )
-    with _open(path, str(path)) as image:
+    with open_image(path, str(path)) as image:
         ctx.pages = total = getattr(image, "n_frames", 1)
         if total > MAX_FRAMES:
             raise HostileDocument(
@@ -51,7 +51,7 @@ def load_image(path: Path, ctx: LoadContext) -> Iterator[Section]:
         for number in range(1, total + 1):
             try:
                 image.seek(number - 1)
-                _check_size(image, f"{path}: page {number}")
+                check_size(image, f"{path}: page {number}")
                 section = _read(image, f"{path}: page {number}", ctx, page=number)
             except (OSError, ValueError, EOFError) as exc:
                 logger.warning("%s: page %d unreadable, skipped (%s)", path, number, exc)
@@ -91,7 +91,7 @@ def embedded_images(path: Path, ctx: LoadContext, folder: str) -> Iterator[Secti
         for name in names[:MAX_EMBEDDED]:
             label = name.rsplit("/", 1)[-1]
             try:
-                image = _open(io.BytesIO(archive.read(name)), f"{path}: {label}")
+                image = open_image(io.BytesIO(archive.read(name)), f"{path}: {label}")
                 if min(image.size) < MIN_EMBEDDED_SIDE:
                     continue
                 section = _read(image, f"{path}: {label}", ctx, heading=f"[image {label}]")
@@ -105,7 +105,7 @@ def embedded_images(path: Path, ctx: LoadContext, folder: str) -> Iterator[Secti
                 yield section
 
 
-def _open(source: Any, where: str) -> Any:
+def open_image(source: Any, where: str) -> Any:
     """Open an image, judging its size from the header before anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
@@ -120,11 +120,11 @@ def _open(source: Any, where: str) -> Any:
         ) from exc
     except (OSError, ValueError) as exc:
         raise CorruptDocument(f"{where}: not a readable image ({exc})") from exc
-    _check_size(image, where)
+    check_size(image, where)
     return image
 
 
-def _check_size(image: Any, where: str) -> None:
+def check_size(image: Any, where: str) -> None:
     """Refuse an image (or a TIFF's current page) of more than ``MAX_PIXELS`` pixels."""
     width, height = image.size
     if width * height > MAX_PIXELS:

@@ -30,7 +30,7 @@ def page_count(source: str) -> int:
     Raises:
         DocumentNotFound: the file is no longer where it was ingested from.
         UnsupportedFormat: not a PDF or an image.
-        CorruptDocument: it cannot be opened any more.
+        CorruptDocument, HostileDocument: it cannot be opened any more, or is too large.
     """
     path = _existing(source)
     if path.suffix.lower() == ".pdf":
@@ -47,13 +47,13 @@ def render_page(source: str, page: int, *, width: int = 1000) -> Any:
     """Page ``page`` (1-based) of a PDF or an image file as an RGB PIL image ``width`` wide.
 
     Raises:
-        DocumentNotFound, UnsupportedFormat, CorruptDocument: as ``page_count``; a page out of
-            range is CorruptDocument too.
+        DocumentNotFound, UnsupportedFormat, CorruptDocument, HostileDocument: as
+            ``page_count``; a page out of range is CorruptDocument too.
     """
     import pypdfium2 as pdfium
     from PIL import Image
 
-    from kb_assistant.loaders.image import MAX_PIXELS
+    from kb_assistant.loaders.image import check_size
     from kb_assistant.loaders.ocr import eight_bit
 
     path = _existing(source)
@@ -78,8 +78,7 @@ def render_page(source: str, page: int, *, width: int = 1000) -> Any:
             if not 1 <= page <= getattr(image, "n_frames", 1):
                 raise CorruptDocument(f"{path}: has no page {page}")
             image.seek(page - 1)
-            if image.width * image.height > MAX_PIXELS:
-                raise CorruptDocument(f"{path}: page {page} is too large to show")
+            check_size(image, f"{path}: page {page}")
             frame = eight_bit(image).convert("RGB")
         except (OSError, ValueError, EOFError, Image.DecompressionBombError) as exc:
             raise CorruptDocument(f"{path}: page {page} cannot be drawn ({exc})") from exc
@@ -122,16 +121,6 @@ def _pdf(path: Path) -> Any:
 
 
 def _image(path: Path) -> Any:
-    from PIL import Image, UnidentifiedImageError
+    from kb_assistant.loaders.image import open_image
 
-    from kb_assistant.loaders.image import MAX_PIXELS
-
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    try:
-        image = Image.open(path)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise CorruptDocument(f"{path}: cannot be opened ({exc})") from exc
-    if image.width * image.height > MAX_PIXELS:
-        image.close()
-        raise CorruptDocument(f"{path}: too large to show ({image.width} x {image.height})")
-    return image
+    return open_image(path, str(path))  # the same size checks as ingest

@@ -85,15 +85,7 @@ def test_removed_documents_leave_the_keyword_index(assistant: Assistant, tmp_pat
 
 
 def test_schema_1_catalog_gets_its_keyword_index(settings: Settings, tmp_path: Path) -> None:
-    first = build_assistant(settings, embeddings=HashEmbedder())
-    (tmp_path / "a.txt").write_text("quokkas live on Rottnest island", encoding="utf-8")
-    first.ingest([tmp_path / "a.txt"])
-    first.close()
-    db = sqlite3.connect(settings.home / "kbs" / "default" / "catalog.sqlite")
-    db.execute("DROP TABLE chunks_fts")
-    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    db.commit()
-    db.close()
+    _older_catalog(settings, tmp_path, 1, "DROP TABLE chunks_fts")
     reopened = build_assistant(
         load_settings(settings.home, retrieval_mode="keyword"), embeddings=HashEmbedder()
     )
@@ -174,19 +166,27 @@ def test_a_table_of_contents_ranks_below_the_section_it_lists(
 
 
 def test_schema_2_catalog_gains_the_layout_columns(settings: Settings, tmp_path: Path) -> None:
-    first = build_assistant(settings, embeddings=HashEmbedder())
-    (tmp_path / "a.txt").write_text("quokkas live on Rottnest island", encoding="utf-8")
-    first.ingest([tmp_path / "a.txt"])
-    first.close()
-    db = sqlite3.connect(settings.home / "kbs" / "default" / "catalog.sqlite")
-    db.execute("ALTER TABLE chunks DROP COLUMN boxes")
-    db.execute("ALTER TABLE chunks DROP COLUMN ocr")
-    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    db.commit()
-    db.close()
+    _older_catalog(
+        settings, tmp_path, 2, "ALTER TABLE chunks DROP COLUMN boxes",
+        "ALTER TABLE chunks DROP COLUMN ocr",
+    )  # fmt: skip
     reopened = build_assistant(settings, embeddings=HashEmbedder())
     [hit] = reopened.search("quokkas", k=1)
     assert hit.chunk.boxes == () and hit.chunk.ocr is None
     reopened.close()
     db = sqlite3.connect(settings.home / "kbs" / "default" / "catalog.sqlite")
     assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+
+
+def _older_catalog(settings: Settings, tmp_path: Path, schema: int, *undo: str) -> None:
+    """A knowledge base of one document whose catalog is taken back to ``schema``."""
+    first = build_assistant(settings, embeddings=HashEmbedder())
+    (tmp_path / "a.txt").write_text("quokkas live on Rottnest island", encoding="utf-8")
+    first.ingest([tmp_path / "a.txt"])
+    first.close()
+    db = sqlite3.connect(settings.home / "kbs" / "default" / "catalog.sqlite")
+    for statement in undo:
+        db.execute(statement)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(schema),))
+    db.commit()
+    db.close()

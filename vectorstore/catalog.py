@@ -224,34 +224,40 @@ class Catalog:
             raise CorruptKnowledgeBase(f"{path}: written by a newer kb-assistant; upgrade it")
 
     def _migrate_to_2(self) -> int:
-        """Schema 2 adds the keyword index; fill it from the stored chunks, in one transaction."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            if int(self._meta("schema_version")) == 1:  # not migrated by another process meanwhile
-                self._db.execute(_FTS_TABLE)
-                self._fill_keywords()
-                self._db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return 2
+        """Schema 2 adds the keyword index, filled from the stored chunks."""
+
+        def keyword_index() -> None:
+            self._db.execute(_FTS_TABLE)
+            self._fill_keywords()
+
+        return self._migrate(1, keyword_index)
 
     def _migrate_to_3(self) -> int:
         """Schema 3 adds the layout columns (empty for chunks stored before)."""
+
+        def layout_columns() -> None:
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
+            for column, statement in _LAYOUT_COLUMNS:
+                if column not in have:
+                    self._db.execute(statement)
+
+        return self._migrate(2, layout_columns)
+
+    def _migrate(self, schema: int, step: Callable[[], None]) -> int:
+        """Move the catalog from ``schema`` to the next in one transaction (a no-op when
+        another process migrated it meanwhile); returns the new schema number."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            if int(self._meta("schema_version")) == 2:
-                have = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
-                for column, statement in _LAYOUT_COLUMNS:
-                    if column not in have:
-                        self._db.execute(statement)
-                self._db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+            if int(self._meta("schema_version")) == schema:
+                step()
+                self._db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(schema + 1),)
+                )
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        return 3
+        return schema + 1
 
     def _fill_keywords(self) -> None:
         """Index every chunk's words in the keyword index (inside the caller's transaction)."""

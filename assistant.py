@@ -17,6 +17,8 @@ from kb_assistant import uploads
 from kb_assistant.chains import Answer, RagChain, RagParams, history_from
 from kb_assistant.chains.agent import AgentLimits, AgentResult, AgentStep, AgentTools, run_agent
 from kb_assistant.chains.citations import Citation
+from kb_assistant.chains.graph_extract import ModelExtractor, NlpExtractor
+from kb_assistant.chains.graph_retrieval import CONTEXT, GraphRanking, GraphRetriever
 from kb_assistant.chains.guard import new_canary
 from kb_assistant.chains.tools.sql import run_query
 from kb_assistant.errors import (
@@ -26,9 +28,10 @@ from kb_assistant.errors import (
     KnowledgeBaseExists,
     ModelError,
 )
+from kb_assistant.graph_build import GraphBuilder, GraphMode
 from kb_assistant.ingest import IngestReport, ProgressCallback, ingest
 from kb_assistant.loaders.sandbox import ParseLimits
-from kb_assistant.models.embeddings import Embedder
+from kb_assistant.models.embeddings import Embedder, normalise_rows
 from kb_assistant.models.factory import build_chat_model, build_embedder
 from kb_assistant.models.protocol import ChatModel
 from kb_assistant.models.reranker import CrossEncoderScorer, Scorer
@@ -45,7 +48,8 @@ from kb_assistant.vectorstore import (
 from kb_assistant.vectorstore.conversations import ConversationStore
 from kb_assistant.vectorstore.databases import QueryResult
 from kb_assistant.vectorstore.files import atomic_write_bytes
-from kb_assistant.vectorstore.hybrid import hybrid_search, rerank
+from kb_assistant.vectorstore.graph import GraphStore
+from kb_assistant.vectorstore.hybrid import hybrid_search, rerank, with_graph
 from kb_assistant.vectorstore.integrity import CheckReport
 from kb_assistant.vectorstore.tables import TableInfo, TableRegistry
 
@@ -74,6 +78,7 @@ class Assistant:
         self._conversations: ConversationStore | None = None
         self._reranker: Scorer | None = reranker
         self._open: dict[str, KnowledgeBase] = {}
+        self._graph_retrievers: dict[str, GraphRetriever] = {}
         self._lock = threading.RLock()
         # The prompts' secret (chains.guard): one per Assistant, so prompts share a prefix.
         self.canary = new_canary()
@@ -356,11 +361,33 @@ class Assistant:
         scorer = self.reranker
         # With a reranker, fuse a wider pool and let the cross-encoder pick the best k.
         wanted = max(k, 2 * k if scorer else k)
+        alone = self._graph_ranking(base, query, ()) if mode == "graph" else GraphRanking()
         hits = hybrid_search(
-            base, query, vector, wanted, mode=mode, pool=self.settings.retrieval_pool,
-            keyword_weight=self.settings.keyword_weight,
+            base, query, vector, wanted, mode="graph" if mode == "graph" else "hybrid",
+            pool=self.settings.retrieval_pool, keyword_weight=self.settings.keyword_weight,
+            graph=alone.chunk_ids, graph_facts=alone.facts,
         )  # fmt: skip
+        if mode == "hybrid+graph":
+            # The graph's best passages come after the prompt's usual ones (see with_graph).
+            ranking = self._graph_ranking(base, query, [h.chunk.chunk_id for h in hits[:CONTEXT]])
+            count = self.settings.graph_passages
+            keep = max(min(self.settings.max_sources, wanted - count), 1)
+            hits = with_graph(base, hits, ranking.chunk_ids, ranking.facts, keep=keep, count=count)[
+                :wanted
+            ]
         return rerank(query, hits, scorer)[:k] if scorer and hits else hits
+
+    def _graph_ranking(
+        self, base: KnowledgeBase, query: str, context: Sequence[int]
+    ) -> GraphRanking:
+        """The graph's ranking for ``query`` (its retriever kept per knowledge base, so the
+        alias table is read once per graph change)."""
+        with self._lock:
+            retriever = self._graph_retrievers.get(base.name)
+            if retriever is None or retriever.store.catalog is not base.catalog:
+                retriever = GraphRetriever(GraphStore(base.catalog))
+                self._graph_retrievers[base.name] = retriever
+        return retriever.rank(query, self.settings.retrieval_pool, context)
 
     @property
     def reranker(self) -> Scorer | None:
@@ -371,6 +398,34 @@ class Assistant:
                     self.settings.reranker_model, self.settings.effective_threads
                 )
             return self._reranker
+
+    # --- the knowledge graph --------------------------------------------------------------
+
+    def graph(self, kb: str | None = None) -> GraphStore:
+        """The knowledge graph of a knowledge base (read it; ``graph_builder`` builds it)."""
+        return GraphStore(self.knowledge_base(kb).catalog)
+
+    def graph_builder(
+        self, kb: str | None = None, *, mode: GraphMode = "fast", glean: bool = False
+    ) -> GraphBuilder:
+        """A builder of a knowledge base's graph: ``fast`` (NLP, no chat model) or ``llm``
+        (the chat model under a grammar; it also writes the community summaries).
+
+        Raises:
+            ModelError: llm mode with a chat model that cannot reply under a JSON schema.
+        """
+        base = self.knowledge_base(kb)
+        catalog = base.catalog
+        if mode == "fast":
+            nlp = NlpExtractor(catalog.document_frequency, catalog.chunk_count())
+            return GraphBuilder(base, nlp, batch=32, strict_types=False)
+        model = self.chat_model
+        embedder = self.embedder_for(base)
+        return GraphBuilder(
+            base, ModelExtractor(model, glean=glean),
+            embed=lambda names: normalise_rows(embedder.embed_array(names)),
+            threshold=self.settings.graph_merge_cosine, summariser=model, batch=4,
+        )  # fmt: skip
 
     # --- tables and databases -------------------------------------------------------------
 
@@ -429,9 +484,13 @@ class Assistant:
                 model = self.embedder_for(self.knowledge_base(kb))
         if min_dense is None:
             min_dense = model.abstain_cosine
+        # hybrid+graph: the graph's passages come on top of the usual ones (see with_graph)
+        extra = s.graph_passages if s.retrieval_mode == "hybrid+graph" else 0
+        sources = s.max_sources + extra
         params = RagParams(
-            candidates=max(s.retrieval_k, s.max_sources), max_passages=s.max_sources,
-            passage_token_budget=s.source_token_budget, answer_tokens=s.max_tokens,
+            candidates=max(s.retrieval_k, sources), max_passages=sources,
+            passage_token_budget=s.source_token_budget * sources // s.max_sources,
+            answer_tokens=s.max_tokens,
             min_dense=min_dense, min_coverage=s.abstain_min_coverage,
             min_dense_cross=None if s.abstain_min_dense is not None
             else model.abstain_cosine_cross,

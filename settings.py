@@ -98,9 +98,13 @@ class Settings(BaseSettings):
         ge=1,
         description="CPU threads for embedding and inference; default: physical cores.",
     )
-    retrieval_mode: Literal["hybrid", "dense", "keyword"] = Field(
+    retrieval_mode: Literal["hybrid", "dense", "keyword", "graph", "hybrid+graph"] = Field(
         default="hybrid",
-        description="hybrid = dense (FAISS) + keyword (FTS5) fused by reciprocal rank.",
+        description=(
+            "hybrid = dense (FAISS) + keyword (FTS5) fused by reciprocal rank; graph = the "
+            "knowledge graph's entities and relations ('kb graph build'); hybrid+graph = all "
+            "three fused."
+        ),
     )
     retrieval_pool: int = Field(
         default=30, ge=1, le=500, description="Candidates each ranker contributes before fusion."
@@ -110,6 +114,25 @@ class Settings(BaseSettings):
         ge=0.0,
         le=4.0,
         description="Weight of the keyword ranking in hybrid fusion (the dense ranking has 1).",
+    )
+    graph_passages: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description=(
+            "hybrid+graph: passages the graph adds to the prompt, after max_sources from dense "
+            "and keyword search: its best ones those did not rank first (the second hop of a "
+            "question); the passage token budget grows in proportion."
+        ),
+    )
+    graph_merge_cosine: float = Field(
+        default=0.92,
+        ge=0.5,
+        le=1.0,
+        description=(
+            "Entity resolution in 'kb graph build --mode llm': two names of one type whose "
+            "embeddings are at least this close are one entity."
+        ),
     )
     reranker_model: Path | None = Field(
         default=None,

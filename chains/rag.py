@@ -218,6 +218,8 @@ class RagChain:
         hits = self.retrieve(query, self.params.candidates)
         trace["retrieval_s"] = round(time.perf_counter() - started, 4)
         trace["candidates"] = [_candidate(h) for h in hits]
+        if any(h.graph for h in hits):  # the entities and relations that brought passages in
+            trace["graph"] = list(dict.fromkeys(f for h in hits for f in h.graph))
         dense, coverage = evidence(query, hits)
         min_dense = self._dense_threshold(query, hits)
         trace["evidence"] = {
@@ -668,7 +670,7 @@ def _candidate(hit: SearchHit) -> dict[str, Any]:
         "rank": hit.rank, "chunk_id": c.chunk_id, "source": c.source, "name": c.name,
         "page": c.page, "dense": None if hit.dense_score is None else round(hit.dense_score, 4),
         "keyword": None if hit.keyword_score is None else round(hit.keyword_score, 3),
-        "fused": round(hit.score, 5),
+        "fused": round(hit.score, 5), **({"graph": list(hit.graph)} if hit.graph else {}),
     }  # fmt: skip
 
 

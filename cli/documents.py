@@ -193,6 +193,7 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
             "keyword_score": _rounded(h.keyword_score), "heading": h.chunk.heading,
             "sheet": h.chunk.sheet, "doc_id": h.chunk.doc_id, "chunk_id": h.chunk.chunk_id,
             "name": h.chunk.name, "boxes": [list(b) for b in h.chunk.boxes], "ocr": h.chunk.ocr,
+            "graph": list(h.graph),
         }
         for h in hits
     ]  # fmt: skip
@@ -210,6 +211,8 @@ def search(ctx: Context, query: str, k: int, kb_name: str | None, as_json: bool)
                 f"[{r['rank']}] {where}  ({', '.join(parts)})"
                 + (f"  § {r['heading']}" if r["heading"] else "")
             )
+            for fact in r["graph"][:3]:
+                click.echo(f"    graph: {fact}")
             snippet = " ".join(r["text"].split())
             click.echo(f"    {snippet[:300]}{'…' if len(snippet) > 300 else ''}")
 

@@ -126,9 +126,11 @@ class LlamaCppChatModel(_StreamingChatModel):
         """Stop the worker process (the next call starts another)."""
         self.engine.close()
 
-    def fill_form(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
+    def fill_form(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int = 256
+    ) -> str:
         """JSON constrained by ``schema`` through a llama.cpp grammar."""
-        return self.engine.complete_json(messages, schema)
+        return self.engine.complete_json(messages, schema, max_tokens=max_tokens)
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> LlamaCppChatModel:
         """This model with ``tools`` rendered into its chat template on every call."""
@@ -229,7 +231,9 @@ class ScriptedChatModel(_StreamingChatModel):
         """Unknown: a fake."""
         return None
 
-    def fill_form(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
+    def fill_form(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int = 256
+    ) -> str:
         """The next scripted reply (the schema is the test's business)."""
         from langchain_core.messages import HumanMessage, SystemMessage
 

@@ -94,9 +94,11 @@ class ChatModel(BaseChatModel, ABC):
         """Tokens of the whole prompt, chat template included."""
 
     @abstractmethod
-    def fill_form(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> str:
-        """A reply that parses as JSON and fits ``schema`` (only when
-        ``capabilities.fill_form``; otherwise ``ModelError``)."""
+    def fill_form(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int = 256
+    ) -> str:
+        """A reply that parses as JSON and fits ``schema``, in at most ``max_tokens`` (only
+        when ``capabilities.fill_form``; otherwise ``ModelError``)."""
 
     def close(self) -> None:
         """Release what the model holds (a worker process); the next call takes it again."""

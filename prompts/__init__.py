@@ -45,6 +45,12 @@ VARIABLES: dict[str, frozenset[str]] = {
     "agent_stop_errors": frozenset(),
     "agent_stopped": frozenset({"reason"}),
     "agent_stopped_with": frozenset({"reason", "last"}),
+    # The knowledge graph (chains.graph_extract, graph_build): extraction under a JSON-schema
+    # grammar, the optional gleaning turn, and the community summaries.
+    "graph_extract": frozenset(),
+    "graph_passage": frozenset({"text"}),
+    "graph_glean": frozenset(),
+    "graph_community": frozenset({"entities", "relations"}),
 }
 
 

@@ -175,7 +175,7 @@ def test_schema_2_catalog_gains_the_layout_columns(settings: Settings, tmp_path:
     assert hit.chunk.boxes == () and hit.chunk.ocr is None
     reopened.close()
     db = sqlite3.connect(settings.home / "kbs" / "default" / "catalog.sqlite")
-    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
 
 
 def _older_catalog(settings: Settings, tmp_path: Path, schema: int, *undo: str) -> None:

@@ -24,7 +24,8 @@ from typing import ParamSpec, TypeVar
 import numpy as np
 
 from kb_assistant.errors import CorruptKnowledgeBase
-from kb_assistant.vectorstore.keywords import any_of, quoted
+from kb_assistant.vectorstore.graph import schema as graph
+from kb_assistant.vectorstore.keywords import any_of, keyword_tokens, quoted
 
 _DAMAGED = (
     "restore it from a backup, or delete the knowledge base and ingest again; "
@@ -33,7 +34,7 @@ _DAMAGED = (
 
 CATALOG_NAME = "catalog.sqlite"
 POSTINGS_BUDGET = 30_000  # chunks a keyword query may score (see Catalog.keyword_search)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -69,7 +70,7 @@ CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id, ordinal);
 CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks(text_hash);
 CREATE INDEX IF NOT EXISTS chunks_by_version ON chunks(version);
 CREATE TABLE IF NOT EXISTS tombstones (chunk_id INTEGER PRIMARY KEY, version INTEGER NOT NULL);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '3'), ('version', '0');
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', '4'), ('version', '0');
 """
 # Schema 3: where each chunk's lines lie on its page (JSON [[x0, y0, x1, y1], ...], 0..1 of
 # the page, top-left origin) and the OCR confidence of a page read from an image.
@@ -208,13 +209,15 @@ class Catalog:
             self._db.execute("PRAGMA journal_size_limit = 67108864")
             self._db.execute("PRAGMA foreign_keys = ON")
             if create:
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(_SCHEMA + graph.GRAPH_SCHEMA)
                 self._db.execute(_FTS_TABLE)
             schema = int(self._meta("schema_version"))
             if schema == 1:
                 schema = self._migrate_to_2()
             if schema == 2:
                 schema = self._migrate_to_3()
+            if schema == 3:
+                schema = self._migrate_to_4()
         except (sqlite3.DatabaseError, TypeError, ValueError) as exc:
             raise CorruptKnowledgeBase(
                 f"{path} is damaged or not a catalog ({exc}); restore it from a backup or "
@@ -242,6 +245,17 @@ class Catalog:
                     self._db.execute(statement)
 
         return self._migrate(2, layout_columns)
+
+    def _migrate_to_4(self) -> int:
+        """Schema 4 adds the knowledge graph's tables (empty until ``kb graph build``)."""
+
+        def graph_tables() -> None:
+            # one statement at a time: executescript would commit the migration's transaction
+            for statement in graph.GRAPH_SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+
+        return self._migrate(3, graph_tables)
 
     def _migrate(self, schema: int, step: Callable[[], None]) -> int:
         """Move the catalog from ``schema`` to the next in one transaction (a no-op when
@@ -282,6 +296,31 @@ class Catalog:
         return str(row[0])
 
     # --- reading ------------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads only, held by this thread for the block (the graph
+        store's queries)."""
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.DatabaseError as exc:
+                if _is_damage(exc):
+                    raise _damaged(self, exc) from exc
+                raise
+
+    @contextmanager
+    def writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction that does not touch chunks (the graph store's writes):
+        committed when the block ends, rolled back if it raises."""
+        with self.reading() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -371,6 +410,15 @@ class Catalog:
                 (any_of(chosen), k),
             ).fetchall()
         return [(int(i), -float(score)) for i, score in rows]
+
+    @guarded
+    def document_frequency(self, phrase: str) -> int:
+        """How many chunks hold ``phrase`` (its keyword tokens, in order)."""
+        words = " ".join(keyword_tokens(phrase))
+        if not words:
+            return 0
+        with self._lock:
+            return self._postings(words, 10**9)
 
     def _postings(self, term: str, cap: int) -> int:
         """How many chunks hold ``term``, counted up to ``cap + 1``."""
@@ -520,6 +568,8 @@ class Catalog:
             for doc_id, source, _, actual in found["miscounted"]:
                 self._db.execute("UPDATE documents SET chunks = ? WHERE id = ?", (actual, doc_id))
                 done.append(f"recounted the chunks of {source} ({actual})")
+            if graph.repair(self._db):
+                done.append("removed knowledge-graph rows of missing chunks or entities")
             if found["unindexed"] or found["stray_keywords"]:
                 self._db.execute("DELETE FROM chunks_fts")
                 self._fill_keywords()
@@ -686,6 +736,7 @@ class Catalog:
         )
         self._db.executemany("DELETE FROM chunks_fts WHERE rowid = ?", [(i,) for i in ids])
         self._db.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
+        graph.prune(self._db)  # the chunks' mentions and evidence went with them (cascade)
         return ids
 
 

@@ -14,7 +14,7 @@ its fused score (in the Debian FAQ 51 of 446 chunks are such lists, in English a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Literal
 
@@ -23,7 +23,7 @@ import numpy as np
 from kb_assistant.vectorstore.keywords import keyword_tokens, query_terms
 from kb_assistant.vectorstore.knowledge_base import KnowledgeBase, SearchHit
 
-RetrievalMode = Literal["hybrid", "dense", "keyword"]
+RetrievalMode = Literal["hybrid", "dense", "keyword", "graph", "hybrid+graph"]
 RRF_K = 60
 NAVIGATION_WEIGHT = 0.5
 
@@ -82,10 +82,7 @@ def rerank(
     """Reorder hits by a cross-encoder's scores (kept in ``score``; the parts stay as they are)."""
     scores = scorer(query, [h.chunk.text for h in hits])
     ordered = sorted(zip(scores, hits, strict=True), key=lambda pair: -pair[0])
-    return [
-        SearchHit(rank, score, h.chunk, h.dense_score, h.keyword_score)
-        for rank, (score, h) in enumerate(ordered, start=1)
-    ]
+    return [replace(h, rank=rank, score=score) for rank, (score, h) in enumerate(ordered, start=1)]
 
 
 def hybrid_search(
@@ -98,6 +95,8 @@ def hybrid_search(
     pool: int = 30,
     keyword_weight: float = 1.0,
     duplicate_threshold: float = 0.8,
+    graph: Sequence[int] = (),
+    graph_facts: Mapping[int, Sequence[str]] | None = None,
 ) -> list[SearchHit]:
     """The ``k`` best chunks for ``query``; each hit carries its dense, keyword and fused scores.
 
@@ -106,23 +105,32 @@ def hybrid_search(
         pool: how many candidates each ranker contributes before fusion.
         keyword_weight: the keyword ranking's weight in the fusion (dense has weight 1).
         duplicate_threshold: word-overlap above which a lower-ranked hit is dropped.
+        graph: the knowledge graph's ranking of chunk ids (modes ``graph`` and
+            ``hybrid+graph``); in ``graph`` mode an empty one falls back to dense search.
+        graph_facts: why the graph ranked each chunk (carried by the hits).
     """
     pool = max(pool, k)
-    dense = kb.search(vector, pool) if vector is not None and mode != "keyword" else []
-    keyword = kb.keyword_search(query_terms(query), pool) if mode != "dense" else []
+    graph_only = mode == "graph" and bool(graph)
+    use_dense = vector is not None and mode != "keyword" and not graph_only
+    dense = kb.search(vector, pool) if use_dense and vector is not None else []
+    use_keyword = mode in ("hybrid", "keyword", "hybrid+graph")
+    keyword = kb.keyword_search(query_terms(query), pool) if use_keyword else []
+    ranked_graph = list(graph)[:pool] if mode in ("graph", "hybrid+graph") else []
     dense_by_id = {h.chunk.chunk_id: (h.rank, h.score) for h in dense}
     keyword_by_id = {chunk_id: (rank, score) for rank, (chunk_id, score) in enumerate(keyword, 1)}
     fused = reciprocal_rank_fusion(
-        [[h.chunk.chunk_id for h in dense], [chunk_id for chunk_id, _ in keyword]],
-        [1.0, keyword_weight],
+        [[h.chunk.chunk_id for h in dense], [chunk_id for chunk_id, _ in keyword], ranked_graph],
+        [1.0, keyword_weight, 1.0],
     )
     chunks = {h.chunk.chunk_id: h.chunk for h in dense}
-    chunks.update(kb.catalog.chunks_by_ids(i for i, _ in keyword if i not in chunks))
+    chunks.update(kb.catalog.chunks_by_ids(i for i, _ in fused if i not in chunks))
+    facts = graph_facts or {}
     hits = [
         SearchHit(
             rank=0, score=score, chunk=chunks[chunk_id],
             dense_score=dense_by_id.get(chunk_id, (None, None))[1],
             keyword_score=keyword_by_id.get(chunk_id, (None, None))[1],
+            graph=tuple(dict.fromkeys(facts.get(chunk_id, ()))),
         )
         for chunk_id, score in fused
         if chunk_id in chunks
@@ -133,7 +141,39 @@ def hybrid_search(
         key=lambda h: -h.score,
     )  # fmt: skip
     hits = drop_near_duplicates(hits, duplicate_threshold)[:k]
-    return [
-        SearchHit(i, h.score, h.chunk, h.dense_score, h.keyword_score)
-        for i, h in enumerate(hits, start=1)
-    ]
+    return [replace(h, rank=i) for i, h in enumerate(hits, start=1)]
+
+
+def with_graph(
+    kb: KnowledgeBase,
+    hits: list[SearchHit],
+    graph: Sequence[int],
+    facts: Mapping[int, Sequence[str]],
+    *,
+    keep: int,
+    count: int,
+) -> list[SearchHit]:
+    """``hybrid+graph``: the first ``keep`` hits (the passages a prompt holds) stay first, then
+    the graph's ``count`` best chunks not among them, then the rest.
+
+    Not a third ranking in the fusion: reciprocal ranks of neighbours differ by ~1/3600 at
+    k = 60, so any third vote reorders the top, and on the FAQ dev sets a graph vote of even
+    0.2 took recall@1 from 0.92 to 0.66. Nor one of the prompt's usual places: taking the
+    third passage's place lost 1 English and 3 Chinese dev answers of 30 (docs/benchmarks.md).
+    The graph is for the passage dense and keyword search miss — the second hop of a
+    question — so it gets places of its own after theirs.
+    """
+    first = hits[:keep]
+    taken = {h.chunk.chunk_id for h in first}
+    extra_ids = [c for c in graph if c not in taken][:count]
+    known = {h.chunk.chunk_id: h for h in hits}
+    rows = kb.catalog.chunks_by_ids(c for c in extra_ids if c not in known)
+    extra = [
+        replace(known[c], graph=tuple(dict.fromkeys(facts.get(c, ()))))
+        if c in known else SearchHit(0, 0.0, rows[c], graph=tuple(dict.fromkeys(facts.get(c, ()))))
+        for c in extra_ids
+        if c in known or c in rows
+    ]  # fmt: skip
+    chosen = {h.chunk.chunk_id for h in extra} | taken
+    ordered = first + extra + [h for h in hits[keep:] if h.chunk.chunk_id not in chosen]
+    return [replace(h, rank=i) for i, h in enumerate(ordered, start=1)]

@@ -21,6 +21,7 @@ import numpy as np
 from kb_assistant.errors import CorruptKnowledgeBase
 from kb_assistant.vectorstore.catalog import CATALOG_NAME, Catalog
 from kb_assistant.vectorstore.files import hash_file
+from kb_assistant.vectorstore.graph import GraphStore
 from kb_assistant.vectorstore.knowledge_base import (
     LoadedIndex,
     build_index,
@@ -129,6 +130,7 @@ def _inspect_catalog(folder: Path, catalog: Catalog, report: CheckReport, *, loc
             f"keyword index: {len(found['unindexed'])} chunk(s) missing, "
             f"{len(found['stray_keywords'])} entr(ies) of no chunk"
         )
+    report.problems.extend(GraphStore(catalog).problems())
     if not found["bad_vectors"]:
         _refresh_vectors(folder, catalog, dimension, report, locked=locked)
     for doc in documents:

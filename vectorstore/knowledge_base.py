@@ -47,6 +47,7 @@ class SearchHit:
     chunk: ChunkRecord
     dense_score: float | None = None
     keyword_score: float | None = None
+    graph: tuple[str, ...] = ()  # the knowledge-graph facts that ranked it (hybrid+graph)
 
 
 @dataclass(frozen=True)

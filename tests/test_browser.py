@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -23,6 +23,9 @@ from tests.browser import (
     wait_idle,
 )
 from tests.files import make_pdf
+
+if TYPE_CHECKING:
+    from kb_assistant.vectorstore.graph import Entity, GraphStats
 
 pytestmark = [
     pytest.mark.browser,
@@ -124,3 +127,99 @@ def _stored_turns(home: Path) -> list[Any]:
         return [t for s in store.conversations() for t in store.turns(s.session_id)]
     finally:
         store.close()
+
+
+GRAPH_DOCS = {
+    "zanzibar.md": "# Zanzibar Foundation\n\nMira Okafor founded the Zanzibar Foundation in "
+    "Lisbon. The Zanzibar Foundation funds libraries in Lisbon.\n",
+    "wudang.md": "# 武当山\n\n张三丰在湖北省的武当山创立了武当派。武当派以太极拳闻名。\n",
+}
+NEIGHBOUR = "武当派"  # a neighbour of 张三丰 in the graph: its node is the one clicked
+
+
+def test_graph_page_search_click_a_node_and_open_a_passage(kb_home: Path) -> None:
+    """The Graph page in a real browser: its counts, a Chinese search, a click on a
+    neighbour's node in the chart (it becomes the selected entity), one of its passages
+    opened as a source card; nothing is fetched off this machine."""
+    stats, neighbour, passages = _graph_kb(kb_home)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with serve_app(kb_home) as server, chromium() as browser:
+        requests = RequestLog()
+        context = browser.new_context(viewport={"width": 1280, "height": 1800})
+        context.on("request", requests.record)
+        page = context.new_page()
+        page.goto(server.url)
+        page.get_by_text("Documents in default").wait_for(timeout=60_000)
+        page.get_by_role("link", name="Graph").click()
+        search = page.get_by_label("Find an entity (name or alias)")
+        search.wait_for(timeout=60_000)
+        wait_idle(page)
+        metrics = dict(
+            text.split("\n", 1)
+            for text in page.locator('[data-testid="stMetric"]').all_inner_texts()
+        )
+        assert metrics.get("Entities", "").strip() == str(stats.entities), metrics
+        assert metrics.get("Relations", "").strip() == str(stats.relations), metrics
+        assert metrics.get("Passages in the graph", "").strip() == "2 / 2", metrics
+        search.fill("张三丰")
+        search.press("Enter")
+        page.get_by_role("heading", name="张三丰").wait_for(timeout=30_000)
+        wait_idle(page)
+        chart = page.locator('[data-testid="stVegaLiteChart"] svg')
+        _click_node(page, chart, NEIGHBOUR)
+        page.get_by_role("heading", name=NEIGHBOUR).wait_for(timeout=30_000)
+        wait_idle(page)
+        assert page.get_by_role("heading", name="张三丰").count() == 0
+        n, degree = len(passages), neighbour.degree
+        page.get_by_role("heading", name=f"Relations ({degree})").wait_for()
+        page.get_by_role("heading", name=f"Passages that mention it ({n})").wait_for()
+        page.get_by_text(f"in {n} passage(s) · {degree} relation(s)").wait_for()
+        # The chart is drawn around it now: its node outlined, a line for each of its relations.
+        node = chart.locator(f'path[aria-label$="Name: {NEIGHBOUR}"]')
+        assert node.get_attribute("stroke") == "#111111", node.get_attribute("stroke")
+        assert chart.locator(f'line[aria-label*="{NEIGHBOUR}"]').count() == degree
+        opener = page.locator(f".st-key-graph-open-{passages[0]} button")  # its first passage
+        assert opener.inner_text().endswith("Open"), opener.inner_text()
+        opener.click()
+        card = page.locator('[data-testid="stExpander"]').filter(has_text="[1] wudang.md")
+        card.wait_for(timeout=30_000)
+        wait_idle(page)
+        assert "武当派以太极拳闻名" in card.inner_text(), card.inner_text()
+        assert opener.inner_text().endswith("Close"), opener.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "graph-page.png"), full_page=True)
+        assert requests.off_machine() == [], requests.off_machine()
+        context.close()
+
+
+def _graph_kb(home: Path) -> tuple[GraphStats, Entity, list[int]]:
+    """Ingest ``GRAPH_DOCS`` and build their graph (fast mode): the graph's counts, the entity
+    ``NEIGHBOUR`` and the passages that mention it."""
+    from kb_assistant.assistant import build_assistant
+    from kb_assistant.settings import load_settings
+
+    paths = [home.parent / name for name in GRAPH_DOCS]
+    for path in paths:
+        path.write_text(GRAPH_DOCS[path.name], encoding="utf-8")
+    assistant = build_assistant(load_settings(home))
+    try:
+        assistant.ingest(paths)
+        assistant.graph_builder(mode="fast").build()
+        store = assistant.graph()
+        stats = store.stats()
+        neighbour = next(e for e in store.search(NEIGHBOUR, limit=5) if e.name == NEIGHBOUR)
+        passages = store.mention_chunks([neighbour.entity_id]).get(neighbour.entity_id, [])
+    finally:
+        assistant.close()
+    assert stats.entities > 0 and neighbour.degree > 0 and passages, (stats, neighbour)
+    return stats, neighbour, list(passages)
+
+
+def _click_node(page: Any, chart: Any, name: str) -> None:
+    """Click the node of entity ``name`` at its centre. Streamlit draws a chart this small as
+    SVG (canvas only past 2,000 data points): each node is a ``<path>`` whose aria-label
+    Vega writes from the node's fields (``...; Name: 武当派``), which finds it."""
+    node = chart.locator(f'path[aria-label$="Name: {name}"]')
+    node.wait_for(timeout=30_000)
+    box = node.bounding_box()
+    assert box is not None, f"the node of {name} is not drawn"
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)

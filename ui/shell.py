@@ -39,6 +39,7 @@ def run(build: Build = build_assistant) -> None:
         st.Page(PAGES / "chat.py", title=t("nav.chat"), icon="💬", url_path="chat"),
         st.Page(PAGES / "tables.py", title=t("nav.tables"), icon="📊",
                 url_path="tables"),
+        st.Page(PAGES / "graph.py", title=t("nav.graph"), icon="🕸️", url_path="graph"),
         st.Page(PAGES / "settings_page.py", title=t("nav.settings"), icon="⚙️",
                 url_path="settings"),
     ]  # fmt: skip

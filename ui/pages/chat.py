@@ -11,16 +11,14 @@ import streamlit as st
 
 from kb_assistant.ui.i18n import Text
 from kb_assistant.ui.jobs import AnswerJob, start_answer
-from kb_assistant.ui.page_view import show_page
 from kb_assistant.ui.render import (
     conversation_markdown,
     format_seconds,
     highlight_terms,
-    highlighted,
     marked_answer,
     plain,
-    where,
 )
+from kb_assistant.ui.source_card import source_card
 from kb_assistant.ui.state import PageContext, current_context
 from kb_assistant.vectorstore.conversations import ConversationInfo, StoredTurn
 
@@ -83,7 +81,7 @@ def _follow(t: Text, job: AnswerJob) -> None:
                 if not listed:  # the sources, visible while the model reads them
                     with cards.container():
                         for c in job.passages:
-                            _source_card(t, c, [], read_only=False)
+                            source_card(t, c, [], read_only=False)
                     listed = True
             elif len(job.text) > shown:
                 shown = len(job.text)
@@ -106,7 +104,7 @@ def show_answer(t: Text, turn: StoredTurn, key: str = "") -> None:
         if read:
             st.caption(t("chat.refused_read", n=len(read)))
         for i, c in enumerate(read):
-            _source_card(t, c, [], read_only=True, page_key=f"{key}-r{i}")
+            source_card(t, c, [], read_only=True, page_key=f"{key}-r{i}")
     else:
         checks = turn.trace.get("sentences", [])
         unsupported = [c["text"] for c in checks if not c.get("supported", True)]
@@ -117,41 +115,15 @@ def show_answer(t: Text, turn: StoredTurn, key: str = "") -> None:
         if turn.citations:
             st.caption(t("chat.sources", n=len(turn.citations)))
         for c in turn.citations:
-            _source_card(t, c, terms, page_key=f"{key}-c{c['n']}")
+            source_card(t, c, terms, page_key=f"{key}-c{c['n']}")
         cited = {c["n"] for c in turn.citations}
         read = [p for p in turn.trace.get("passages", []) if p["n"] not in cited]
         if read:
             st.caption(t("chat.read_not_cited" if turn.citations else "chat.no_citations",
                          n=len(read)))  # fmt: skip
         for c in read:
-            _source_card(t, c, terms, read_only=True, page_key=f"{key}-c{c['n']}")
+            source_card(t, c, terms, read_only=True, page_key=f"{key}-c{c['n']}")
     _trace(t, turn.trace)
-
-
-def _source_card(
-    t: Text,
-    c: dict[str, Any],
-    terms: list[str],
-    *,
-    read_only: bool = False,
-    page_key: str | None = None,
-) -> None:
-    """A passage: where it is from, its text, and (saved answers) its page highlighted."""
-    name = c.get("name") or Path(c["source"]).name
-    label = f"[{c['n']}] " + where(name, c.get("page"), c.get("sheet"), t("where.page"),
-                                   t("where.sheet"))  # fmt: skip
-    if c.get("inferred"):
-        label += " · " + t("chat.inferred")
-    if read_only:
-        label += " · " + t("chat.read_label")
-    with st.expander(plain(label), icon=":material/description:"):
-        if c.get("heading"):
-            st.markdown(f"**{plain(c['heading'])}**")
-        st.markdown(highlighted(c.get("text", ""), terms))
-        if c.get("ocr") is not None:
-            st.caption(t("page.ocr", confidence=f"{c['ocr']:.2f}"))
-        if page_key is not None:  # not while an answer streams: rendering would slow it
-            show_page(t, c, page_key)
 
 
 def _trace(t: Text, trace: dict[str, Any]) -> None:

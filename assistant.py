@@ -363,7 +363,7 @@ class Assistant:
         wanted = max(k, 2 * k if scorer else k)
         alone = self._graph_ranking(base, query, ()) if mode == "graph" else GraphRanking()
         hits = hybrid_search(
-            base, query, vector, wanted, mode="graph" if mode == "graph" else "hybrid",
+            base, query, vector, wanted, mode="hybrid" if mode == "hybrid+graph" else mode,
             pool=self.settings.retrieval_pool, keyword_weight=self.settings.keyword_weight,
             graph=alone.chunk_ids, graph_facts=alone.facts,
         )  # fmt: skip

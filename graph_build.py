@@ -16,7 +16,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from kb_assistant.chains.graph_extract import REPLY_TOKENS, Extractor
 from kb_assistant.chains.language import detect_language
+from kb_assistant.errors import KBError
 from kb_assistant.models.protocol import ChatModel
 from kb_assistant.prompts import render
 from kb_assistant.vectorstore.graph import Extraction, GraphStats, GraphStore
@@ -35,6 +37,7 @@ REPLY_ESTIMATE = 260  # tokens of a typical extraction reply (measured: docs/ben
 SYSTEM_ESTIMATE = 190  # tokens of the extraction prompt around a passage
 MAX_SUMMARIES = 40  # communities summarised per build (the largest first)
 MIN_COMMUNITY = 3
+BUILD_LOCK = ".graph.lock"
 GraphMode = Literal["fast", "llm"]
 
 
@@ -121,14 +124,14 @@ class GraphBuilder:
         """The graph tables of the knowledge base's catalog."""
         return GraphStore(self.kb.catalog)
 
-    def plan(self) -> BuildPlan:
+    def plan(self, *, rebuild: bool = False) -> BuildPlan:
         """What ``build`` would extract, and an estimate of the model tokens and time."""
         store = self.store
         method = self.extractor.method
-        rebuild = store.method() not in (None, method)
+        rebuild = rebuild or store.method() not in (None, method)
         stats = store.stats()
-        pending = store.pending() if not rebuild else self._all_chunks()
-        cached = store.cached((h for _, _, h in pending), method)
+        pending = store.pending() if not rebuild else store.all_chunks()
+        cached = {} if rebuild else store.cached((h for _, _, h in pending), method)
         todo = [p for p in pending if p[2] not in cached]
         llm = method.startswith("llm:")
         prompt = sum(SYSTEM_ESTIMATE + len(text) // 3 for _, text, _ in todo) if llm else 0
@@ -139,13 +142,6 @@ class GraphBuilder:
             prompt, reply, round(rate * len(todo), 1),
         )  # fmt: skip
 
-    def _all_chunks(self) -> list[tuple[int, str, str]]:
-        with self.kb.catalog.reading() as db:
-            rows = db.execute(
-                "SELECT id, text, text_hash FROM chunks ORDER BY doc_id, ordinal"
-            ).fetchall()
-        return [(int(i), str(t), str(h)) for i, t, h in rows]
-
     def build(
         self,
         *,
@@ -155,6 +151,34 @@ class GraphBuilder:
     ) -> BuildReport:
         """Extract every pending chunk, then find the communities (see the module docstring);
         ``rebuild``: start from nothing, the cached extractions of this method forgotten."""
+        with self._one_build():
+            return self._build(on_progress, should_stop, rebuild=rebuild)
+
+    @contextmanager
+    def _one_build(self) -> Iterator[None]:
+        """One build of a knowledge base's graph at a time (two would mix their modes)."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.kb.folder / BUILD_LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise KBError(
+                f"a graph build of knowledge base '{self.kb.name}' is already running; "
+                "wait for it to finish (or stop it) and build again"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _build(
+        self,
+        on_progress: Callable[[BuildProgress], None] | None,
+        should_stop: Callable[[], bool] | None,
+        *,
+        rebuild: bool,
+    ) -> BuildReport:
         started = time.perf_counter()
         store, method = self.store, self.extractor.method
         report = BuildReport(method)
@@ -169,20 +193,21 @@ class GraphBuilder:
             report.from_cache += self._write(ready[start : start + 256])
         todo = [p for p in pending if p[2] not in cached]
         progress = BuildProgress(0, len(todo), 0.0)
+        extracting = time.perf_counter()
         for start in range(0, len(todo), self.batch):
             if should_stop is not None and should_stop():
                 report.stopped = True
                 break
             part = todo[start : start + self.batch]
             found = self.extractor.extract([text for _, text, _ in part])
+            report.failures += sum(1 for e in found if e is None)
             report.extracted += self._write(
-                [(i, h, e) for (i, _, h), e in zip(part, found, strict=True)]
+                [(i, h, e) for (i, _, h), e in zip(part, found, strict=True) if e is not None]
             )
             progress.done += len(part)
-            progress.seconds = time.perf_counter() - started
+            progress.seconds = time.perf_counter() - extracting
             if on_progress is not None:
                 on_progress(progress)
-        report.failures = int(getattr(self.extractor, "failures", 0))
         if report.extracted:
             with self.kb.locked():
                 store.set_rate(method, progress.seconds / max(progress.done, 1))
@@ -195,6 +220,8 @@ class GraphBuilder:
         return report
 
     def _write(self, results: Sequence[tuple[int, str, Extraction]]) -> int:
+        if not results:
+            return 0
         vectors = None
         if self.embed is not None:
             names = sorted({e.name for _, _, x in results for e in x.entities})

@@ -102,8 +102,8 @@ class Settings(BaseSettings):
         default="hybrid",
         description=(
             "hybrid = dense (FAISS) + keyword (FTS5) fused by reciprocal rank; graph = the "
-            "knowledge graph's entities and relations ('kb graph build'); hybrid+graph = all "
-            "three fused."
+            "knowledge graph's passages first ('kb graph build'), then dense search's; "
+            "hybrid+graph = hybrid, plus the graph's best passages after (graph_passages)."
         ),
     )
     retrieval_pool: int = Field(

@@ -44,7 +44,7 @@ MAX_RELATIONS = 8
 REPLY_TOKENS = 1400  # above the schema's longest possible reply, so none is cut short
 CO_OCCURS = {"en": "co-occurs with", "zh": "共现"}
 # a technical identifier: letters joined by - . _ / + (apt-get, sources.list, /etc/apt, g++)
-_IDENTIFIER = re.compile(r"(?<![\w/.-])/?[A-Za-z][\w+]*(?:[-._/][\w+]+)+(?![\w/-])")
+_IDENTIFIER = re.compile(r"(?<![\w/.-])/?[A-Za-z][\w+]*(?:[-./][\w+]+)+(?![\w/-])")
 _URL = re.compile(r"(?:https?://|www\.)\S+|\S+@\S+")
 _CJK = re.compile(r"[\u3400-\u9fff]")
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;])|(?<=\.)\s+|\n+")
@@ -65,14 +65,21 @@ class Extractor(Protocol):
     def method(self) -> str:
         """What built the graph: ``fast`` or ``llm:<model>`` (kept with the graph)."""
 
-    def extract(self, texts: Sequence[str]) -> list[Extraction]:
-        """One extraction per text."""
+    def extract(self, texts: Sequence[str]) -> list[Extraction | None]:
+        """One extraction per text; None where it failed (the chunk is tried again by the
+        next build)."""
 
 
 def grounded(name: str, text: str) -> bool:
-    """Whether the passage contains the name (case, width and spacing aside)."""
+    """Whether the passage contains the name (case, width and spacing aside; a Latin name
+    as whole words: "Go" is not in "Google")."""
     key = normalise(name)
-    return bool(key) and key in _flat(text)
+    if not key:
+        return False
+    flat = _flat(text)
+    if _CJK.search(key):
+        return key in flat
+    return re.search(rf"(?<![\w]){re.escape(key)}(?![\w])", flat) is not None
 
 
 @functools.lru_cache(maxsize=64)
@@ -120,12 +127,12 @@ class NlpExtractor:
         self.document_frequency = functools.lru_cache(maxsize=65536)(document_frequency)
         self.chunks = max(chunks, 1)
 
-    def extract(self, texts: Sequence[str]) -> list[Extraction]:
+    def extract(self, texts: Sequence[str]) -> list[Extraction | None]:
         """One extraction per text (English texts go through spaCy together)."""
         languages = [detect_language(t) for t in texts]
         english = [t for t, lang in zip(texts, languages, strict=True) if lang == "en"]
         parsed = iter(_spacy().pipe(english, batch_size=32)) if english else iter(())
-        found = []
+        found: list[Extraction | None] = []
         for text, language in zip(texts, languages, strict=True):
             found.append(
                 self._english(text, next(parsed)) if language == "en" else self._chinese(text)
@@ -275,40 +282,49 @@ class ModelExtractor:
         self.model = model
         self.glean = glean
         self.reply_tokens = reply_tokens
-        self.failures = 0
 
     @property
     def method(self) -> str:
         """``llm:<model name>``."""
         return f"llm:{self.model.model_name}"
 
-    def extract(self, texts: Sequence[str]) -> list[Extraction]:
-        """One extraction per text, one model call each (two with gleaning)."""
+    def extract(self, texts: Sequence[str]) -> list[Extraction | None]:
+        """One extraction per text, one model call each (two with gleaning); None where the
+        reply did not parse or the model failed (too long a passage, a crash)."""
         return [self._one(text) for text in texts]
 
-    def _one(self, text: str) -> Extraction:
+    def _one(self, text: str) -> Extraction | None:
+        try:
+            return self._extract(text)
+        except ModelError as exc:
+            logger.warning("graph extraction failed on a chunk: %s", exc)
+            return None
+
+    def _extract(self, text: str) -> Extraction | None:
         language = detect_language(text)
         messages = [
             {"role": "system", "content": load_prompt("graph_extract", language).strip()},
             {"role": "user", "content": render("graph_passage", language, text=text).strip()},
         ]
         reply = self._ask(messages)
+        if reply is None:
+            return None
         if self.glean:
             more = self._ask([
                 *messages,
                 {"role": "assistant", "content": json.dumps(reply, ensure_ascii=False)},
                 {"role": "user", "content": load_prompt("graph_glean", language).strip()},
             ])  # fmt: skip
-            reply = {key: reply[key] + more[key] for key in ("entities", "relations")}
+            if more is not None:
+                reply = {key: reply[key] + more[key] for key in ("entities", "relations")}
         return parse_reply(reply, text)
 
-    def _ask(self, messages: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]]:
+    def _ask(self, messages: list[dict[str, str]]) -> dict[str, list[dict[str, Any]]] | None:
         raw = self.model.fill_form(messages, extraction_schema(), max_tokens=self.reply_tokens)
         data = complete_json(raw)
         if data is None:
-            self.failures += 1
             logger.warning("graph extraction: a reply did not parse (%d characters)", len(raw))
-            return {"entities": [], "relations": []}
+            return None
         return {
             key: [i for i in data.get(key, []) if isinstance(i, dict)]
             for key in ("entities", "relations")

@@ -34,6 +34,7 @@ HOP_SHARE = 0.35  # a chunk mentioning an entity one relation away
 CONTEXT_SHARE = 0.7  # an entity of a top passage, against one the question names
 CONTEXT = 3  # top passages of dense and keyword search whose entities seed the graph
 GLOBAL_COMMUNITIES = 5
+GLOBAL_RARITY = math.log(11)  # an entity in under a tenth of the chunks makes a question specific
 _GLOBAL = re.compile(
     r"\b(?:main|key|major|overall|common|recurring)\s+(?:themes?|topics?|ideas?|points?|subjects?)"
     r"|\bsummari[sz]e\b|\boverview\b|\bwhat\s+(?:is|are)\s+(?:this|these|the)\s+"
@@ -78,15 +79,16 @@ class GraphRetriever:
             return
         latin: dict[str, list[tuple[int, int]]] = defaultdict(list)
         chinese = []
-        self._counts = {}
+        counts: dict[int, int] = {}
         for alias, entity_id, mentions in self.store.aliases():
-            self._counts[entity_id] = mentions
+            counts[entity_id] = mentions
             if _CJK.search(alias):
                 if len(alias) >= 2:
                     chinese.append((alias, entity_id, mentions))
             elif len(alias) >= 2:
                 latin[alias].append((entity_id, mentions))
-        self._latin, self._chinese, self._version = dict(latin), chinese, version
+        self._latin, self._chinese, self._counts = dict(latin), chinese, counts
+        self._version = version
         self._chunks = max(self.store.stats().chunks_done, 1)
 
     def link(self, question: str) -> dict[int, float]:
@@ -122,7 +124,8 @@ class GraphRetriever:
         the graph's vote goes to the passages those rankers did not find.
         """
         seeds = self.link(question)
-        if is_global(question):
+        # "summarise how apt pinning works" names something specific: not a global question
+        if is_global(question) and all(w < GLOBAL_RARITY for w in seeds.values()):
             return self._global(seeds, pool)
         for entities in self.store.chunk_entities(context).values():
             for entity_id in entities:

@@ -18,6 +18,7 @@ from kb_assistant.cli.base import (
     progress_bar,
     reported,
 )
+from kb_assistant.errors import KBError
 
 
 @main.group("graph")
@@ -54,9 +55,11 @@ def graph_build(
     """Extract entities and relations from the chunks not yet in the graph (an interrupted or
     incremental build goes on where the last one stopped), then find communities."""
     with reported(as_json):
+        if glean and mode != "llm":
+            raise KBError("--glean is a second pass of the chat model: use it with --mode llm")
         builder = ctx.assistant().graph_builder(kb_name, mode=mode, glean=glean)  # type: ignore[arg-type]
         if dry_run:
-            plan = builder.plan()
+            plan = builder.plan(rebuild=rebuild)
             emit(plan.to_json(), as_json, lambda: _print_plan(plan))
             return
         enabled = not as_json and sys.stderr.isatty()
@@ -138,14 +141,19 @@ def graph_stats(ctx: Context, kb_name: str | None, as_json: bool) -> None:
 @graph_group.command("show")
 @click.argument("entity")
 @kb_option
-@click.option("--relations", "limit", type=int, default=20, show_default=True)
+@click.option(
+    "--relations",
+    "limit",
+    type=click.IntRange(1, 1000),
+    default=20,
+    show_default=True,
+    help="Most relations and passages listed.",
+)
 @json_option
 @click.pass_obj
 def graph_show(ctx: Context, entity: str, kb_name: str | None, limit: int, as_json: bool) -> None:
     """An entity (by name, alias or part of one): its description, relations and the passages
     that mention it."""
-    from kb_assistant.errors import KBError
-
     with reported(as_json):
         assistant = ctx.assistant()
         store = assistant.graph(kb_name)

@@ -126,6 +126,53 @@ def test_scripted_extraction_gives_the_exact_graph(settings: Settings, tmp_path:
     assistant.close()
 
 
+def test_a_failed_reply_is_tried_again_by_the_next_build(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A reply that does not parse is neither stored nor cached: the chunk stays pending."""
+    assistant, _ = _scripted(settings, "this is not JSON", SCRIPT[0])
+    assistant.ingest([_files(tmp_path)[0]])
+    first = assistant.graph_builder(mode="llm").build()
+    assert first.failures == 1 and first.extracted == 0
+    assert assistant.graph_builder(mode="llm").plan().pending == 1
+    second = assistant.graph_builder(mode="llm").build()
+    assert second.failures == 0 and second.extracted == 1 and "ZF" not in _names(assistant)
+    assistant.close()
+
+
+def test_an_acronym_seen_first_joins_its_long_name_later(
+    settings: Settings, tmp_path: Path
+) -> None:
+    short = _reply([("ZF", "organization")], [])
+    long = _reply([("Zanzibar Foundation", "organization"), ("Quillon", "software")], [])
+    assistant, _ = _scripted(settings, short, long)
+    for name, text in (("a.md", "# A\n\nZF pays for it.\n"), ("b.md", FOUNDATION)):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        assistant.ingest([tmp_path / name])
+    assistant.graph_builder(mode="llm").build()
+    assert _names(assistant) == {"ZF", "Quillon"}  # one entity, named as first seen
+    [foundation] = assistant.graph().search("Zanzibar Foundation")
+    assert foundation.mentions == 2
+    assistant.close()
+
+
+def test_two_builds_at_once_are_refused(assistant: Assistant, tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    from kb_assistant.errors import KBError
+
+    assistant.ingest(_files(tmp_path))
+    builder = assistant.graph_builder(mode="fast")
+    with FileLock(str(builder.kb.folder / ".graph.lock")):
+        try:
+            builder.build()
+        except KBError as exc:
+            assert "already running" in str(exc)
+        else:
+            raise AssertionError("a second build ran")
+    assert builder.build().extracted == 3
+
+
 def test_the_schema_bounds_every_list_and_string() -> None:
     """The grammar can only produce replies that fit the reply budget."""
     schema = extraction_schema()
@@ -154,8 +201,9 @@ def test_the_real_tiny_model_always_parses_under_the_grammar(kb_home: Path) -> N
     extractor = ModelExtractor(assistant.chat_model, reply_tokens=200)  # cut short: closed
     texts = [FOUNDATION, WUDANG]
     found = extractor.extract(texts)
-    assert extractor.failures == 0 and len(found) == 2
+    assert len(found) == 2 and all(e is not None for e in found)
     for text, extraction in zip(texts, found, strict=True):
+        assert extraction is not None
         assert all(grounded(e.name, text) for e in extraction.entities)
         names = {e.name for e in extraction.entities}
         assert all(r.source in names and r.target in names for r in extraction.relations)
@@ -296,12 +344,17 @@ def test_graph_mode_alone_and_a_global_question(settings: Settings, tmp_path: Pa
     assistant = build_assistant(
         load_settings(settings.home, retrieval_mode="graph"), embeddings=HashEmbedder()
     )
+    (tmp_path / "docs" / "weather.md").write_text("# Weather\n\nIt rained in Oslo.\n", "utf-8")
     assistant.ingest([tmp_path / "docs"])
-    assert assistant.search("Mira Okafor", k=2)  # no graph yet: dense search answers
+    before = assistant.search("Mira Okafor", k=2)  # no graph yet: dense search answers
+    assert before and all(h.dense_score is not None and not h.graph for h in before)
     assistant.graph_builder(mode="fast").build()
-    hits = assistant.search("Who is Mira Okafor?", k=2)
-    assert {Path(h.chunk.source).name for h in hits} == {"chair.md", "bio.md"}
-    assert all("entity: Mira Okafor" in h.graph for h in hits)
+    hits = assistant.search("Who is Mira Okafor?", k=6)
+    assert {Path(h.chunk.source).name for h in hits[:2]} == {"chair.md", "bio.md"}
+    assert all("entity: Mira Okafor" in h.graph for h in hits[:2])
+    # the graph knows nothing of the weather: dense search fills the last place
+    assert len(hits) == 6 and Path(hits[5].chunk.source).name == "weather.md"
+    assert not hits[5].graph and all(h.dense_score is not None for h in hits)
     assert assistant.graph().communities()  # Zanzibar Foundation, its chair, Mira Okafor, …
     themes = assistant.search("What are the main themes of these documents?", k=3)
     assert any(f.startswith("community: ") for h in themes for f in h.graph)
@@ -363,6 +416,10 @@ def test_cli_build_stats_show_and_export(assistant: Assistant, tmp_path: Path) -
     assert shown["relations"] and all(r["relation"] == "共现" for r in shown["relations"])
     missing = CliRunner().invoke(main, ["graph", "show", "Nobody Atall"])
     assert missing.exit_code == 1 and "no entity matching 'Nobody Atall'" in missing.output
+    empty = CliRunner().invoke(main, ["graph", "show", " ..."])
+    assert empty.exit_code == 1 and "names no entity" in empty.output
+    glean = CliRunner().invoke(main, ["graph", "build", "--glean"])
+    assert glean.exit_code == 1 and "--mode llm" in glean.output
 
     out = tmp_path / "graph.graphml"
     result = CliRunner().invoke(main, ["graph", "export", "--format", "graphml", "-o", str(out)])
@@ -372,3 +429,14 @@ def test_cli_build_stats_show_and_export(assistant: Assistant, tmp_path: Path) -
     assert "Mira Okafor" in {d["name"] for _, d in graph.nodes(data=True)}
     data = json.loads(CliRunner().invoke(main, ["graph", "export", "--format", "json"]).output)
     assert len(data["nodes"]) == stats["entities"] and len(data["links"]) == stats["relations"]
+
+
+def test_dense_mode_stays_dense(settings: Settings, tmp_path: Path) -> None:
+    _second_hop_corpus(tmp_path / "docs")
+    assistant = build_assistant(
+        load_settings(settings.home, retrieval_mode="dense"), embeddings=HashEmbedder()
+    )
+    assistant.ingest([tmp_path / "docs"])
+    hits = assistant.search("Zanzibar Foundation chair", k=5)
+    assert hits and all(h.keyword_score is None and h.dense_score is not None for h in hits)
+    assistant.close()

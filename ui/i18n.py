@@ -123,6 +123,7 @@ EN: dict[str, str] = {
         "Not answered: {reason} (best similarity {dense}, best word coverage {coverage})."
     ),
     "trace.retrieved": "Retrieved passages ([n]: given to the model as source n)",
+    "trace.graph": "Knowledge graph: what brought passages in (entities, relations, communities)",
     "trace.rank": "Rank",
     "trace.file": "File",
     "trace.page": "Page",
@@ -419,6 +420,7 @@ ZH: dict[str, str] = {
     "trace.waited": "等待模型 {seconds} 秒（另一个问题正在运行）。",
     "trace.refused": "未回答：{reason}（最高相似度 {dense}，最高词覆盖率 {coverage}）。",
     "trace.retrieved": "检索到的段落（[n]：作为来源 n 提供给模型）",
+    "trace.graph": "知识图谱：引入这些段落的实体、关系和社区",
     "trace.rank": "排名",
     "trace.file": "文件",
     "trace.page": "页",

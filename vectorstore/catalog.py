@@ -317,10 +317,10 @@ class Catalog:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("COMMIT")
+            finally:
+                if db.in_transaction:  # an error (SQLite may have rolled back already)
+                    db.execute("ROLLBACK")
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -412,13 +412,14 @@ class Catalog:
         return [(int(i), -float(score)) for i, score in rows]
 
     @guarded
-    def document_frequency(self, phrase: str) -> int:
-        """How many chunks hold ``phrase`` (its keyword tokens, in order)."""
+    def document_frequency(self, phrase: str, cap: int = 10**9) -> int:
+        """How many chunks hold ``phrase`` (its keyword tokens, in order), counted up to
+        ``cap + 1``."""
         words = " ".join(keyword_tokens(phrase))
         if not words:
             return 0
         with self._lock:
-            return self._postings(words, 10**9)
+            return self._postings(words, cap)
 
     def _postings(self, term: str, cap: int) -> int:
         """How many chunks hold ``term``, counted up to ``cap + 1``."""
@@ -626,6 +627,8 @@ class Catalog:
                         "UPDATE chunks SET embedding = ? WHERE id = ?",
                         ((vectors[i].tobytes(), chunk_id) for i, chunk_id in enumerate(ids)),
                     )
+                # the graph's name vectors came from the old model: resolution by name only
+                self._db.execute("UPDATE graph_entities SET vector = NULL")
             self.record_identity(identity)
             self.commit()
         except BaseException:

@@ -105,22 +105,25 @@ def hybrid_search(
         pool: how many candidates each ranker contributes before fusion.
         keyword_weight: the keyword ranking's weight in the fusion (dense has weight 1).
         duplicate_threshold: word-overlap above which a lower-ranked hit is dropped.
-        graph: the knowledge graph's ranking of chunk ids (modes ``graph`` and
-            ``hybrid+graph``); in ``graph`` mode an empty one falls back to dense search.
+        graph: the knowledge graph's ranking of chunk ids (mode ``graph``: it comes first,
+            then dense search's; an empty one leaves dense search alone). ``hybrid+graph``
+            is ``hybrid`` here; ``with_graph`` adds the graph's passages after.
         graph_facts: why the graph ranked each chunk (carried by the hits).
     """
     pool = max(pool, k)
     graph_only = mode == "graph" and bool(graph)
-    use_dense = vector is not None and mode != "keyword" and not graph_only
+    use_dense = vector is not None and mode != "keyword"
     dense = kb.search(vector, pool) if use_dense and vector is not None else []
-    use_keyword = mode in ("hybrid", "keyword", "hybrid+graph")
+    use_keyword = mode in ("hybrid", "keyword")
     keyword = kb.keyword_search(query_terms(query), pool) if use_keyword else []
-    ranked_graph = list(graph)[:pool] if mode in ("graph", "hybrid+graph") else []
+    ranked_graph = list(graph)[:pool] if mode == "graph" else []
     dense_by_id = {h.chunk.chunk_id: (h.rank, h.score) for h in dense}
     keyword_by_id = {chunk_id: (rank, score) for rank, (chunk_id, score) in enumerate(keyword, 1)}
+    # graph mode: the graph's ranking first, then dense search's in its order (a vanishing
+    # weight), which also gives every hit the cosine the abstention check reads
     fused = reciprocal_rank_fusion(
         [[h.chunk.chunk_id for h in dense], [chunk_id for chunk_id, _ in keyword], ranked_graph],
-        [1.0, keyword_weight, 1.0],
+        [1e-6 if graph_only else 1.0, keyword_weight, 1.0],
     )
     chunks = {h.chunk.chunk_id: h.chunk for h in dense}
     chunks.update(kb.catalog.chunks_by_ids(i for i, _ in fused if i not in chunks))

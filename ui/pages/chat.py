@@ -153,6 +153,9 @@ def _trace(t: Text, trace: dict[str, Any]) -> None:
         if rows:
             st.caption(t("trace.retrieved"))
             st.dataframe(rows, hide_index=True, width="stretch")
+        if facts := trace.get("graph"):  # hybrid+graph: what the knowledge graph followed
+            st.caption(t("trace.graph"))
+            st.markdown("\n".join(f"- {plain(str(f))}" for f in facts[:20]))
         prompt = trace.get("prompt", {})
         if prompt.get("continues_previous"):
             st.caption(t("trace.continued", n=prompt.get("appended_sources", 0)))

@@ -14,21 +14,20 @@ ExportFormat = Literal["graphml", "json"]
 
 def to_networkx(store: GraphStore) -> Any:
     """A ``networkx.MultiDiGraph``: entities (name, type, description, mentions, chunk ids,
-    community) and relations (relation, description, strength, chunk ids)."""
+    community) and relations (relation, description, strength, chunk ids); read in whole
+    tables, so a graph of any size exports."""
     import networkx as nx
 
     graph = nx.MultiDiGraph()
-    ids = [i for i, _, _ in store.all_entities()]
-    chunks = store.mention_chunks(ids)
+    entities, relations, chunks = store.dump()
     community = {m: c.community_id for c in store.communities() for m in c.members}
-    for entity_id, entity in store.entities(ids).items():
+    for entity_id, name, kind, description, mentions in entities:
         graph.add_node(
-            entity_id, name=entity.name, type=entity.type, description=entity.description,
-            aliases="; ".join(entity.aliases), mentions=entity.mentions,
-            chunks=",".join(map(str, chunks.get(entity_id, []))),
+            entity_id, name=name, type=kind, description=description or "",
+            mentions=mentions, chunks=",".join(map(str, chunks.get(entity_id, []))),
             community=community.get(entity_id, -1),
         )  # fmt: skip
-    for relation in store.relations(ids, limit=10**9):
+    for relation in relations:
         graph.add_edge(
             relation.source, relation.target, key=relation.relation_id,
             relation=relation.relation, description=relation.description,

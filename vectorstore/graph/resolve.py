@@ -37,6 +37,15 @@ class Resolver:
         ):
             if not self.strict or compatible(kind, mention.type):
                 return int(entity_id)
+        short = acronym(key)  # "free software foundation" after "FSF": the short one's entity
+        if short is not None:
+            for entity_id, kind in self.db.execute(
+                "SELECT e.id, e.type FROM graph_aliases a JOIN graph_entities e "
+                "ON e.id = a.entity_id WHERE a.alias = ? ORDER BY e.id",
+                (short,),
+            ):
+                if compatible(kind, mention.type):
+                    return int(entity_id)
         if re.fullmatch(r"[a-z]{2,6}", key):
             for entity_id, alias in self.db.execute(
                 "SELECT entity_id, alias FROM graph_aliases WHERE alias LIKE ? || '% %'",
@@ -65,9 +74,11 @@ class Resolver:
 
     def _same_type(self, kind: str) -> tuple[list[int], list[np.ndarray]]:
         if kind not in self._matrix:
+            # only vectors of this size: a knowledge base re-embedded since has others
+            size = 4 * len(next(iter(self.vectors.values())))
             rows = self.db.execute(
-                "SELECT id, vector FROM graph_entities WHERE type = ? AND vector IS NOT NULL",
-                (kind,),
+                "SELECT id, vector FROM graph_entities WHERE type = ? AND length(vector) = ?",
+                (kind, size),
             ).fetchall()
             self._matrix[kind] = (
                 [int(i) for i, _ in rows],

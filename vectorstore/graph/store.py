@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kb_assistant.errors import KBError
 from kb_assistant.vectorstore.graph.records import (
     Community,
     Entity,
@@ -106,6 +107,14 @@ class GraphStore:
             rows = db.execute(sql + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
         return [(int(i), str(t), str(h)) for i, t, h in rows]
 
+    def all_chunks(self) -> list[tuple[int, str, str]]:
+        """Every chunk, in document order: ``(chunk_id, text, text_hash)``."""
+        with self.catalog.reading() as db:
+            rows = db.execute(
+                "SELECT id, text, text_hash FROM chunks ORDER BY doc_id, ordinal"
+            ).fetchall()
+        return [(int(i), str(t), str(h)) for i, t, h in rows]
+
     def cached(self, hashes: Iterable[str], method: str) -> dict[str, Extraction]:
         """Extractions already made of these chunk texts by ``method``."""
         wanted = list(dict.fromkeys(hashes))
@@ -168,6 +177,8 @@ class GraphStore:
     def search(self, text: str, limit: int = 20, kind: str | None = None) -> list[Entity]:
         """Entities whose name or alias contains ``text`` (normalised), most mentioned first."""
         key = normalise(text)
+        if not key:
+            raise KBError(f"'{text}' names no entity: give a name or part of one")
         sql = (
             "SELECT e.id, e.name, e.type, count(DISTINCT m.chunk_id) AS n FROM graph_entities e "
             "JOIN graph_mentions m ON m.entity_id = e.id WHERE e.id IN (SELECT entity_id FROM "
@@ -177,7 +188,10 @@ class GraphStore:
         if kind:
             sql += " AND e.type = ?"
             args.append(kind)
-        sql += " GROUP BY e.id ORDER BY (e.key = ?) DESC, n DESC, e.id LIMIT ?"
+        sql += (
+            " GROUP BY e.id ORDER BY (e.id IN (SELECT entity_id FROM graph_aliases "
+            "WHERE alias = ?)) DESC, n DESC, e.id LIMIT ?"
+        )
         args += [key, int(limit)]
         with self.catalog.reading() as db:
             rows = db.execute(sql, args).fetchall()
@@ -245,8 +259,8 @@ class GraphStore:
         """Every alias key with its entity and that entity's number of mentioning chunks."""
         with self.catalog.reading() as db:
             rows = db.execute(
-                "SELECT a.alias, a.entity_id, count(m.chunk_id) FROM graph_aliases a "
-                "JOIN graph_mentions m ON m.entity_id = a.entity_id GROUP BY a.alias, a.entity_id"
+                "SELECT a.alias, a.entity_id, m.n FROM graph_aliases a JOIN (SELECT entity_id, "
+                "count(*) AS n FROM graph_mentions GROUP BY entity_id) m USING (entity_id)"
             ).fetchall()
         return [(str(a), int(e), int(n)) for a, e, n in rows]
 
@@ -279,6 +293,31 @@ class GraphStore:
             Community(int(i), str(t), str(s), int(n), tuple(members.get(int(i), [])))
             for i, t, s, n in rows
         ]
+
+    def dump(self) -> tuple[list[tuple[Any, ...]], list[Relation], dict[int, list[int]]]:
+        """The whole graph in whole-table reads (no id lists, whatever its size): entities
+        ``(id, name, type, description, mentions)``, relations, and each entity's chunks."""
+        with self.catalog.reading() as db:
+            entities = db.execute(
+                "SELECT e.id, e.name, e.type, (SELECT m2.description FROM graph_mentions m2 "
+                "WHERE m2.entity_id = e.id AND m2.description != '' LIMIT 1), count(m.chunk_id) "
+                "FROM graph_entities e JOIN graph_mentions m ON m.entity_id = e.id "
+                "GROUP BY e.id ORDER BY e.id"
+            ).fetchall()
+            relations = db.execute(
+                "SELECT r.id, r.source, s.name, r.target, t.name, r.relation, (SELECT "
+                "e2.description FROM graph_evidence e2 WHERE e2.relation_id = r.id AND "
+                "e2.description != '' LIMIT 1), sum(ev.strength), group_concat(ev.chunk_id) "
+                "FROM graph_relations r JOIN graph_entities s ON s.id = r.source "
+                "JOIN graph_entities t ON t.id = r.target JOIN graph_evidence ev "
+                "ON ev.relation_id = r.id GROUP BY r.id ORDER BY r.id"
+            ).fetchall()
+            chunks: dict[int, list[int]] = {}
+            for entity_id, chunk_id in db.execute(
+                "SELECT entity_id, chunk_id FROM graph_mentions ORDER BY entity_id, chunk_id"
+            ):
+                chunks.setdefault(int(entity_id), []).append(int(chunk_id))
+        return [tuple(r) for r in entities], [_relation(r) for r in relations], chunks
 
     def edges(self) -> list[tuple[int, int, float]]:
         """Every relation as an undirected weighted edge ``(a, b, evidence strength)``."""

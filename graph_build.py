@@ -33,7 +33,8 @@ from kb_assistant.vectorstore.knowledge_base import KnowledgeBase
 
 logger = logging.getLogger(__name__)
 
-REPLY_ESTIMATE = 260  # tokens of a typical extraction reply (measured: docs/benchmarks.md)
+REPLY_ESTIMATE = 330  # tokens of a typical extraction reply (~36 s at 11 tok/s, less the
+# prompt's ~6 s: the 1.5B model on 2 cores, docs/benchmarks.md)
 SYSTEM_ESTIMATE = 190  # tokens of the extraction prompt around a passage
 MAX_SUMMARIES = 40  # communities summarised per build (the largest first)
 MIN_COMMUNITY = 3
@@ -136,7 +137,7 @@ class GraphBuilder:
         llm = method.startswith("llm:")
         prompt = sum(SYSTEM_ESTIMATE + len(text) // 3 for _, text, _ in todo) if llm else 0
         reply = REPLY_ESTIMATE * len(todo) if llm else 0
-        rate = self.rate or store.rate(method) or (12.0 if llm else 0.03)
+        rate = self.rate or store.rate(method) or (36.0 if llm else 0.02)
         return BuildPlan(
             method, stats.chunks_total, len(pending), len(pending) - len(todo), rebuild,
             prompt, reply, round(rate * len(todo), 1),

@@ -126,12 +126,13 @@ class Settings(BaseSettings):
         ),
     )
     graph_merge_cosine: float = Field(
-        default=0.92,
+        default=0.98,
         ge=0.5,
         le=1.0,
         description=(
             "Entity resolution in 'kb graph build --mode llm': two names of one type whose "
-            "embeddings are at least this close are one entity."
+            "embeddings are at least this close are one entity (0.98: lower merged different "
+            "things on the resolution dev pairs; docs/benchmarks.md)."
         ),
     )
     reranker_model: Path | None = Field(

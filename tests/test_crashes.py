@@ -32,6 +32,7 @@ from kb_assistant.vectorstore import files as files_module
 from kb_assistant.vectorstore import vector_index
 from kb_assistant.vectorstore.integrity import check
 from kb_assistant.vectorstore.knowledge_base import load_index
+from kb_assistant.vectorstore.vector_store import FaissBackend
 
 WRITES = ("begin", "put_document", "add_chunks", "finish_document", "commit", "delete_document")
 
@@ -267,8 +268,8 @@ def test_a_killed_first_ingest_leaves_a_cache_to_rebuild_once(
             reader.close()
         catalog = catalog_module.Catalog(folder / "catalog.sqlite")
         try:
-            dimension = HashEmbedder().dimension
-            assert load_index(catalog, folder, dimension).stale is None, f"point {n}"
+            backend = FaissBackend(folder, HashEmbedder().dimension)
+            assert load_index(catalog, folder, backend).stale is None, f"point {n}"
         finally:
             catalog.close()
         again = check(folder)

@@ -16,6 +16,7 @@ from kb_assistant.assistant import Assistant, build_assistant
 from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.settings import Settings
 from tests.files import make_pdf
+from tests.stores import vector_store  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +40,7 @@ def consistent(assistant: Assistant, kb: str | None = None) -> int:
     return chunks
 
 
+@pytest.mark.usefixtures("vector_store")
 def test_second_run_adds_nothing_and_embeds_nothing(
     assistant: Assistant, embedder: HashEmbedder, tmp_path: Path
 ) -> None:
@@ -55,6 +57,7 @@ def test_second_run_adds_nothing_and_embeds_nothing(
     assert consistent(assistant) == first.chunks_added
 
 
+@pytest.mark.usefixtures("vector_store")
 def test_changed_file_replaces_its_chunks_and_reuses_unchanged_vectors(
     assistant: Assistant, embedder: HashEmbedder, tmp_path: Path
 ) -> None:
@@ -76,6 +79,7 @@ def test_changed_file_replaces_its_chunks_and_reuses_unchanged_vectors(
     consistent(assistant)
 
 
+@pytest.mark.usefixtures("vector_store")
 def test_remove_deletes_chunks_and_vectors_of_one_document(
     assistant: Assistant, tmp_path: Path
 ) -> None:

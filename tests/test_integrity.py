@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.settings import Settings
 from kb_assistant.vectorstore import vector_index
 from kb_assistant.vectorstore.vector_index import INDEX_NAME, VectorIndex
+from tests.stores import vector_store  # noqa: F401 (the fixture)
 
 
 def kb(*args: str) -> Result:
@@ -42,6 +44,7 @@ def folder(assistant: Assistant, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("vector_store")
 def test_a_sound_knowledge_base_checks_ok(folder: Path) -> None:
     code, report = checked()
     assert code == 0
@@ -135,6 +138,7 @@ def test_old_catalog_without_a_copy_is_checked_by_its_vectors(
         build_assistant(settings, embeddings=HashEmbedder(dimension=384)).documents()
 
 
+@pytest.mark.usefixtures("vector_store")
 def test_check_finds_and_repairs_what_the_catalog_can_rebuild(folder: Path) -> None:
     with sqlite3.connect(folder / "catalog.sqlite") as db:
         first = db.execute("SELECT min(id) FROM chunks").fetchone()[0]
@@ -151,14 +155,16 @@ def test_check_finds_and_repairs_what_the_catalog_can_rebuild(folder: Path) -> N
     assert "recorded as 7 chunks, has 1" in text
     assert "1 chunk(s) belong to no document" in text
     assert "keyword index: 2 chunk(s) missing" in text  # the gap and the stray chunk
-    assert "vectors.faiss" not in text  # the snapshot is a cache: rebuilt, not a problem
-    assert "(1 chunk(s) had no vector; 4 vectors)" in report["repaired"][0]
+    assert "vectors.faiss" not in text and "Milvus" not in text  # a cache: rebuilt, not a problem
+    missing = {"faiss": "1 chunk(s) had no vector", "milvus": "it held 3 vectors for 4 chunks"}
+    assert f"({missing[os.environ['KB_VECTOR_STORE']]}; 4 vectors)" in report["repaired"][0]
     code, report = checked("--repair")
     assert code == 0 and report["ok"], report
     assert report["chunks"] == report["vectors"] == 3
     assert kb("search", "apt packages", "-k", "1").exit_code == 0
 
 
+@pytest.mark.usefixtures("vector_store")
 def test_edited_and_deleted_sources_are_listed_but_not_problems(
     folder: Path, tmp_path: Path
 ) -> None:

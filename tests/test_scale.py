@@ -59,6 +59,12 @@ def new_kb(home: Path) -> KnowledgeBase:
                                 overlap=16)  # fmt: skip
 
 
+def faiss_index(kb: KnowledgeBase) -> VectorIndex:
+    index = kb.index()
+    assert isinstance(index, VectorIndex)  # the default store: IVF training is FAISS's own
+    return index
+
+
 def test_index_turns_ivf_past_the_threshold_and_keeps_recall(
     small_ivf: None, tmp_path: Path
 ) -> None:
@@ -67,7 +73,7 @@ def test_index_turns_ivf_past_the_threshold_and_keeps_recall(
     add_documents(kb, [f"passage {i}" for i in range(1500)], vectors[:1500], 500)
     assert kb.index().kind == "flat"
     add_documents(kb, [f"passage {i}" for i in range(1500, 6000)], vectors[1500:], 500)
-    index = kb.index()  # reloaded from the snapshot the writer saved
+    index = faiss_index(kb)  # reloaded from the snapshot the writer saved
     assert (index.kind, index.count, index.trained_for) == ("ivf", 6000, 6000)
     assert not index.needs_rebuild()
     queries = clustered(100, seed=1)
@@ -99,11 +105,11 @@ def test_ivf_is_retrained_when_the_knowledge_base_grows_fourfold(
     kb = new_kb(tmp_path)
     vectors = clustered(11000)
     add_documents(kb, [f"p{i}" for i in range(2500)], vectors[:2500], 2500)
-    assert kb.index().trained_for == 2500
+    assert faiss_index(kb).trained_for == 2500
     add_documents(kb, [f"p{i}" for i in range(2500, 9000)], vectors[2500:9000], 6500)
-    assert kb.index().trained_for == 2500  # 9000 <= 4 x 2500: the centroids still serve
+    assert faiss_index(kb).trained_for == 2500  # 9000 <= 4 x 2500: the centroids still serve
     add_documents(kb, [f"p{i}" for i in range(9000, 11000)], vectors[9000:], 2000)
-    assert kb.index().trained_for == 11000
+    assert faiss_index(kb).trained_for == 11000
 
 
 def test_keyword_search_leaves_out_the_commonest_words_past_the_budget(tmp_path: Path) -> None:

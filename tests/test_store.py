@@ -20,6 +20,7 @@ from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.settings import Settings
 from kb_assistant.vectorstore import Library
 from kb_assistant.vectorstore.vector_index import INDEX_NAME
+from tests.stores import vector_store  # noqa: F401 (the fixture)
 
 
 def write(folder: Path, name: str, text: str) -> Path:
@@ -38,6 +39,7 @@ def counts(assistant: Assistant) -> tuple[int, int]:
     return kb.catalog.chunk_count(), kb.index().count
 
 
+@pytest.mark.usefixtures("vector_store")
 def test_knowledge_base_survives_a_new_process(settings: Settings, tmp_path: Path) -> None:
     first = build_assistant(settings, embeddings=HashEmbedder())
     first.ingest(
@@ -82,6 +84,7 @@ def test_damaged_snapshot_is_rebuilt_not_served(
     assert counts(reopened) == (2, 2)
 
 
+@pytest.mark.usefixtures("vector_store")
 def test_another_embedding_model_is_refused_clearly(
     assistant: Assistant, settings: Settings, tmp_path: Path
 ) -> None:
@@ -96,6 +99,7 @@ def test_another_embedding_model_is_refused_clearly(
     assert [d.name for d in assistant.documents()] == ["a.txt"]
 
 
+@pytest.mark.usefixtures("vector_store")
 def test_second_writer_waits_then_gives_up_with_a_clear_error(
     assistant: Assistant, tmp_path: Path
 ) -> None:
@@ -135,6 +139,7 @@ def test_manifest_from_a_newer_version_is_refused(
         build_assistant(settings, embeddings=HashEmbedder()).documents()
 
 
+@pytest.mark.usefixtures("vector_store")
 def test_create_list_delete(assistant: Assistant) -> None:
     assistant.create_kb("研究")
     assistant.create_kb("work-2")

@@ -2,15 +2,17 @@
 
 The catalog is the truth: it holds every document, chunk, vector and a copy of the manifest.
 So a damaged keyword index, wrong chunk counts and a damaged or edited manifest are rebuilt
-from it by ``--repair``. The vector snapshot (``vectors.faiss``) is only a cache of it: one that
-is missing, damaged, stale or inconsistent is not a problem but a rebuild, which the check does
-and saves at once when no writer is at work (listed under ``repaired``; ``ok`` stays true). A
+from it by ``--repair``. The vector store (the snapshot ``vectors.faiss``, or the knowledge
+base's Milvus collection) is only a cache of it: one that is missing, damaged, stale or holds
+other ids than the catalog's chunks is not a problem but a rebuild, which the check does and
+saves at once when no writer is at work (listed under ``repaired``; ``ok`` stays true). A
 damaged catalog is a problem: it is reported with what to do (restore a backup, or delete the
 knowledge base and ingest again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,19 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from kb_assistant.errors import CorruptKnowledgeBase
+from kb_assistant.errors import CorruptKnowledgeBase, KnowledgeBaseError, KnowledgeBaseLocked
 from kb_assistant.vectorstore.catalog import CATALOG_NAME, Catalog
 from kb_assistant.vectorstore.files import hash_file
 from kb_assistant.vectorstore.graph import GraphStore
-from kb_assistant.vectorstore.knowledge_base import (
-    LoadedIndex,
-    build_index,
-    save_snapshot,
-    verify_identity,
-    writer_lock,
-)
+from kb_assistant.vectorstore.knowledge_base import build_index, verify_identity, writer_lock
 from kb_assistant.vectorstore.manifest import Manifest
-from kb_assistant.vectorstore.vector_index import INDEX_NAME, VectorIndex
+from kb_assistant.vectorstore.vector_store import VectorBackend, VectorStore, VectorStoreConfig
 
 logger = logging.getLogger(__name__)
 
@@ -68,25 +64,33 @@ class CheckReport:
         }
 
 
-def check(folder: Path, *, repair: bool = False, lock_timeout: float = 600.0) -> CheckReport:
+def check(
+    folder: Path,
+    *,
+    repair: bool = False,
+    lock_timeout: float = 600.0,
+    vectors: VectorStoreConfig | None = None,
+) -> CheckReport:
     """Verify the knowledge base in ``folder``; with ``repair``, rebuild what can be rebuilt.
 
     A repair holds the writer lock, so it never races an ingest, and is checked again after:
-    the report's ``problems`` are those that remain, ``repaired`` what was done.
+    the report's ``problems`` are those that remain, ``repaired`` what was done. ``vectors``
+    names the vector store in use (FAISS by default), which is compared with the catalog.
 
     Raises:
         KnowledgeBaseLocked: ``repair`` and another writer held the lock past the timeout.
     """
+    vectors = vectors or VectorStoreConfig()
     if not repair:
-        return _inspect(folder, locked=False)
+        return _inspect(folder, vectors, locked=False)
     with writer_lock(folder, timeout=lock_timeout):
         done = _repair(folder)
-        report = _inspect(folder, locked=True)
+        report = _inspect(folder, vectors, locked=True)
     report.repaired = done + report.repaired
     return report
 
 
-def _inspect(folder: Path, *, locked: bool) -> CheckReport:
+def _inspect(folder: Path, vectors: VectorStoreConfig, *, locked: bool) -> CheckReport:
     report = CheckReport(kb=folder.name)
     try:
         catalog = Catalog(folder / CATALOG_NAME)
@@ -94,7 +98,7 @@ def _inspect(folder: Path, *, locked: bool) -> CheckReport:
         report.problems.append(f"{exc} (the catalog holds the documents: it cannot be rebuilt)")
         return report
     try:
-        _inspect_catalog(folder, catalog, report, locked=locked)
+        _inspect_catalog(folder, catalog, report, vectors, locked=locked)
     except CorruptKnowledgeBase as exc:
         report.problems.append(str(exc))
     finally:
@@ -102,7 +106,9 @@ def _inspect(folder: Path, *, locked: bool) -> CheckReport:
     return report
 
 
-def _inspect_catalog(folder: Path, catalog: Catalog, report: CheckReport, *, locked: bool) -> None:
+def _inspect_catalog(
+    folder: Path, catalog: Catalog, report: CheckReport, vectors: VectorStoreConfig, *, locked: bool
+) -> None:
     damage = catalog.quick_check()
     if damage:
         report.problems.append(
@@ -110,7 +116,8 @@ def _inspect_catalog(folder: Path, catalog: Catalog, report: CheckReport, *, loc
             "or delete the knowledge base and ingest again"
         )
         return
-    dimension = _manifest_problems(folder, catalog, report)
+    manifest = _manifest_problems(folder, catalog, report)
+    dimension = manifest.dimension
     documents = catalog.documents()
     report.documents, report.chunks = len(documents), catalog.chunk_count()
     found = catalog.inconsistencies(dimension)
@@ -131,8 +138,14 @@ def _inspect_catalog(folder: Path, catalog: Catalog, report: CheckReport, *, loc
             f"{len(found['stray_keywords'])} entr(ies) of no chunk"
         )
     report.problems.extend(GraphStore(catalog).problems())
-    if not found["bad_vectors"]:
-        _refresh_vectors(folder, catalog, dimension, report, locked=locked)
+    if not found["bad_vectors"] and dimension > 0:
+        backend = vectors.backend(folder, manifest)
+        try:
+            _refresh_vectors(folder, catalog, backend, report, locked=locked)
+        except KnowledgeBaseError as exc:  # a Milvus server that is down: say so, go on
+            report.problems.append(str(exc))
+        finally:
+            backend.close()
     for doc in documents:
         source = Path(doc.source)
         if not source.is_file():
@@ -141,8 +154,9 @@ def _inspect_catalog(folder: Path, catalog: Catalog, report: CheckReport, *, loc
             report.changed_sources.append(f"{doc.source} (changed; 'kb ingest' updates it)")
 
 
-def _manifest_problems(folder: Path, catalog: Catalog, report: CheckReport) -> int:
-    """Check the manifest against the catalog; returns the dimension the vectors have."""
+def _manifest_problems(folder: Path, catalog: Catalog, report: CheckReport) -> Manifest:
+    """Check the manifest against the catalog; returns the one that describes the stored
+    vectors (the catalog's copy when the file is wrong; dimension 0 when nothing says)."""
     identity = catalog.identity()
     stored = catalog.stored_dimension()
     try:
@@ -151,52 +165,58 @@ def _manifest_problems(folder: Path, catalog: Catalog, report: CheckReport) -> i
     except CorruptKnowledgeBase as exc:
         report.problems.append(str(exc))
     else:
-        return manifest.dimension
+        return manifest
     if identity is not None:
-        return int(str(identity["dimension"]))
-    return stored or 0
+        return Manifest(**identity)  # type: ignore[arg-type]
+    return Manifest(folder.name, "", stored or 0, 0, 0)
 
 
 def _refresh_vectors(
-    folder: Path, catalog: Catalog, dimension: int, report: CheckReport, *, locked: bool
+    folder: Path, catalog: Catalog, backend: VectorBackend, report: CheckReport, *, locked: bool
 ) -> None:
-    """Check the vector snapshot against the catalog; rebuild and save one that is not a
-    faithful copy (under the writer lock, taken here unless ``locked``)."""
-    if dimension <= 0:
-        return  # no manifest, no identity, no vectors: nothing to build (reported above)
+    """Check the vector store against the catalog; rebuild and save one that is not a faithful
+    copy (under the writer lock, taken here unless ``locked``)."""
     with catalog.snapshot():
         version = catalog.version()
         chunk_ids = catalog.chunk_ids()
-        stale = _snapshot_problem(folder / INDEX_NAME, catalog, dimension, version, chunk_ids)
-        if stale is None:
-            report.vectors = len(chunk_ids)
-            return
-        index = build_index(catalog, dimension)
-    report.vectors = index.count
-    loaded = LoadedIndex(index, version, stale)
-    if save_snapshot(catalog, folder, loaded, locked=locked):
-        report.repaired.append(
-            f"rebuilt {INDEX_NAME} from the catalog ({stale}; {index.count} vectors)"
-        )
-    else:
-        report.notes.append(
-            f"{folder / INDEX_NAME}: {stale}; it is rebuilt from the catalog in memory, and "
-            "saved by the writer at work now when it finishes"
-        )
-
-
-def _snapshot_problem(
-    path: Path, catalog: Catalog, dimension: int, version: int, chunk_ids: np.ndarray
-) -> str | None:
-    """Why ``vectors.faiss`` is not a faithful copy of the catalog (None when it is)."""
+        stale = _store_problem(backend, catalog, version, chunk_ids)
+    if stale is None:
+        report.vectors = len(chunk_ids)
+        return
     try:
-        index, at = VectorIndex.load(path, dimension)
+        with contextlib.nullcontext() if locked else writer_lock(folder, timeout=0):
+            with catalog.snapshot():
+                index = build_index(catalog, backend)
+                version = catalog.version()
+            report.vectors = index.count
+            backend.save(index, version)
+    except (KnowledgeBaseLocked, OSError) as exc:
+        report.vectors = len(chunk_ids)  # what an open serves: rebuilt or replayed from the catalog
+        report.notes.append(
+            f"{backend.label}: {stale}; it is rebuilt from the catalog in memory, and "
+            "saved by the writer at work now when it finishes"
+            + ("" if isinstance(exc, KnowledgeBaseLocked) else f" (could not save: {exc})")
+        )
+        return
+    report.repaired.append(
+        f"rebuilt {backend.title} from the catalog ({stale}; {report.vectors} vectors)"
+    )
+
+
+def _store_problem(
+    backend: VectorBackend, catalog: Catalog, version: int, chunk_ids: np.ndarray
+) -> str | None:
+    """Why the vector store is not a faithful copy of the catalog (None when it is)."""
+    try:
+        index, at = backend.load()
     except FileNotFoundError:
         return "it was missing" if len(chunk_ids) else None
     except CorruptKnowledgeBase as exc:
         return f"it was damaged ({str(exc).rpartition('(')[2].rstrip(')')})"
     if at > version:
         return f"it was newer than the catalog ({at} > {version})"
+    if index.shared:  # not replayed here: only the writer changes a shared store
+        return _shared_problem(index, at, version, chunk_ids)
     index.remove(catalog.removed_since(at))  # replay, as every open does
     for ids, vectors in catalog.embeddings(since_version=at):
         index.add(ids, vectors)
@@ -204,6 +224,16 @@ def _snapshot_problem(
     if problem is None and at < version:
         return f"it was behind the catalog ({at} < {version})"
     return problem
+
+
+def _shared_problem(index: VectorStore, at: int, version: int, chunk_ids: np.ndarray) -> str | None:
+    """Compare a shared store (Milvus) with the catalog: counts first, then every id."""
+    if at < version:
+        return f"it was behind the catalog ({at} < {version})"
+    count = index.count
+    if count != len(chunk_ids):
+        return f"it held {count} vectors for {len(chunk_ids)} chunks"
+    return _id_problem(index.ids(), chunk_ids)
 
 
 def _id_problem(held: np.ndarray, chunk_ids: np.ndarray) -> str | None:

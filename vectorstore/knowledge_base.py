@@ -1,9 +1,11 @@
-"""One knowledge base on disk: manifest + catalog (truth) + FAISS snapshot (fast start).
+"""One knowledge base on disk: manifest + catalog (truth) + vector store (FAISS snapshot or
+Milvus collection: a derived index, stamped with the catalog version it reflects).
 
-Readers never lock: SQLite's WAL gives each read a committed state, and the FAISS snapshot is
-replaced by rename. One writer at a time holds ``.write.lock``; every document is written in
-its own SQLite transaction, and its vectors reach the in-memory index only after that commits,
-so a killed ingest leaves the knowledge base as it was before the interrupted document.
+Readers never wait for a lock: SQLite's WAL gives each read a committed state, and the FAISS
+snapshot is replaced by rename. One writer at a time holds ``.write.lock``; every document is
+written in its own SQLite transaction, and its vectors reach the vector store only after that
+commits, so a killed ingest leaves the knowledge base as it was before the interrupted document
+(a Milvus collection it had already updated is replayed to the catalog on the next open).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kb_assistant.errors import CorruptKnowledgeBase, KnowledgeBaseLocked
+from kb_assistant.errors import CorruptKnowledgeBase, KnowledgeBaseError, KnowledgeBaseLocked
 from kb_assistant.vectorstore.catalog import (
     CATALOG_NAME,
     Catalog,
@@ -27,7 +29,12 @@ from kb_assistant.vectorstore.catalog import (
     NewChunk,
 )
 from kb_assistant.vectorstore.manifest import MANIFEST_NAME, Manifest
-from kb_assistant.vectorstore.vector_index import INDEX_NAME, VectorIndex
+from kb_assistant.vectorstore.vector_store import (
+    FaissBackend,
+    VectorBackend,
+    VectorStore,
+    VectorStoreConfig,
+)
 
 logger = logging.getLogger(__name__)
 LOCK_NAME = ".write.lock"
@@ -52,83 +59,121 @@ class SearchHit:
 
 @dataclass(frozen=True)
 class LoadedIndex:
-    """The vector index as of a catalog version, and why its snapshot needs saving again
-    (None: ``vectors.faiss`` already reflects that version)."""
+    """The vector store as of a catalog version, and why it needs saving again (None: it
+    already reflects that version). A shared store brought up to date is stamped at once
+    (``saved``); a private one is saved by ``save_snapshot``."""
 
-    index: VectorIndex
+    index: VectorStore
     version: int
     stale: str | None = None
+    saved: bool = False
 
 
-def load_index(catalog: Catalog, folder: Path, dimension: int) -> LoadedIndex:
-    """The index as of the catalog's current version: snapshot + replay, or a full rebuild.
+def load_index(
+    catalog: Catalog, folder: Path, backend: VectorBackend, *, locked: bool = False
+) -> LoadedIndex:
+    """The vector store as of the catalog's current version: stored copy + replay, or a rebuild.
 
-    The snapshot is a cache of the catalog: a missing, damaged, newer or older one costs a
-    rebuild or a replay, never data, and ``stale`` says which so that it can be saved again.
+    The store is a cache of the catalog: a missing, damaged, newer or older one costs a rebuild
+    or a replay, never data, and ``stale`` says which. A private store (FAISS) is replayed in
+    this process's memory. A shared one (Milvus) is changed only under the writer lock: held by
+    the caller (``locked``), or taken here if free; if a writer holds it, the writer keeps the
+    store in step with its commits, and it is served as it is.
     """
-    path = folder / INDEX_NAME
+    if not backend.shared or locked:
+        return _synced(catalog, backend)
+    version = catalog.version()
+    store: VectorStore | None = None
+    with contextlib.suppress(FileNotFoundError, CorruptKnowledgeBase):
+        store, at = backend.load()
+        if at == version and store.count == catalog.chunk_count():
+            return LoadedIndex(store, version)
+    try:
+        with writer_lock(folder, timeout=0):
+            return _synced(catalog, backend)
+    except KnowledgeBaseLocked:
+        if store is not None:
+            return LoadedIndex(store, version)  # the writer at work brings it up to date
+    # Nothing to serve and a writer (a rebuild, a reindex) at work: search a private copy.
+    logger.warning("%s is being rebuilt; searching a copy made from the catalog", backend.label)
+    with catalog.snapshot():
+        copy = build_index(catalog, FaissBackend(folder, backend.dimension))
+        return LoadedIndex(copy, catalog.version())  # never saved: the writer owns the store
+
+
+def _synced(catalog: Catalog, backend: VectorBackend) -> LoadedIndex:
+    """Load, replay and if need be rebuild the store (for a shared one, under the lock)."""
     with catalog.snapshot():
         version = catalog.version()
-        index: VectorIndex | None = None
-        stale: str | None = None
+        index: VectorStore | None = None
+        stale: str | None = "it was missing"
+        at = -1
         try:
-            index, at = VectorIndex.load(path, dimension)
-            if at > version:
-                logger.warning("%s is newer than the catalog; rebuilding it", path)
-                index, stale = None, "it was newer than the catalog"
-            elif at < version:
-                stale = "it was behind the catalog"
+            index, at = backend.load()
+            stale = None
         except FileNotFoundError:
-            stale = "it was missing"
+            pass
         except CorruptKnowledgeBase as exc:
             logger.warning("%s; rebuilt from the catalog (nothing is lost)", exc)
             stale = "it was damaged"
+        if index is not None and at > version:
+            logger.warning("%s is newer than the catalog; rebuilding it", backend.label)
+            index, stale = None, "it was newer than the catalog"
+        elif index is not None and at < version:
+            stale = "it was behind the catalog"
         if index is not None:
             index.remove(catalog.removed_since(at))
             for ids, vectors in catalog.embeddings(since_version=at):
                 index.add(ids, vectors)
         if index is None or index.count != catalog.chunk_count():
             if index is not None:
-                logger.warning("%s disagrees with the catalog; rebuilding it", path)
+                logger.warning("%s disagrees with the catalog; rebuilding it", backend.label)
                 stale = "it disagreed with the catalog"
             index = None  # freed before the new one is built: at 10^6 chunks each is 1.5 GB
-            index = build_index(catalog, dimension)
+            index = build_index(catalog, backend)
+    saved = False
+    if backend.shared and stale is not None:
+        backend.save(index, version)
+        saved = True
     if stale == "it was missing" and index.count == 0:
         stale = None  # a new, empty knowledge base: nothing to save yet
-    return LoadedIndex(index, version, stale)
+    return LoadedIndex(index, version, stale, saved)
 
 
 def save_snapshot(
-    catalog: Catalog, folder: Path, loaded: LoadedIndex, *, locked: bool = False
+    catalog: Catalog,
+    folder: Path,
+    backend: VectorBackend,
+    loaded: LoadedIndex,
+    *,
+    locked: bool = False,
 ) -> bool:
-    """Save a stale snapshot again, if the writer lock is free right now (or the caller holds
+    """Save a stale store again, if the writer lock is free right now (or the caller holds
     it: ``locked``) and nothing was committed since ``loaded`` was read; returns whether it was
     saved.
 
     The first open that can take the lock does it, so a killed first ingest costs one
     rebuild, not one per open. A writer at work saves its own snapshot when it finishes.
     """
-    if loaded.stale is None:
+    if loaded.stale is None or loaded.saved:
         return False
     try:
         with contextlib.nullcontext() if locked else writer_lock(folder, timeout=0):
             if catalog.version() != loaded.version:
                 return False  # a writer committed meanwhile and saved a newer snapshot
-            loaded.index.save(folder / INDEX_NAME, loaded.version)
+            backend.save(loaded.index, loaded.version)
     except KnowledgeBaseLocked:
         return False
-    except OSError as exc:  # a read-only folder: keep serving from memory
-        logger.warning("could not save %s (%s)", folder / INDEX_NAME, exc)
+    except (OSError, KnowledgeBaseError) as exc:  # a read-only folder: keep serving from memory
+        logger.warning("could not save %s (%s)", backend.label, exc)
         return False
-    logger.info("saved %s (%s)", folder / INDEX_NAME, loaded.stale)
+    logger.info("saved %s (%s)", backend.label, loaded.stale)
     return True
 
 
-def build_index(catalog: Catalog, dimension: int) -> VectorIndex:
-    """A new vector index of every chunk in the catalog (the caller holds a snapshot)."""
-    return VectorIndex.build(
-        dimension, catalog.chunk_count(), catalog.embeddings(), catalog.sample_embeddings
-    )
+def build_index(catalog: Catalog, backend: VectorBackend) -> VectorStore:
+    """A new store of every chunk in the catalog (the caller holds a snapshot)."""
+    return backend.build(catalog.chunk_count(), catalog.embeddings(), catalog.sample_embeddings)
 
 
 @contextmanager
@@ -226,15 +271,17 @@ def current_manifest(folder: Path, catalog: Catalog) -> Manifest:
 class KnowledgeBase:
     """Read access to one knowledge base, and the door to its single writer."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, vectors: VectorStoreConfig | None = None) -> None:
         self.folder = folder
+        self.vectors = vectors or VectorStoreConfig()
         self.catalog = Catalog(folder / CATALOG_NAME)
         try:
             self.manifest = current_manifest(folder, self.catalog)
+            self.backend = self.vectors.backend(folder, self.manifest)
         except BaseException:
             self.catalog.close()
             raise
-        self._index: VectorIndex | None = None
+        self._index: VectorStore | None = None
         self._index_version = -1
         self._lock = threading.Lock()
 
@@ -244,8 +291,9 @@ class KnowledgeBase:
         return self.folder.name
 
     def close(self) -> None:
-        """Release the catalog connection."""
+        """Release the catalog and the vector store's connection (Milvus)."""
         self.catalog.close()
+        self.backend.close()
 
     def documents(self) -> list[DocumentRecord]:
         """All documents, oldest first."""
@@ -259,6 +307,8 @@ class KnowledgeBase:
             with self._lock:
                 self.manifest = current_manifest(self.folder, self.catalog)
                 self._index = None
+                self.backend.close()
+                self.backend = self.vectors.backend(self.folder, self.manifest)
         return self.manifest
 
     def switch_embeddings(
@@ -269,20 +319,24 @@ class KnowledgeBase:
         The new manifest is written beside the old one first; the vectors and the catalog's
         copy of the manifest then change in one SQLite transaction; the manifest is renamed
         into place last. Stopped before the commit, the knowledge base is as it was; after it,
-        the next open finishes the rename (``current_manifest``). The FAISS snapshot, a cache,
-        is rebuilt from the catalog.
+        the next open finishes the rename (``current_manifest``). The vector store, a cache, is
+        discarded before the commit (replay cannot tell old vectors from new ones) and rebuilt
+        from the catalog after it; stopped in between, the next open rebuilds it.
         """
         manifest.write(self.folder, NEXT_MANIFEST)
-        with contextlib.suppress(FileNotFoundError):
-            (self.folder / INDEX_NAME).unlink()
+        self.backend.discard()
+        backend = self.vectors.backend(self.folder, manifest)
         writer = Catalog(self.folder / CATALOG_NAME)
         try:
             writer.replace_embeddings(asdict(manifest), batches)
             (self.folder / NEXT_MANIFEST).replace(self.folder / MANIFEST_NAME)
             with writer.snapshot():
-                index = build_index(writer, manifest.dimension)
+                index = build_index(writer, backend)
                 version = writer.version()
-            index.save(self.folder / INDEX_NAME, version)
+            backend.save(index, version)
+        except BaseException:
+            backend.close()
+            raise
         finally:
             writer.close()
             with contextlib.suppress(FileNotFoundError):
@@ -290,14 +344,16 @@ class KnowledgeBase:
         with self._lock:
             self.manifest = manifest
             self._index = None
+            old, self.backend = self.backend, backend
+        old.close()
 
-    def index(self) -> VectorIndex:
-        """The current vector index, reloaded when another process has committed changes."""
+    def index(self) -> VectorStore:
+        """The current vector store, reloaded when another process has committed changes."""
         with self._lock:
             version = self.catalog.version()
             if self._index is None or version != self._index_version:
-                loaded = load_index(self.catalog, self.folder, self.manifest.dimension)
-                save_snapshot(self.catalog, self.folder, loaded)
+                loaded = load_index(self.catalog, self.folder, self.backend)
+                save_snapshot(self.catalog, self.folder, self.backend, loaded)
                 self._index, self._index_version = loaded.index, loaded.version
             return self._index
 
@@ -338,20 +394,23 @@ class KnowledgeBase:
 
 
 class KnowledgeBaseWriter:
-    """Writes documents one transaction each; saves the FAISS snapshot when done."""
+    """Writes documents one transaction each; keeps the vector store in step (a shared one is
+    stamped after each commit, a private one's snapshot is saved when done)."""
 
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
+        self.backend = kb.backend
         self.catalog = Catalog(kb.folder / CATALOG_NAME)
         if self.catalog.identity() is None:  # a catalog from before identities were recorded
             self.catalog.record_identity(asdict(kb.manifest))
-        loaded = load_index(self.catalog, kb.folder, kb.manifest.dimension)
+        loaded = load_index(self.catalog, kb.folder, self.backend, locked=True)
         self.index = loaded.index
         self._version: int | None = None
         self._doc_id: int | None = None
         self._ordinal = 0
         self._replaced: list[int] = []
-        self.changed = loaded.stale is not None  # a stale snapshot is saved on close too
+        self.changed = loaded.stale is not None and not loaded.saved  # saved on close too
+        self._behind = False  # set when the store failed to follow a commit
 
     def cached_vectors(self, hashes: list[str]) -> dict[str, np.ndarray]:
         """Vectors already stored for chunks with these embedded-text hashes."""
@@ -390,13 +449,32 @@ class KnowledgeBaseWriter:
         # Only now, with the rows durable, do the vectors join the index. They are read back
         # from the catalog rather than held since the document began: a 200 MB text file has
         # hundreds of thousands of chunks.
-        self.index.remove(self._replaced)
-        for ids, vectors in self.catalog.embeddings(since_version=self._version - 1):
-            self.index.add(ids, vectors)
-        count = self._ordinal
+        version, count, replaced = self._version, self._ordinal, self._replaced
         self._reset()
-        self.changed = True
+        with self._following():
+            self.index.remove(replaced)
+            for ids, vectors in self.catalog.embeddings(since_version=version - 1):
+                self.index.add(ids, vectors)
+        self._stamp(version)
         return count
+
+    @contextmanager
+    def _following(self) -> Iterator[None]:
+        """Update the store after a commit; if that fails (Milvus went away, memory ran out),
+        it is never stamped past the last version it fully reflects again in this session, so
+        the next open replays everything since (idempotently) instead of trusting it."""
+        try:
+            yield
+        except BaseException:
+            self._behind = True
+            raise
+
+    def _stamp(self, version: int) -> None:
+        """Record a change: a shared store is stamped now (other processes search it live),
+        a private one is saved on close."""
+        self.changed = True
+        if self.index.shared and not self._behind:
+            self.backend.save(self.index, version)
 
     def abort_document(self) -> None:
         """Roll back the open document, leaving the previous state."""
@@ -412,20 +490,22 @@ class KnowledgeBaseWriter:
         except BaseException:
             self.catalog.rollback()
             raise
-        self.index.remove(removed)
-        self.changed = True
+        with self._following():
+            self.index.remove(removed)
+        self._stamp(version)
         return len(removed)
 
     def rebuild_index(self) -> None:
-        """Rebuild the vector index from the catalog (type chosen by size); saved on close.
+        """Rebuild the vector store from the catalog (type chosen by size); saved on close, or
+        (shared) stamped at once.
 
         The old index is freed first, so the two never sit in memory together.
         """
-        dimension = self.index.dimension
         del self.index
         with self.catalog.snapshot():
-            self.index = build_index(self.catalog, dimension)
-        self.changed = True
+            self.index = build_index(self.catalog, self.backend)
+            self._behind = False  # every vector, as of this version
+            self._stamp(self.catalog.version())
 
     def _reset(self) -> None:
         self._version = self._doc_id = None
@@ -439,7 +519,7 @@ class KnowledgeBaseWriter:
         try:
             if self.changed and self.index.needs_rebuild():
                 self.rebuild_index()  # flat -> IVF past the threshold, or retrained
-            if self.changed:
-                self.index.save(self.kb.folder / INDEX_NAME, self.catalog.version())
+            if self.changed and not self.index.shared and not self._behind:
+                self.backend.save(self.index, self.catalog.version())
         finally:
             self.catalog.close()

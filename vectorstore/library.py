@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -11,11 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from kb_assistant.errors import InvalidName, KnowledgeBaseExists, KnowledgeBaseNotFound
+from kb_assistant.errors import InvalidName, KBError, KnowledgeBaseExists, KnowledgeBaseNotFound
 from kb_assistant.vectorstore.catalog import CATALOG_NAME, Catalog
 from kb_assistant.vectorstore.files import fsync_dir
 from kb_assistant.vectorstore.knowledge_base import KnowledgeBase
 from kb_assistant.vectorstore.manifest import Manifest
+from kb_assistant.vectorstore.vector_store import VectorStoreConfig
+
+logger = logging.getLogger(__name__)
 
 # Letters of any script (Chinese names welcome), digits, '_', '-', '.'; not starting with '.'.
 _NAME = re.compile(r"^[^\W][\w.-]{0,63}$", re.UNICODE)
@@ -50,8 +54,9 @@ class KnowledgeBaseSummary:
 class Library:
     """All knowledge bases of one data directory."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, vectors: VectorStoreConfig | None = None) -> None:
         self.root = home / "kbs"
+        self.vectors = vectors or VectorStoreConfig()  # the vector store every open uses
 
     def _folder(self, name: str) -> Path:
         return self.root / validate_name(name)
@@ -112,7 +117,7 @@ class Library:
         """
         if not self.exists(name):
             self._not_found(name)
-        return KnowledgeBase(self._folder(name))
+        return KnowledgeBase(self._folder(name), self.vectors)
 
     def create(
         self, name: str, *, embedding_model: str, dimension: int, chunk_tokens: int, overlap: int
@@ -146,7 +151,7 @@ class Library:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         fsync_dir(self.root)
-        return KnowledgeBase(final)
+        return KnowledgeBase(final, self.vectors)
 
     def delete(self, name: str) -> None:
         """Delete a knowledge base and everything in it (waits for a running writer).
@@ -158,6 +163,10 @@ class Library:
         trash = self.root / f".deleting-{uuid.uuid4().hex}"
         try:
             with kb.locked():
+                try:
+                    kb.backend.discard()  # a Milvus server's collection lives outside the folder
+                except KBError as exc:  # a server that is down must not keep the folder alive
+                    logger.warning("left %s behind (%s)", kb.backend.label, exc)
                 kb.close()
                 os.rename(kb.folder, trash)
         finally:

@@ -43,7 +43,12 @@ Batches = Iterable[tuple[np.ndarray, np.ndarray]]
 
 
 class VectorIndex:
-    """Inner-product search over unit vectors (cosine), ids = chunk ids; flat or IVF."""
+    """Inner-product search over unit vectors (cosine), ids = chunk ids; flat or IVF.
+
+    A ``VectorStore`` private to its process (``shared`` False): saved as a snapshot file.
+    """
+
+    shared = False
 
     def __init__(self, dimension: int, index: Any = None, trained_for: int = 0) -> None:
         import faiss

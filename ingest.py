@@ -284,50 +284,89 @@ class _Producer(threading.Thread):
                 self.put(_DONE)
 
     def _one(self, path: Path, parse: SectionSource) -> None:
-        job: _Job | None = None
-        try:
-            fmt, loader = loader_of(path)
-            size, sha = hash_file(path)
-            source = str(path.resolve())
-            previous = self.known.get(source)
-            if previous is not None and previous[1] == sha:
-                self.put(_Event("unchanged", path))
+        read_document(path, parse, self.put, known=self.known, splitter=self.splitter,
+                      max_rows=self.max_rows, ocr=self.ocr)  # fmt: skip
+
+
+def plan_document(path: Path, known: dict[str, tuple[int, str]]) -> _Job | None:
+    """What reading ``path`` means: None when its stored hash (``known``: source -> (size,
+    sha256)) says it is unchanged, else the job of (re)reading it.
+
+    Raises:
+        UnsupportedFormat, OSError: the file cannot be read at all.
+    """
+    fmt, _ = loader_of(path)
+    size, sha = hash_file(path)
+    source = str(path.resolve())
+    previous = known.get(source)
+    if previous is not None and previous[1] == sha:
+        return None
+    return _Job(path, source, sha, size, fmt, replaces=previous is not None)
+
+
+def read_document(
+    path: Path,
+    parse: SectionSource,
+    put: Callable[[_Event], None],
+    *,
+    known: dict[str, tuple[int, str]],
+    splitter: ChunkSplitter,
+    max_rows: int,
+    ocr: OcrMode,
+    planned: _Job | None = None,
+) -> None:
+    """Hash, parse and split one file, as events for the writer (both engines read with it).
+
+    An unchanged file stops at its hash (see ``plan_document``), unless ``planned`` says
+    what to read. Every problem with the file becomes a "failed" event; nothing is raised.
+    """
+    job = planned
+    try:
+        if job is None:
+            job = plan_document(path, known)
+            if job is None:
+                put(_Event("unchanged", path))
                 return
-            job = _Job(path, source, sha, size, fmt, replaces=previous is not None)
-            self.put(_Event("start", path, job))
-            ctx = LoadContext(max_rows=self.max_rows, ocr=self.ocr)
-            ctx.on_page = lambda done, total: self.put(_Event("pages", path, pages=(done, total)))
-            batch: list[Chunk] = []
-            total = 0
-            # Parsed in a worker process (time and memory limits), cut at the file's
-            # character allowance, and at MAX_CHUNKS.
-            parsed = parse(path, fmt, loader, ctx)
-            try:
-                for chunk in self.splitter.split_sections(Budget(size, ctx).apply(parsed)):
-                    if total + len(batch) >= MAX_CHUNKS:
-                        ctx.note(f"truncated: only the first {MAX_CHUNKS:,} chunks indexed")
-                        break
-                    batch.append(chunk)
-                    if len(batch) >= CHUNKS_PER_EVENT:
-                        self.put(_chunks_event(path, job, batch))
-                        total += len(batch)
-                        batch = []
-            finally:
-                parsed.close()  # type: ignore[attr-defined]
-            total += len(batch)
-            if batch:
-                self.put(_chunks_event(path, job, batch))
-            if total == 0:
-                raise EmptyDocument(f"{path}: no text found")
-            if not path.exists():
-                raise FileVanished(f"{path}: file disappeared while it was being read")
-            job.pages, job.notes = ctx.pages, ctx.notes
-            self.put(_Event("end", path, job))
-        except Exception as exc:
-            # Parsers of damaged or hostile files raise anything at all (zipfile, lxml, pandoc,
-            # pptx errors...): this file fails with a one-line reason, the batch goes on.
-            logger.debug("failed to read %s", path, exc_info=True)
-            self.put(_Event("failed", path, job, error=_problem(path, exc)))
+        put(_Event("start", path, job))
+        _, loader = loader_of(path)
+        ctx = LoadContext(max_rows=max_rows, ocr=ocr)
+        ctx.on_page = lambda done, total: put(_Event("pages", path, pages=(done, total)))
+        batch: list[Chunk] = []
+        total = 0
+        # Parsed in a worker process (time and memory limits), cut at the file's
+        # character allowance, and at MAX_CHUNKS.
+        parsed = parse(path, job.fmt, loader, ctx)
+        try:
+            for chunk in splitter.split_sections(Budget(job.size, ctx).apply(parsed)):
+                if total + len(batch) >= MAX_CHUNKS:
+                    ctx.note(f"truncated: only the first {MAX_CHUNKS:,} chunks indexed")
+                    break
+                batch.append(chunk)
+                if len(batch) >= CHUNKS_PER_EVENT:
+                    put(_chunks_event(path, job, batch))
+                    total += len(batch)
+                    batch = []
+        finally:
+            parsed.close()  # type: ignore[attr-defined]
+        total += len(batch)
+        if batch:
+            put(_chunks_event(path, job, batch))
+        if total == 0:
+            raise EmptyDocument(f"{path}: no text found")
+        if not path.exists():
+            raise FileVanished(f"{path}: file disappeared while it was being read")
+        job.pages, job.notes = ctx.pages, ctx.notes
+        put(_Event("end", path, job))
+    except Exception as exc:
+        # Parsers of damaged or hostile files raise anything at all (zipfile, lxml, pandoc,
+        # pptx errors...): this file fails with a one-line reason, the batch goes on.
+        put(failed_event(path, exc, job))
+
+
+def failed_event(path: Path, exc: Exception, job: _Job | None = None) -> _Event:
+    """The event of a file that cannot be ingested, with its one-line reason."""
+    logger.debug("failed to read %s", path, exc_info=exc)
+    return _Event("failed", path, job, error=_problem(path, exc))
 
 
 def _chunks_event(path: Path, job: _Job, chunks: list[Chunk]) -> _Event:
@@ -335,8 +374,25 @@ def _chunks_event(path: Path, job: _Job, chunks: list[Chunk]) -> _Event:
     return _Event("chunks", path, job, chunks, [index_text(c.embed_text) for c in chunks])
 
 
-def _text_hash(text: str) -> str:
+def text_hash(text: str) -> str:
+    """The key of the embedding cache: a hash of the text a chunk was embedded from."""
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def chunk_layout(
+    events: list[_Event], skip: _Job | None = None
+) -> tuple[list[slice | None], list[str]]:
+    """Where each event's chunks sit in one batch of texts to embed, and those texts (events
+    of ``skip``, a job that died while being written, get none)."""
+    slices: list[slice | None] = []
+    texts: list[str] = []
+    for event in events:
+        if event.chunks and (skip is None or event.job is not skip):
+            slices.append(slice(len(texts), len(texts) + len(event.chunks)))
+            texts.extend(c.embed_text for c in event.chunks)
+        else:
+            slices.append(None)
+    return slices, texts
 
 
 class _Consumer:
@@ -368,22 +424,26 @@ class _Consumer:
 
     def flush(self) -> None:
         # Offsets are fixed before replaying: a job may die while its events are replayed.
-        slices: list[slice | None] = []
-        texts: list[str] = []
-        for event in self.pending:
-            if event.chunks and event.job is not self.dead:
-                slices.append(slice(len(texts), len(texts) + len(event.chunks)))
-                texts.extend(c.embed_text for c in event.chunks)
-            else:
-                slices.append(None)
-        hashes = [_text_hash(t) for t in texts]
-        vectors = self._vectors(texts, hashes)
-        for event, part in zip(self.pending, slices, strict=True):
+        slices, texts = chunk_layout(self.pending, skip=self.dead)
+        hashes = [text_hash(t) for t in texts]
+        self._replay(self.pending, slices, self._vectors(texts, hashes), hashes)
+        self.pending, self.pending_chunks = [], 0
+
+    def write_embedded(self, events: list[_Event], vectors: Any, hashes: list[str]) -> None:
+        """Write events whose chunks were embedded elsewhere: ``vectors`` and ``hashes`` follow
+        ``chunk_layout(events)`` (the Ray engine's workers embed; this writer only writes)."""
+        self.flush()
+        slices, _ = chunk_layout(events)
+        self._replay(events, slices, vectors, hashes)
+
+    def _replay(
+        self, events: list[_Event], slices: list[slice | None], vectors: Any, hashes: list[str]
+    ) -> None:
+        for event, part in zip(events, slices, strict=True):
             if part is None:
                 self._apply(event, None, [])
             else:
                 self._apply(event, vectors[part], hashes[part])
-        self.pending, self.pending_chunks = [], 0
 
     def _vectors(self, texts: list[str], hashes: list[str]) -> Any:
         """Vectors for texts: stored ones reused, each distinct new text embedded once."""
@@ -463,6 +523,21 @@ class _Consumer:
             self.notify(None)
 
 
+@dataclass
+class Writing:
+    """An ingest whose writer is open, as an engine sees it: the files to read, the stored
+    hashes (unchanged files stop there), and the writer's side, which takes each document's
+    events in order."""
+
+    files: list[Path]
+    known: dict[str, tuple[int, str]]
+    consumer: _Consumer
+    show_pages: Callable[[Path, int, int], None]  # a file read page by page: done, total
+
+
+Engine = Callable[[Writing], None]
+
+
 def ingest(
     kb: KnowledgeBase,
     embedder: Embedder,
@@ -478,8 +553,12 @@ def ingest(
     progress: ProgressCallback | None = None,
     lock_timeout: float = 600.0,
     on_wait: Callable[[], None] | None = None,
+    engine: Engine | None = None,
 ) -> IngestReport:
     """Ingest files and folders into ``kb``; see the module docstring.
+
+    ``engine`` reads the files and feeds the writer; by default, reader threads in this
+    process (``ingest_ray`` passes one that reads and embeds on a Ray cluster).
 
     Raises:
         KnowledgeBaseLocked: another writer held the knowledge base past ``lock_timeout``.
@@ -490,8 +569,13 @@ def ingest(
     found = discover(paths)
     report.failed.extend(found.failed)
     report.skipped.extend(found.skipped)
-    splitter = ChunkSplitter(embedder.token_counter, chunk_tokens, chunk_overlap)
     done = [0, 0]  # files finished, chunks committed
+    if engine is None:
+        splitter = ChunkSplitter(embedder.token_counter, chunk_tokens, chunk_overlap)
+        limits = parse_limits or ParseLimits()
+
+        def engine(run: Writing) -> None:
+            _read_here(run, splitter, max_rows, ocr, limits)
 
     def notify(current: str | None) -> None:
         if current is None:
@@ -499,44 +583,53 @@ def ingest(
         if progress is not None:
             progress(IngestProgress(done[0], len(found.files), report.chunks_added, current))
 
+    def show_pages(path: Path, pages_done: int, pages_total: int) -> None:
+        if progress is not None:
+            progress(IngestProgress(
+                done[0], len(found.files), report.chunks_added, str(path),
+                pages_done=pages_done, pages_total=pages_total,
+            ))  # fmt: skip
+
     with kb.writer(timeout=lock_timeout, on_wait=on_wait) as writer:
-        events: queue.Queue[_Event] = queue.Queue(maxsize=32)
-        handoff = threading.Lock()
-        known = writer.catalog.source_hashes()
-        producers = [
-            _Producer(
-                files, known, splitter, max_rows, limits=parse_limits or ParseLimits(),
-                events=events, ocr=ocr, handoff=handoff, held=bool(slow),
-            )
-            for slow, files in enumerate(_lanes(found.files, ocr))
-            if files
-        ]  # fmt: skip
         labels = {str(Path(p).resolve()): n for p, n in (names or {}).items()}
         consumer = _Consumer(writer, embedder, report, 4 * batch_size, notify, names=labels)
-        for producer in producers:
-            producer.start()
-        try:
-            for event in _until_done(events, len(producers)):
-                if event.kind == "pages":  # progress only: shown now, nothing to write
-                    if progress is not None:
-                        progress(IngestProgress(
-                            done[0], len(found.files), report.chunks_added, str(event.path),
-                            pages_done=event.pages[0], pages_total=event.pages[1],
-                        ))  # fmt: skip
-                    continue
-                consumer.add(event)
-            consumer.flush()
-            if progress is not None and writer.changed and writer.index.needs_rebuild():
-                # Closing the writer retrains the index (~20 s at 10^6 chunks): say so.
-                total = len(found.files)
-                progress(IngestProgress(done[0], total, report.chunks_added, None, indexing=True))
-        finally:
-            for producer in producers:
-                producer.stop.set()
-            for producer in producers:
-                producer.join(timeout=5)
+        engine(Writing(found.files, writer.catalog.source_hashes(), consumer, show_pages))
+        consumer.flush()
+        if progress is not None and writer.changed and writer.index.needs_rebuild():
+            # Closing the writer retrains the index (~20 s at 10^6 chunks): say so.
+            total = len(found.files)
+            progress(IngestProgress(done[0], total, report.chunks_added, None, indexing=True))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _read_here(
+    run: Writing, splitter: ChunkSplitter, max_rows: int, ocr: OcrMode, limits: ParseLimits
+) -> None:
+    """The local engine: reader threads (one for likely scans) feed the writer here."""
+    events: queue.Queue[_Event] = queue.Queue(maxsize=32)
+    handoff = threading.Lock()
+    producers = [
+        _Producer(
+            files, run.known, splitter, max_rows, limits=limits, events=events, ocr=ocr,
+            handoff=handoff, held=bool(slow),
+        )
+        for slow, files in enumerate(_lanes(run.files, ocr))
+        if files
+    ]  # fmt: skip
+    for producer in producers:
+        producer.start()
+    try:
+        for event in _until_done(events, len(producers)):
+            if event.kind == "pages":  # progress only: shown now, nothing to write
+                run.show_pages(event.path, *event.pages)
+                continue
+            run.consumer.add(event)
+    finally:
+        for producer in producers:
+            producer.stop.set()
+        for producer in producers:
+            producer.join(timeout=5)
 
 
 def _until_done(events: queue.Queue[_Event], readers: int) -> Iterator[_Event]:

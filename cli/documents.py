@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -30,10 +30,21 @@ if TYPE_CHECKING:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @kb_option
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where files are read and embedded: this process, or a Ray cluster (needs "
+                   "pip install 'kb-assistant[ray]'); this process writes either way.")  # fmt: skip
+@click.option("--ray-address", metavar="ADDR",
+              help="Ray cluster for --engine ray, e.g. 10.0.0.5:6379 (default: RAY_ADDRESS, "
+                   "else a Ray started for this ingest on this machine).")  # fmt: skip
 @json_option
 @click.pass_obj
-def ingest(ctx: Context, paths: tuple[Path, ...], kb_name: str | None, as_json: bool) -> None:
+def ingest(
+    ctx: Context, paths: tuple[Path, ...], *, kb_name: str | None,
+    engine: Literal["local", "ray"], ray_address: str | None, as_json: bool,
+) -> None:  # fmt: skip
     """Ingest files and folders (recursively) into a knowledge base."""
+    if ray_address is not None and engine != "ray":
+        raise click.UsageError("--ray-address is for --engine ray")
     with reported(as_json):
         assistant = ctx.assistant()
 
@@ -41,7 +52,8 @@ def ingest(ctx: Context, paths: tuple[Path, ...], kb_name: str | None, as_json: 
             click.echo("Another ingest is writing to this knowledge base; waiting...", err=True)
 
         with _progress_bar(enabled=not as_json and sys.stderr.isatty()) as progress:
-            report = assistant.ingest(paths, kb=kb_name, progress=progress, on_wait=waiting)
+            report = assistant.ingest(paths, kb=kb_name, progress=progress, on_wait=waiting,
+                                      engine=engine, ray_address=ray_address)  # fmt: skip
     emit(report.to_json(), as_json, lambda: _print_ingest(report))
     if report.failed:
         sys.exit(EXIT_PARTIAL)

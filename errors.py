@@ -145,3 +145,16 @@ class ModelCrashed(ModelError):
 
 class ContextOverflow(ModelError):
     """The prompt does not fit the model's context window, even with fewer sources."""
+
+
+class ModelBusy(ModelError):
+    """The model's queue is full: the request was turned away at once, not queued.
+    ``retry_after`` (seconds) estimates when a place should be free."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ApiKeyError(KBError):
+    """An API key name that is invalid, taken or unknown, or an unreadable keys file."""

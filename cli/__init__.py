@@ -5,7 +5,7 @@ Exit codes: 0 success; 1 an error (message on stderr, and ``{"error": ...}`` on 
 Each module registers its commands on ``main`` when imported.
 """
 
-from kb_assistant.cli import admin, answers, documents, evaluate, graph, models, tables  # noqa: F401  (register the commands)
+from kb_assistant.cli import admin, answers, documents, evaluate, graph, models, serve, tables  # noqa: F401  (register the commands)
 from kb_assistant.cli.base import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PARTIAL, main
 
 __all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_PARTIAL", "main"]

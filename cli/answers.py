@@ -228,6 +228,8 @@ def _doctor_value(key: str, value: Any) -> str:
     if key == "cpu":
         return f"{value['name']} ({', '.join(value['features']) or 'features unknown'})"
     if key == "generation_check":
+        if value["ok"] and "server" in value:
+            return f"ok, one token in {value['seconds']} s from {value['server']}"
         if value["ok"]:
             extra = "on" if value["extra_buffer_types"] else "off"
             return f"ok, one token in {value['seconds']} s (extra buffer types {extra})"

@@ -19,7 +19,7 @@ def models_group() -> None:
 
 def _rows(ctx: Context) -> list[dict[str, Any]]:
     from kb_assistant.models.chat_models import CHAT_MODELS, installed_path
-    from kb_assistant.models.llm import EMBEDDED_CHAT_MODEL
+    from kb_assistant.models.llm import EMBEDDED_CHAT_MODEL, is_remote_model
 
     settings = ctx.settings()
     import psutil
@@ -44,6 +44,12 @@ def _rows(ctx: Context) -> list[dict[str, Any]]:
             "in_use": settings.chat_model == name, "quality": entry.quality, "speed": entry.speed,
             "recommended": best == name,
         })  # fmt: skip
+    if is_remote_model(settings.chat_model):  # a server's model: nothing here to install
+        rows.append({
+            "name": settings.chat_model, "title": "OpenAI-compatible server", "parameters": "?",
+            "languages": "?", "size": 0, "licence": "?", "installed": True, "path": None,
+            "in_use": True, "quality": "?", "speed": "served remotely", "recommended": False,
+        })  # fmt: skip
     return rows
 
 
@@ -58,6 +64,9 @@ def models_list(ctx: Context, as_json: bool) -> None:
     def human() -> None:
         for r in rows:
             mark = ("*" if r["in_use"] else " ") + ("+" if r["recommended"] else " ")
+            if r["title"] == "OpenAI-compatible server":
+                click.echo(f"{mark} {r['name']}  (an OpenAI-compatible server)")
+                continue
             state = "installed" if r["installed"] else "not installed"
             click.echo(
                 f"{mark} {r['name']:<22} {r['parameters']:>5}  {r['size'] / 2**30:5.2f} GiB  "
@@ -115,11 +124,20 @@ def models_install(
 
 
 def _use(ctx: Context, name: str) -> None:
-    from kb_assistant.models.llm import resolve_chat_model
+    from kb_assistant.models.llm import is_remote_model, resolve_chat_model
     from kb_assistant.settings import save_settings
 
     settings = ctx.settings()
-    resolve_chat_model(name, settings.model_cache_dir)  # refuses a model that is not installed
+    if is_remote_model(name):  # refuses a server that does not answer with a model list
+        from kb_assistant.models.factory import build_remote_chat_model
+
+        model = build_remote_chat_model(settings.model_copy(update={"chat_model": name}))
+        try:
+            model.server.facts()
+        finally:
+            model.close()
+    else:
+        resolve_chat_model(name, settings.model_cache_dir)  # refuses a model not installed
     save_settings(settings.home, {"chat_model": name})
 
 
@@ -128,7 +146,9 @@ def _use(ctx: Context, name: str) -> None:
 @json_option
 @click.pass_obj
 def models_use(ctx: Context, name: str, as_json: bool) -> None:
-    """Make NAME the chat model (saved in the config file; the app uses it on its next run)."""
+    """Make NAME the chat model (saved in the config file; the app uses it on its next run).
+
+    NAME may be a server: openai:http://HOST:PORT/v1#MODEL (checked to answer first)."""
     with reported(as_json):
         _use(ctx, name)
     emit({"chat_model": name}, as_json, lambda: click.echo(f"chat_model = {name!r} (saved)"))

@@ -20,10 +20,11 @@ from kb_assistant.models.embeddings import (
     HashEmbedder,
     resolve_model,
 )
-from kb_assistant.models.llm import LocalLLM, resolve_chat_model
+from kb_assistant.models.llm import LocalLLM, is_remote_model, resolve_chat_model
 from kb_assistant.models.protocol import ChatModel, Sampling
 
 if TYPE_CHECKING:
+    from kb_assistant.models.remote import RemoteChatModel
     from kb_assistant.settings import Settings
 
 
@@ -84,9 +85,18 @@ def sampling_from(settings: Settings) -> Sampling:
 
 
 def build_chat_model(settings: Settings) -> ChatModel:
-    """The chat model the settings ask for; the GGUF loads on first use, not here."""
+    """The chat model the settings ask for; the GGUF loads on first use, not here. A
+    ``chat_model`` of the form ``openai:URL#model`` is a server (``models.remote``), whatever
+    ``chat_backend`` says but ``fake``; nothing is asked of it here.
+
+    Raises:
+        ModelError: a local model that is not installed or not a GGUF file; an ``openai:``
+            value that is not a server address.
+    """
     if settings.chat_backend == "fake":
         return ScriptedChatModel()
+    if is_remote_model(settings.chat_model):
+        return build_remote_chat_model(settings)
     engine = LocalLLM(
         resolve_chat_model(settings.chat_model, settings.model_cache_dir),
         context_cap=settings.context_size,
@@ -96,3 +106,20 @@ def build_chat_model(settings: Settings) -> ChatModel:
         prompt_cache_bytes=settings.prompt_cache_mb * 2**20,
     )
     return LlamaCppChatModel(engine=engine, sampling=sampling_from(settings))
+
+
+def build_remote_chat_model(settings: Settings) -> RemoteChatModel:
+    """The chat model on the server ``chat_model`` names (``openai:URL#model``), with the
+    ``chat_api_key``; nothing is asked of the server until the model is used.
+
+    Raises:
+        ModelError: ``chat_model`` is not a server address of that form.
+    """
+    from kb_assistant.models.remote import RemoteChatModel
+    from kb_assistant.models.remote_server import RemoteServer, parse_remote
+
+    key = settings.chat_api_key.get_secret_value() if settings.chat_api_key else None
+    server = RemoteServer(parse_remote(settings.chat_model), api_key=key or None)
+    return RemoteChatModel(
+        server=server, sampling=sampling_from(settings), fallback_context=settings.context_size
+    )

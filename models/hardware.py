@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from kb_assistant.errors import ModelError
 from kb_assistant.models.cpu import X86_FEATURES, cpu_flags, rebuild_command
 from kb_assistant.models.gguf_info import file_sha256, read_gguf_metadata, template_problem
-from kb_assistant.models.llm import LocalLLM, resolve_chat_model
+from kb_assistant.models.llm import LocalLLM, is_remote_model, resolve_chat_model
 from kb_assistant.models.protocol import Generation, Sampling
 from kb_assistant.models.worker import llama_build
 
@@ -107,6 +107,15 @@ def doctor_report(settings: Settings, *, check: bool = True) -> dict[str, Any]:
     runs the one-token generation in a worker process (the settings page leaves it out)."""
     import psutil
 
+    if is_remote_model(settings.chat_model):  # served elsewhere: no GGUF, no memory here
+        from kb_assistant.models.factory import build_remote_chat_model
+        from kb_assistant.models.remote import remote_report
+
+        model = build_remote_chat_model(settings)
+        try:
+            return {"cpu": cpu_report(), **remote_report(settings, model, check=check)}
+        finally:
+            model.close()
     path = resolve_chat_model(settings.chat_model, settings.model_cache_dir)
     meta = read_gguf_metadata(path)
     arch = str(meta.get("general.architecture", "llama"))

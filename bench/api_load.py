@@ -31,9 +31,6 @@ from typing import Any
 
 import httpx
 import uvicorn
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatGenerationChunk
 
 from kb_assistant.models.chat import ScriptedChatModel
 
@@ -44,22 +41,6 @@ DOCS = {
 }
 QUESTIONS = ["How do I install a package?", "How long does green tea steep?",
              "How long do cats sleep?", "How do I remove a package?"]  # fmt: skip
-
-
-class DelayedModel(ScriptedChatModel):
-    """The scripted model, taking ``delay`` seconds before it answers (a model's prompt time)."""
-
-    delay: float = 0.2
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        time.sleep(self.delay)
-        yield from super()._stream(messages, stop, run_manager, **kwargs)
 
 
 def _corpus(home: Path) -> Path:
@@ -80,7 +61,7 @@ def scripted_server(home: Path, port: int, queue: int, delay: float) -> Iterator
 
     settings = load_settings(home, serve_queue=queue, abstain_min_dense=0.0)
     assistant = build_assistant(
-        settings, embeddings=HashEmbedder(), chat_model=DelayedModel(delay=delay)
+        settings, embeddings=HashEmbedder(), chat_model=ScriptedChatModel(delay=delay)
     )
     assistant.ingest([_corpus(home)], kb="notes")
     server = uvicorn.Server(uvicorn.Config(create_app(assistant, settings), host="127.0.0.1",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
@@ -215,6 +216,8 @@ class ScriptedChatModel(_StreamingChatModel):
     calls: list[list[BaseMessage]] = Field(default_factory=list)
     window: int = 4096
     native_tools: bool = False  # True: scripted AIMessages with tool calls drive the agent
+    delay: float = 0.0  # seconds before the first piece (a real model's prompt time)
+    pause: float = 0.0  # seconds before each piece after it (a real model's decoding)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -296,8 +299,10 @@ class ScriptedChatModel(_StreamingChatModel):
         if stats is not None:
             stats.prompt_tokens = self.get_num_tokens_from_messages(messages)
             stats.completion_tokens = len(pieces)
-            stats.time_to_first_token, stats.seconds = 0.0, 0.0
+            stats.time_to_first_token, stats.seconds = self.delay, self.delay
+        time.sleep(self.delay)
         for piece in pieces:
+            time.sleep(self.pause)
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
 
     def get_num_tokens(self, text: str) -> int:

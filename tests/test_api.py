@@ -22,9 +22,6 @@ import openai
 import pytest
 import uvicorn
 from click.testing import CliRunner
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.messages import BaseMessage
-from langchain_core.outputs import ChatGenerationChunk
 
 from kb_assistant.api.app import create_app
 from kb_assistant.api.keys import KEYS_FILE, KeyStore
@@ -49,27 +46,10 @@ DOCS = {
 ESSAY = "Write a long essay about the history of tea, with at least ten paragraphs."
 
 
-class SlowModel(ScriptedChatModel):
-    """The scripted model, pausing before each piece (a model that takes its time)."""
-
-    pause: float = 0.0
-
-    def _stream(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> Iterator[ChatGenerationChunk]:
-        for chunk in super()._stream(messages, stop, run_manager, **kwargs):
-            time.sleep(self.pause)
-            yield chunk
-
-
 class Live:
     """A running server and what it serves."""
 
-    def __init__(self, url: str, assistant: Assistant, model: SlowModel) -> None:
+    def __init__(self, url: str, assistant: Assistant, model: ScriptedChatModel) -> None:
         self.url = url
         self.assistant = assistant
         self.model = model
@@ -87,7 +67,7 @@ def serving(home: Path, *responses: str, pause: float = 0.0, queue: int = 8,
     """A uvicorn server in a thread over a knowledge base 'notes' made of ``DOCS``."""
     # hash embeddings score paraphrases low: answer whatever is retrieved
     settings = load_settings(home, **{"abstain_min_dense": 0.0, **overrides})
-    model = SlowModel(responses=list(responses), pause=pause)
+    model = ScriptedChatModel(responses=list(responses), pause=pause)
     assistant = build_assistant(settings, embeddings=HashEmbedder(), chat_model=model)
     if not assistant.library.exists("notes"):
         folder = home.parent / "corpus"

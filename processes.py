@@ -10,8 +10,10 @@ the user's file instead of ours. ``-P`` leaves the current folder out and ``-E``
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ISOLATED = ("-E", "-P")  # no PYTHON* variables, nothing from the current folder
@@ -25,3 +27,13 @@ def python_module(module: str, *args: str) -> list[str]:
 def python_code(code: str, *args: str) -> list[str]:
     """The command line that runs ``python -c code args…`` isolated, with this interpreter."""
     return [sys.executable, *ISOLATED, "-c", code, *args]
+
+
+def stop(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """Ask a child to end (SIGTERM), and kill it if it has not ended after ``grace`` seconds."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

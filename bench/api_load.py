@@ -83,7 +83,7 @@ def real_server(home: Path, port: int, queue: int, max_tokens: int) -> Iterator[
     """``kb serve`` in a subprocess with SmolLM2-135M-Instruct (llama.cpp)."""
     from kb_assistant.assistant import build_assistant
     from kb_assistant.models.embeddings import HashEmbedder
-    from kb_assistant.processes import python_module
+    from kb_assistant.processes import python_module, stop
     from kb_assistant.settings import load_settings
 
     assistant = build_assistant(load_settings(home), embeddings=HashEmbedder())
@@ -110,12 +110,7 @@ def real_server(home: Path, port: int, queue: int, max_tokens: int) -> Iterator[
         httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).raise_for_status()
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop(process, 15)
 
 
 async def fire(url: str, requests: int, timeout: float) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from kb_assistant.processes import stop
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,12 +70,7 @@ def serve_app(
         _wait_healthy(server, timeout)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 10)
 
 
 def _wait_healthy(server: AppServer, timeout: float) -> None:

@@ -31,7 +31,7 @@ from kb_assistant.errors import ModelBusy
 from kb_assistant.models.chat import ScriptedChatModel
 from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.models.queue import ModelQueue
-from kb_assistant.processes import python_module
+from kb_assistant.processes import python_module, stop
 from kb_assistant.settings import load_settings
 from tests.ports import free_port
 
@@ -444,12 +444,7 @@ def test_real_smollm2_streams_through_kb_serve_and_stops_when_the_client_leaves(
         assert len(chunks) > 3 and text.strip()
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
+        stop(server, 15)
         if server.stderr is not None:
             server.stderr.close()
 

@@ -27,6 +27,7 @@ from kb_assistant.assistant import Assistant, build_assistant
 from kb_assistant.cli import main
 from kb_assistant.errors import ConfigError, KnowledgeBaseError, KnowledgeBaseLocked
 from kb_assistant.models.embeddings import HashEmbedder
+from kb_assistant.processes import stop
 from kb_assistant.reindex import reindex
 from kb_assistant.settings import load_settings
 from kb_assistant.vectorstore import milvus_index
@@ -395,12 +396,7 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.2)
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, 15)
 
 
 def test_a_milvus_server_by_uri_is_shared_by_readers_and_the_writer(

@@ -33,6 +33,7 @@ from kb_assistant.models.remote_server import (
     estimate_tokens,
     parse_remote,
 )
+from kb_assistant.processes import stop
 from kb_assistant.settings import Settings, load_settings
 from tests.files import CHINOOK
 from tests.ports import free_port
@@ -74,12 +75,7 @@ def _serve(folder: Path, *extra: str) -> Iterator[Server]:
                 time.sleep(0.2)
         yield Server(port, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 10)
 
 
 @pytest.fixture(scope="module")

@@ -260,8 +260,13 @@ class Assistant:
         if engine == "ray":
             from kb_assistant.ingest_ray import RayJob, ray_engine
 
+            # Workers need the parsing and embedding settings, never the secrets: whatever is
+            # sent lands in the cluster's object store, readable by any job there.
+            secretless = self.settings.model_copy(
+                update={"chat_api_key": None, "milvus_token": None, "app_password": None}
+            )
             job = RayJob(
-                self.settings, embedder.model_id, embedder.dimension,
+                secretless, embedder.model_id, embedder.dimension,
                 self.settings.chunk_tokens, self.settings.chunk_overlap, limits,
             )  # fmt: skip
             run_on = ray_engine(job, address=ray_address)

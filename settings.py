@@ -434,9 +434,12 @@ def save_settings(
         f"{key} = {_toml_value(value)}\n" for key, value in sorted(merged.items())
     )
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    if "app_password" in merged or "chat_api_key" in merged or "milvus_token" in merged:
-        temp.chmod(0o600)  # it holds a secret
+    temp.unlink(missing_ok=True)
+    # A file holding a secret is private from its first byte, not chmod'ed after the write.
+    secret = any(k in merged for k in ("app_password", "chat_api_key", "milvus_token"))
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
     temp.replace(path)
     return load_settings(home)
 

@@ -91,6 +91,12 @@ def parse_remote(chat_model: str) -> RemoteEndpoint:
             "is given as 'openai:http://HOST:PORT/v1#MODEL' (scheme http:// or https://, a "
             "host and a port; '#MODEL' may be left out to use the server's first model)"
         )
+    if parts.username or parts.password:
+        raise ModelError(
+            f"chat_model names a user and password in its address ({parts.hostname}); they "
+            "would show wherever the model's name is shown: give the server's key as "
+            "KB_CHAT_API_KEY (setting chat_api_key) instead"
+        )
     return RemoteEndpoint(url.rstrip("/"), model.strip() or None)
 
 

@@ -304,3 +304,25 @@ def test_an_unreachable_cluster_is_one_clear_line_at_once(tmp_path: Path) -> Non
     assert result.exit_code == 1, result.output
     assert f"cannot connect to the Ray cluster at {address}" in result.output
     assert "Traceback" not in result.output
+
+
+def test_no_secret_from_the_settings_is_sent_to_the_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kb_assistant import ingest_ray
+
+    sent: list[Any] = []
+
+    def capture(job: Any, *, address: str | None = None) -> None:
+        sent.append(job)  # and let the local engine do the reading (None)
+
+    monkeypatch.setattr(ingest_ray, "ray_engine", capture)
+    monkeypatch.setenv("KB_CHAT_API_KEY", "sk-server-key")
+    monkeypatch.setenv("KB_MILVUS_TOKEN", "milvus-token")
+    monkeypatch.setenv("KB_APP_PASSWORD", "app-password")
+    folder = make_folder(tmp_path / "docs")
+    result = CliRunner().invoke(main, ["ingest", str(folder), "--engine", "ray"])
+    assert result.exit_code in (0, 3), result.output
+    settings = sent[0].settings
+    assert (settings.chat_api_key, settings.milvus_token, settings.app_password) == (None,) * 3
+    assert settings.embedding_backend == "fake"  # what the workers need is all there

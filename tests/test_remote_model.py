@@ -109,6 +109,9 @@ def test_the_setting_names_a_server_and_optionally_its_model() -> None:
                 "openai:http://h:port/v1"):  # fmt: skip
         with pytest.raises(ModelError, match=r"openai:http://HOST:PORT/v1#MODEL"):
             parse_remote(bad)
+    with pytest.raises(ModelError, match="KB_CHAT_API_KEY") as refused:
+        parse_remote("openai:http://me:s3cret@gpu:8080/v1")
+    assert "s3cret" not in str(refused.value)
 
 
 def test_a_malformed_server_value_is_a_clear_error_in_kb_ask(

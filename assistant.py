@@ -188,8 +188,9 @@ class Assistant:
             self._open[name] = kb
         return kb
 
-    def delete_kb(self, name: str) -> None:
-        """Delete a knowledge base and all it holds.
+    def delete_kb(self, name: str) -> str | None:
+        """Delete a knowledge base and all it holds; returns a warning when something outside
+        its folder (a Milvus server's collection) could not be deleted with it.
 
         Raises:
             KnowledgeBaseNotFound: no such knowledge base.

@@ -595,7 +595,7 @@ def ingest(
         consumer = _Consumer(writer, embedder, report, 4 * batch_size, notify, names=labels)
         engine(Writing(found.files, writer.catalog.source_hashes(), consumer, show_pages))
         consumer.flush()
-        if progress is not None and writer.changed and writer.index.needs_rebuild():
+        if progress is not None and writer.needs_rebuild():
             # Closing the writer retrains the index (~20 s at 10^6 chunks): say so.
             total = len(found.files)
             progress(IngestProgress(done[0], total, report.chunks_added, None, indexing=True))

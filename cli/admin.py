@@ -72,7 +72,10 @@ def kb_delete(ctx: Context, name: str, yes: bool, as_json: bool) -> None:
     elif as_json and not yes:
         raise click.UsageError("--json needs --yes to delete without asking")
     with reported(as_json):
-        ctx.assistant().delete_kb(name)
+        left = ctx.assistant().delete_kb(name)
+    if left is not None:  # deleted; only a Milvus server's collection stayed behind
+        emit({"deleted": name, "warning": left}, as_json, lambda: click.echo(f"warning: {left}"))
+        return
     emit({"deleted": name}, as_json, lambda: click.echo(f"deleted knowledge base '{name}'"))
 
 

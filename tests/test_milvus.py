@@ -15,7 +15,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,13 @@ from click.testing import CliRunner
 
 from kb_assistant.assistant import Assistant, build_assistant
 from kb_assistant.cli import main
-from kb_assistant.errors import ConfigError, KnowledgeBaseError, KnowledgeBaseLocked
+from kb_assistant.errors import (
+    ConfigError,
+    CorruptKnowledgeBase,
+    KnowledgeBaseError,
+    KnowledgeBaseLocked,
+    ModelError,
+)
 from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.processes import stop
 from kb_assistant.reindex import reindex
@@ -153,9 +160,10 @@ def test_updates_and_removals_reach_the_collection_and_a_reopen_trusts_the_stamp
     assert "rebuild" not in caplog.text and "disagree" not in caplog.text
 
 
-def test_a_failure_between_the_commit_and_the_upsert_is_replayed_on_open(
-    milvus: Assistant, kb_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_a_failure_between_the_commit_and_the_upsert_is_reported_added_and_replayed_on_open(
+    milvus: Assistant, kb_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
     kb = milvus.knowledge_base()
     stamped = kb.backend.load()[1]
     upsert, failures = MilvusIndex.add, [KnowledgeBaseError("Milvus went away")]
@@ -166,13 +174,40 @@ def test_a_failure_between_the_commit_and_the_upsert_is_replayed_on_open(
         upsert(self, ids, vectors)
 
     more = write_docs(tmp_path / "more", {"vim.txt": "vim edits text", "zsh.txt": "zsh prompts"})
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
         patch.setattr(MilvusIndex, "add", flaky)
         report = milvus.ingest([more])
-    # Both documents were committed; the first one's vectors never reached Milvus, so the
-    # stamp stays where the collection was last whole, even though the second one's did.
-    assert len(report.failed) == 1 and "Milvus went away" in report.failed[0].error
+    # Both documents were committed, so both are reported added; the first one's vectors never
+    # reached Milvus, so the collection is left alone (and unstamped) for the rest of the ingest.
+    assert report.failed == [] and sorted(report.added) == [str(more / "vim.txt"),
+                                                            str(more / "zsh.txt")]  # fmt: skip
+    assert {"vim.txt", "zsh.txt"} <= {d.name for d in kb.documents()}
     assert kb.catalog.chunk_count() == 6 and kb.backend.load()[1] == stamped
+    assert "did not follow catalog version" in caplog.text and "Milvus went away" in caplog.text
+    milvus.close()
+    again = open_assistant(kb_home, monkeypatch, "milvus")
+    try:
+        assert Path(again.search("vim edits", k=1)[0].chunk.source).name == "vim.txt"
+        in_step(again.knowledge_base())  # caught up from the catalog on open
+    finally:
+        again.close()
+
+
+def test_a_store_failure_while_the_writer_closes_keeps_the_report(
+    milvus: Assistant, kb_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    def down(*args: object) -> MilvusIndex:
+        raise KnowledgeBaseError("Milvus went away")
+
+    more = write_docs(tmp_path / "more", {"vim.txt": "vim edits text"})
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
+        patch.setattr(MilvusIndex, "needs_rebuild", lambda self: True)  # a rebuild is due
+        patch.setattr(MilvusBackend, "build", down)  # and Milvus is gone when it starts
+        report = milvus.ingest([more])
+    assert report.added == [str(more / "vim.txt")] and report.failed == []
+    assert "could not bring" in caplog.text and "Milvus went away" in caplog.text
+    assert "vim.txt" in {d.name for d in milvus.knowledge_base().documents()}
     milvus.close()
     again = open_assistant(kb_home, monkeypatch, "milvus")
     try:
@@ -328,6 +363,127 @@ def test_reindex_moves_to_a_collection_of_the_new_dimension(milvus: Assistant) -
     assert not any(c.startswith(old) for c in collection(kb).client().list_collections())
 
 
+class OtherHashEmbedder(HashEmbedder):
+    """Another model of the same dimension: its vectors are the hash model's, rolled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model_id = "other-hash-256"
+
+    def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        return np.roll(super().embed_array(texts), 1, axis=1)
+
+
+def test_a_failed_reindex_leaves_the_old_collection_searchable_throughout(
+    milvus: Assistant,
+) -> None:
+    kb = milvus.knowledge_base()
+    physical = collection(kb).client().describe_alias(collection(kb).name)["collection_name"]
+    query = milvus.embedder.embed_array(["modprobe kernel modules"])[0]
+    expected = kb.index().search(query, 2)
+    readers: list[KnowledgeBase] = []
+
+    def batches() -> Iterator[tuple[list[int], np.ndarray]]:
+        ids = kb.catalog.chunk_ids().tolist()
+        yield ids[:1], HashEmbedder(dimension=128).embed_array(["first"])
+        readers.append(KnowledgeBase(kb.folder, kb.vectors))  # another reader, mid-commit
+        live = readers[-1].index()
+        assert live.kind == "milvus:FLAT" and live.search(query, 2) == expected  # not a copy
+        raise KnowledgeBaseError("the new model failed")
+
+    try:
+        with kb.locked(), pytest.raises(KnowledgeBaseError, match="the new model failed"):
+            kb.switch_embeddings(replace(kb.manifest, embedding_model="new", dimension=128),
+                                 batches())  # fmt: skip
+        with pytest.raises(ModelError):  # the re-embed itself fails
+            reindex(kb, FailingEmbedder())
+        assert kb.manifest.dimension == 256 and kb.index().search(query, 2) == expected
+        client = collection(kb).client()
+        assert client.describe_alias(collection(kb).name)["collection_name"] == physical
+        in_step(kb)
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+class FailingEmbedder(HashEmbedder):
+    def __init__(self) -> None:
+        super().__init__(dimension=128)
+
+    def embed_array(self, texts: Sequence[str]) -> np.ndarray:
+        raise ModelError("the new model failed")
+
+
+def test_reindex_to_another_model_of_the_same_dimension_never_serves_the_old_vectors(
+    milvus: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kb = milvus.knowledge_base()
+    name = collection(kb).name
+    old = collection(kb).client().describe_alias(name)["collection_name"]
+    build, seen = MilvusBackend.build, []
+
+    def build_and_look(self: MilvusBackend, *args: Any) -> MilvusIndex:
+        # Committed, not yet rebuilt: the alias still names the old model's collection, and
+        # a reader, finding it built for another model, searches a copy of the catalog.
+        reader = KnowledgeBase(kb.folder, kb.vectors)
+        try:
+            seen.append(reader.index().kind)
+        finally:
+            reader.close()
+        return build(self, *args)
+
+    monkeypatch.setattr(MilvusBackend, "build", build_and_look)
+    reindex(kb, OtherHashEmbedder())
+    assert seen == ["flat"]
+    assert collection(kb).name == name and kb.manifest.embedding_model == "other-hash-256"
+    query = OtherHashEmbedder().embed_array(["modprobe kernel modules"])[0]
+    assert Path(kb.search(query, 1)[0].chunk.source).name == "kernel.txt"
+    assert old not in collection(kb).client().list_collections()
+    in_step(kb)
+
+
+def test_a_reindex_whose_collection_fails_after_the_commit_is_done_and_rebuilt_on_open(
+    milvus: Assistant, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    kb = milvus.knowledge_base()
+    old = collection(kb).name
+
+    def fails(self: MilvusBackend, *args: Any) -> MilvusIndex:
+        raise KnowledgeBaseError("Milvus went away")
+
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING):
+        patch.setattr(MilvusBackend, "build", fails)
+        report = reindex(kb, HashEmbedder(dimension=128))  # committed: not an error
+    assert report.dimension == 128 and kb.manifest.dimension == 128
+    assert "was not built" in caplog.text and "Milvus went away" in caplog.text
+    in_step(kb)  # rebuilt from the catalog on the next read
+    assert not any(c.startswith(old) for c in collection(kb).client().list_collections())
+
+
+def test_a_collection_built_for_another_model_is_not_loaded(milvus: Assistant) -> None:
+    kb = milvus.knowledge_base()
+    other = MilvusBackend(kb.folder, replace(kb.manifest, embedding_model="other-hash-256"))
+    try:
+        assert other.name == collection(kb).name
+        with pytest.raises(CorruptKnowledgeBase, match="built for embedding model 'fake-hash"):
+            other.load()
+    finally:
+        other.close()
+
+
+def test_discard_drops_only_this_knowledge_bases_collections(milvus: Assistant) -> None:
+    backend = collection(milvus.knowledge_base())
+    client = backend.client()
+    strangers = [f"{backend.name}_other", f"{backend.name}_0123456789ab_x",
+                 f"{backend.name}_256_0123abcd_0123456789ab"]  # fmt: skip
+    for stranger in strangers:
+        client.create_collection(stranger, dimension=4)
+    backend.discard()
+    assert sorted(c for c in client.list_collections() if c.startswith(backend.name)) == sorted(
+        strangers
+    )
+
+
 def test_without_pymilvus_the_error_names_the_install_command(
     kb_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -392,8 +548,11 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     break
-            assert server.poll() is None, "the Milvus server exited"
+            if server.poll() is not None:
+                pytest.fail(f"the Milvus server exited with code {server.returncode}")
             time.sleep(0.2)
+        else:
+            pytest.fail(f"the Milvus server did not listen on 127.0.0.1:{port} within 60 s")
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(server, 15)
@@ -481,3 +640,27 @@ def test_an_unreachable_server_is_a_clear_error(
             assistant.ingest([write_docs(tmp_path / "docs")])
     finally:
         assistant.close()
+
+
+def test_deleting_a_knowledge_base_whose_server_is_down_names_the_collection_left(
+    kb_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(milvus_index, "CONNECT_TIMEOUT", 0.5)
+    uri = f"http://127.0.0.1:{free_port()}"
+    assistant = open_assistant(kb_home, monkeypatch, "milvus", KB_MILVUS_URI=uri)
+    try:
+        name = collection(assistant.create_kb("gone")).name
+        for_json = collection(assistant.create_kb("gone-too")).name
+    finally:
+        assistant.close()
+    result = CliRunner().invoke(main, ["kb", "delete", "gone", "--yes"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(
+        f"warning: deleted knowledge base 'gone', but its Milvus collection '{name}' "
+        f"(Milvus at {uri}) could not be dropped ("
+    ) and result.output.rstrip().endswith("drop it by hand")
+    result = CliRunner().invoke(main, ["kb", "delete", "gone-too", "--yes", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["deleted"] == "gone-too" and f"'{for_json}'" in data["warning"]
+    assert not (kb_home / "kbs" / "gone").exists() and not (kb_home / "kbs" / "gone-too").exists()

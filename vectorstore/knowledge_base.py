@@ -20,7 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kb_assistant.errors import CorruptKnowledgeBase, KnowledgeBaseError, KnowledgeBaseLocked
+from kb_assistant.errors import (
+    CorruptKnowledgeBase,
+    KBError,
+    KnowledgeBaseError,
+    KnowledgeBaseLocked,
+)
 from kb_assistant.vectorstore.catalog import (
     CATALOG_NAME,
     Catalog,
@@ -319,33 +324,63 @@ class KnowledgeBase:
         The new manifest is written beside the old one first; the vectors and the catalog's
         copy of the manifest then change in one SQLite transaction; the manifest is renamed
         into place last. Stopped before the commit, the knowledge base is as it was; after it,
-        the next open finishes the rename (``current_manifest``). The vector store, a cache, is
-        discarded before the commit (replay cannot tell old vectors from new ones) and rebuilt
-        from the catalog after it; stopped in between, the next open rebuilds it.
+        the next open finishes the rename (``current_manifest``).
+
+        The vector store, a cache, is rebuilt from the catalog after the commit. A shared one
+        (Milvus) keeps serving the old vectors to readers until then: the new model's store is
+        another collection when the dimension differs (the old one is dropped after the
+        commit), or the same alias, moved by the rebuild, whose collections record the model
+        they were built for, so the old one is never served for the new model. A private
+        snapshot (FAISS) is one file for both models, and replay cannot tell old vectors from
+        new ones: it is deleted before the commit (each reader keeps its copy in memory).
+        A store that fails after the commit is only logged: the next open rebuilds it.
         """
         manifest.write(self.folder, NEXT_MANIFEST)
-        self.backend.discard()
         backend = self.vectors.backend(self.folder, manifest)
-        writer = Catalog(self.folder / CATALOG_NAME)
+        separate = backend.shared and backend.label != self.backend.label
+        writer: Catalog | None = None
         try:
+            if separate:
+                backend.discard()  # left by an earlier model of this dimension; nobody reads it
+            elif not backend.shared:
+                self.backend.discard()
+            writer = Catalog(self.folder / CATALOG_NAME)
             writer.replace_embeddings(asdict(manifest), batches)
             (self.folder / NEXT_MANIFEST).replace(self.folder / MANIFEST_NAME)
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            backend.close()
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / NEXT_MANIFEST).unlink()  # left only when the commit failed
+        try:
             with writer.snapshot():
                 index = build_index(writer, backend)
                 version = writer.version()
             backend.save(index, version)
-        except BaseException:
-            backend.close()
-            raise
+        except (OSError, KBError) as exc:  # committed all the same
+            logger.warning(
+                "%s was not built (%s); it is rebuilt from the catalog on the next open",
+                backend.label, exc,
+            )  # fmt: skip
         finally:
             writer.close()
-            with contextlib.suppress(FileNotFoundError):
-                (self.folder / NEXT_MANIFEST).unlink()  # left only when the commit failed
-        with self._lock:
-            self.manifest = manifest
-            self._index = None
-            old, self.backend = self.backend, backend
-        old.close()
+            with self._lock:
+                self.manifest = manifest
+                self._index = None
+                old, self.backend = self.backend, backend
+        try:
+            if separate:
+                old.discard()  # only now: readers searched it until the commit
+        except KBError as exc:
+            logger.warning(
+                "could not drop %s, the previous model's store (%s); drop it by hand",
+                old.label, exc,
+            )  # fmt: skip
+        finally:
+            old.close()
 
     def index(self) -> VectorStore:
         """The current vector store, reloaded when another process has committed changes."""
@@ -451,30 +486,52 @@ class KnowledgeBaseWriter:
         # hundreds of thousands of chunks.
         version, count, replaced = self._version, self._ordinal, self._replaced
         self._reset()
-        with self._following():
+
+        def update() -> None:
             self.index.remove(replaced)
             for ids, vectors in self.catalog.embeddings(since_version=version - 1):
                 self.index.add(ids, vectors)
-        self._stamp(version)
+
+        self._follow(version, update)
         return count
 
-    @contextmanager
-    def _following(self) -> Iterator[None]:
-        """Update the store after a commit; if that fails (Milvus went away, memory ran out),
-        it is never stamped past the last version it fully reflects again in this session, so
-        the next open replays everything since (idempotently) instead of trusting it."""
+    def _follow(self, version: int, update: Callable[[], None]) -> None:
+        """Bring the store in step with the commit of ``version``: a shared store is stamped
+        at once (other processes search it live), a private one is saved on close.
+
+        The commit stands whatever happens here, so a store failure (Milvus went away, memory
+        ran out) is logged, not raised: the document is stored. From then on the store is left
+        alone for the rest of this session, never stamped past the last version it fully
+        reflects, and the next open replays everything since from the catalog (idempotently).
+        """
+        self.changed = True
+        if self._behind:
+            return
         try:
-            yield
+            update()
+            if self.index.shared:
+                self.backend.save(self.index, version)
+        except Exception as exc:
+            self._behind = True
+            logger.warning(
+                "%s did not follow catalog version %d (%s); the catalog has it, and the store "
+                "is caught up from the catalog on the next open",
+                self.backend.label, version, exc,
+            )  # fmt: skip
         except BaseException:
             self._behind = True
             raise
 
-    def _stamp(self, version: int) -> None:
-        """Record a change: a shared store is stamped now (other processes search it live),
-        a private one is saved on close."""
-        self.changed = True
-        if self.index.shared and not self._behind:
-            self.backend.save(self.index, version)
+    def needs_rebuild(self) -> bool:
+        """Whether closing will rebuild the store (its type no longer fits its size): never for
+        a store that fell behind, which is not touched again in this session."""
+        if not self.changed or self._behind:
+            return False
+        try:
+            return self.index.needs_rebuild()
+        except KBError as exc:
+            logger.warning("could not ask %s its size (%s)", self.backend.label, exc)
+            return False
 
     def abort_document(self) -> None:
         """Roll back the open document, leaving the previous state."""
@@ -490,9 +547,11 @@ class KnowledgeBaseWriter:
         except BaseException:
             self.catalog.rollback()
             raise
-        with self._following():
+
+        def update() -> None:
             self.index.remove(removed)
-        self._stamp(version)
+
+        self._follow(version, update)
         return len(removed)
 
     def rebuild_index(self) -> None:
@@ -504,8 +563,10 @@ class KnowledgeBaseWriter:
         del self.index
         with self.catalog.snapshot():
             self.index = build_index(self.catalog, self.backend)
+            self.changed = True
             self._behind = False  # every vector, as of this version
-            self._stamp(self.catalog.version())
+            if self.index.shared:
+                self.backend.save(self.index, self.catalog.version())
 
     def _reset(self) -> None:
         self._version = self._doc_id = None
@@ -517,9 +578,17 @@ class KnowledgeBaseWriter:
         if self._version is not None:
             self.abort_document()
         try:
-            if self.changed and self.index.needs_rebuild():
+            if self.needs_rebuild():
                 self.rebuild_index()  # flat -> IVF past the threshold, or retrained
             if self.changed and not self.index.shared and not self._behind:
                 self.backend.save(self.index, self.catalog.version())
+        except (OSError, KBError) as exc:
+            # What was committed stays committed: the store is rebuilt or replayed from the
+            # catalog on the next open, so this must not turn a finished ingest into an error.
+            logger.warning(
+                "could not bring %s up to date (%s); it is caught up from the catalog on the "
+                "next open",
+                self.backend.label, exc,
+            )  # fmt: skip
         finally:
             self.catalog.close()

@@ -153,20 +153,33 @@ class Library:
         fsync_dir(self.root)
         return KnowledgeBase(final, self.vectors)
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str) -> str | None:
         """Delete a knowledge base and everything in it (waits for a running writer).
+
+        A Milvus server's collection lives outside the folder; if it cannot be dropped (the
+        server is down), the folder is deleted all the same and the returned warning names
+        the collection left on the server, to be dropped by hand.
+
+        Returns:
+            None when everything went; else that warning.
 
         Raises:
             KnowledgeBaseNotFound: there is no such knowledge base.
         """
         kb = self.open(name)
         trash = self.root / f".deleting-{uuid.uuid4().hex}"
+        left: str | None = None
         try:
             with kb.locked():
                 try:
-                    kb.backend.discard()  # a Milvus server's collection lives outside the folder
+                    kb.backend.discard()
                 except KBError as exc:  # a server that is down must not keep the folder alive
-                    logger.warning("left %s behind (%s)", kb.backend.label, exc)
+                    cause = exc.__cause__ or exc  # Milvus's own words, not our advice to retry
+                    left = (
+                        f"deleted knowledge base '{name}', but its {kb.backend.label} could not "
+                        f"be dropped ({cause}); drop it by hand"
+                    )
+                    logger.warning("%s", left)
                 kb.close()
                 os.rename(kb.folder, trash)
         finally:
@@ -174,3 +187,4 @@ class Library:
                 kb.close()
         fsync_dir(self.root)
         shutil.rmtree(trash, ignore_errors=True)
+        return left

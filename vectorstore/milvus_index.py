@@ -17,7 +17,8 @@ The catalog version the collection reflects is a collection property, written on
 vectors it describes: a crash between the catalog commit and the upsert (or between the upsert
 and the stamp) leaves the stamp behind the catalog, and the next open replays the difference.
 Replay is idempotent (upsert by primary key, delete by id), so nothing is ever duplicated. A
-collection that is newer than the catalog, never stamped, or of another dimension is rebuilt.
+collection that is newer than the catalog, never stamped, of another dimension or built for
+another embedding model (a property set when it is created) is rebuilt.
 
 Milvus Lite (milvus-lite 3.x) runs inside this process as a local gRPC server over the folder
 ``milvus.db``; it serves one process at a time (an advisory lock on ``milvus.db/LOCK``), so a
@@ -52,11 +53,15 @@ logger = logging.getLogger(__name__)
 
 LITE_NAME = "milvus.db"  # Milvus Lite's data folder inside the knowledge base folder
 VERSION_KEY = "kb.catalog_version"
+MODEL_KEY = "kb.embedding_model"  # the model a collection was built for (a reindex may keep
+# the dimension, and so the alias: the old model's collection must never pass for the new one)
 UPSERT_ROWS = 2_000  # rows per request: 2000 x 384 floats is ~3 MB, well under gRPC's limits
 CONNECT_TIMEOUT = 10.0  # seconds to wait for a server
 SEARCH_EF = 128  # HNSW candidates per query (AUTOINDEX); see bench/vector_stores.py
 EXACT_UP_TO = 10_000  # vectors searched exactly (FLAT); past it, AUTOINDEX
 INSTALL_HINT = "pip install 'kb-assistant[milvus]'"
+PHYSICAL_HEX = 12  # a physical collection is named alias + '_' + this many random hex digits
+PHYSICAL_SUFFIX = rf"_[0-9a-f]{{{PHYSICAL_HEX}}}"
 
 _lite_lock = threading.Lock()
 _lite_users: dict[str, int] = {}  # Milvus Lite data folder -> open backends in this process
@@ -221,6 +226,7 @@ class MilvusBackend:
         self.uri = str(folder / LITE_NAME) if self.lite else uri
         self.token = token
         self.dimension = manifest.dimension
+        self.model = manifest.embedding_model
         self.name = collection_name(folder, manifest)
         where = f"Milvus Lite {self.uri}" if self.lite else f"Milvus at {uri}"
         self.title = f"Milvus collection '{self.name}'"
@@ -318,7 +324,13 @@ class MilvusBackend:
         dimension = int(vector["params"].get("dim", 0)) if vector else 0
         if dimension != self.dimension:
             raise CorruptKnowledgeBase(f"{self.label} is damaged (dimension {dimension})")
-        stamp = info.get("properties", {}).get(VERSION_KEY)
+        properties = info.get("properties", {})
+        model = properties.get(MODEL_KEY)
+        if model != self.model:
+            raise CorruptKnowledgeBase(
+                f"{self.label} was built for embedding model '{model}', not '{self.model}'"
+            )
+        stamp = properties.get(VERSION_KEY)
         if stamp is None:
             raise CorruptKnowledgeBase(f"{self.label} is damaged (its build never finished)")
         if client.get_load_state(physical)["state"].name != "Loaded":
@@ -339,7 +351,7 @@ class MilvusBackend:
         del sample  # Milvus trains its own index
         client = self.client()
         index_type = self.index_type or ("FLAT" if count <= EXACT_UP_TO else "AUTOINDEX")
-        physical = f"{self.name}_{uuid.uuid4().hex[:12]}"
+        physical = f"{self.name}_{uuid.uuid4().hex[:PHYSICAL_HEX]}"
         with milvus_errors(self.label, "create a collection"):
             self._create(client, physical, index_type)
         filling = MilvusIndex(client, physical, self.dimension, index_type, self.label)
@@ -364,13 +376,17 @@ class MilvusBackend:
         params = client.prepare_index_params()
         params.add_index(field_name="vector", index_type=index_type, metric_type="COSINE")
         client.create_collection(physical, schema=schema, consistency_level="Strong")
+        client.alter_collection_properties(physical, properties={MODEL_KEY: self.model})
         # Not waited for: the collection is empty, and Milvus Lite cannot be asked to wait.
         client.create_index(physical, params, sync=False)
         client.load_collection(physical)
 
     def _drop_collections(self, client: Any, keep: str | None) -> None:
+        """Drop this knowledge base's collections but ``keep``: exactly the names ``build``
+        gives (alias + '_' + 12 hex digits), never another's that merely starts alike."""
+        ours = re.compile(re.escape(self.name) + PHYSICAL_SUFFIX)
         for name in client.list_collections():
-            if name.startswith(self.name + "_") and name != keep:
+            if ours.fullmatch(name) and name != keep:
                 client.drop_collection(name)
 
     def save(self, store: Any, version: int) -> None:

@@ -5,7 +5,8 @@ Two routers over the same ``Assistant``: an OpenAI-compatible one (``/v1``: chat
 embeddings, models) so that existing tools can use a knowledge base as if it were a model, and
 a native one for what the ``kb`` command does. Every use of the chat model passes the fair
 queue (``models.queue``). kb-assistant's errors become 4xx answers with their message in
-OpenAI's error shape; nothing answers with a traceback. ``/docs`` is served from files
+OpenAI's error shape (5xx for the server's own trouble: a model, a knowledge base or a setting
+that cannot be used); nothing answers with a traceback. ``/docs`` is served from files
 installed with fastapi-offline, never from a CDN.
 """
 
@@ -25,11 +26,14 @@ from starlette.exceptions import HTTPException
 
 from kb_assistant.api.jobs import JobBoard
 from kb_assistant.api.keys import KEYS_FILE, KeyStore
-from kb_assistant.api.security import LimitBody, RequireKey, error_json
+from kb_assistant.api.security import CheckOrigin, LimitBody, RequireKey, error_json, is_loopback
 from kb_assistant.errors import (
+    ConfigError,
     DocumentNotFound,
     EmbeddingMismatch,
+    InvalidName,
     KBError,
+    KnowledgeBaseError,
     KnowledgeBaseExists,
     KnowledgeBaseLocked,
     KnowledgeBaseNotFound,
@@ -55,6 +59,11 @@ _STATUS: tuple[tuple[type[KBError], int, str, str], ...] = (
     (KnowledgeBaseLocked, 409, "invalid_request_error", "knowledge_base_locked"),
     (EmbeddingMismatch, 409, "invalid_request_error", "embedding_mismatch"),
     (ModelError, 503, "server_error", "model_unavailable"),
+    (InvalidName, 400, "invalid_request_error", "invalid_name"),
+    # the rest (CorruptKnowledgeBase, a vector store that cannot be reached): not the request's
+    # fault, and it may pass
+    (KnowledgeBaseError, 503, "server_error", "knowledge_base_unavailable"),
+    (ConfigError, 500, "server_error", "server_misconfigured"),
 )
 
 
@@ -99,6 +108,7 @@ def create_app(
     keys: KeyStore | None = None,
     queue: ModelQueue | None = None,
     default_kb: str | None = None,
+    host: str | None = None,
 ) -> FastAPI:
     """The API over ``assistant``.
 
@@ -110,6 +120,9 @@ def create_app(
         queue: the model queue (default: ``serve_queue`` places).
         default_kb: the knowledge base the model ``kb`` answers from (default: the ``kb``
             setting).
+        host: the address it listens on (default: the ``serve_host`` setting). Beyond
+            loopback every request needs a key, even once the last one is revoked; on loopback
+            only requests addressed to a loopback name are answered.
     """
     from kb_assistant.api.native import router as native_router
     from kb_assistant.api.openai import router as openai_router
@@ -132,11 +145,14 @@ def create_app(
     _handle_errors(app)
     # Added innermost first: CORS answers preflights before the key check sees them.
     app.add_middleware(LimitBody, upload_limit=settings.max_upload_mb << 20)
-    app.add_middleware(RequireKey, keys=keys)
+    loopback = is_loopback(host or settings.serve_host)
+    app.add_middleware(RequireKey, keys=keys, required=not loopback)
     origins = [o.strip() for o in settings.serve_cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"])  # fmt: skip
+    # Outermost: a foreign Host or Origin is refused before anything else looks at it.
+    app.add_middleware(CheckOrigin, loopback=loopback, origins=origins)
 
     @app.get("/health", tags=["server"])
     def health(request: Request) -> dict[str, Any]:

@@ -89,6 +89,11 @@ class JobBoard:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def running(self) -> list[IngestJob]:
+        """The jobs not yet ended."""
+        with self._lock:
+            return [j for j in self._jobs.values() if j.active]
+
     def wait(self, timeout: float = 60.0) -> bool:
         """Block until no job runs (shutdown, tests); False on timeout."""
         deadline = time.monotonic() + timeout

@@ -1,11 +1,14 @@
 """API keys of ``kb serve``: made once, shown once, stored only as salted hashes.
 
 ``<home>/api_keys.json`` (mode 0600, replaced atomically) holds for each key its name, when it
-was made, a scrypt hash with its own salt, and the last four characters of a fingerprint so
-that ``kb serve keys list`` can tell keys apart without showing any. A running server rereads
-the file when it changes, so a revoked key stops working at once. Checking a key costs one
-scrypt per stored key; a key that passed is remembered (by its SHA-256, in memory only) so
-later requests with it cost nothing.
+was made, its HMAC-SHA256 under a salt of its own (``"scheme": "hmac-sha256"``), and the last
+four characters of a fingerprint so that ``kb serve keys list`` can tell keys apart without
+showing any. A running server rereads the file when it changes (inode, size, mtime or ctime),
+so a revoked key stops working at once.
+
+A slow password hash (scrypt) would buy nothing here: keys are 256 random bits, beyond any
+guessing, and a slow check would let every wrong key cost the server tens of milliseconds. A
+check is one HMAC per stored key, compared in constant time.
 """
 
 from __future__ import annotations
@@ -29,8 +32,7 @@ from kb_assistant.vectorstore.files import atomic_writer
 KEYS_FILE = "api_keys.json"
 KEY_PREFIX = "kb-"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-# scrypt's cost: about 16 MiB and a few tens of milliseconds per check.
-_N, _R, _P = 2**14, 8, 1
+SCHEME = "hmac-sha256"  # how "hash" is made; a file with another one is refused, not misread
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,8 @@ class KeyInfo:
         return {"name": self.name, "created": self.created, "fingerprint": self.fingerprint}
 
 
-def _hash(key: str, salt: bytes, n: int = _N, r: int = _R, p: int = _P) -> bytes:
-    return hashlib.scrypt(key.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+def _hash(key: str, salt: bytes) -> bytes:
+    return hmac.new(salt, key.encode(), hashlib.sha256).digest()
 
 
 class KeyStore:
@@ -57,17 +59,18 @@ class KeyStore:
         self.path = path
         self._lock = threading.Lock()
         self._entries: list[dict[str, Any]] = []
-        self._stamp: tuple[int, int] | None = None
-        self._passed: dict[str, str] = {}  # sha256 of a key that passed -> its name
+        self._stamp: tuple[int, int, int, int] | None = None
 
     # --- reading ------------------------------------------------------------------------
 
-    def _stat(self) -> tuple[int, int] | None:
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        """What tells a changed file: the atomic replace gives a new inode, and ctime moves
+        even when a copy keeps the old mtime and size."""
         try:
             st = self.path.stat()
         except FileNotFoundError:
             return None
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size
 
     def _entries_now(self) -> list[dict[str, Any]]:
         """The stored entries, reread when the file changed (caller holds the lock)."""
@@ -75,7 +78,6 @@ class KeyStore:
         if stamp != self._stamp:
             self._entries = self._read() if stamp is not None else []
             self._stamp = stamp
-            self._passed.clear()
         return self._entries
 
     def _read(self) -> list[dict[str, Any]]:
@@ -86,6 +88,12 @@ class KeyStore:
                 isinstance(e, dict) and {"name", "salt", "hash"} <= set(e) for e in entries
             ):
                 raise ValueError("'keys' is not a list of keys")
+            schemes = {e.get("scheme") for e in entries} - {SCHEME}
+            if schemes:
+                raise ValueError(
+                    f"keys hashed with {', '.join(map(str, schemes))}, not {SCHEME} (written "
+                    "by another version of kb-assistant)"
+                )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ApiKeyError(
                 f"{self.path}: cannot read the API keys ({exc}); fix or delete the file, then "
@@ -107,25 +115,19 @@ class KeyStore:
             return bool(self._entries_now())
 
     def verify(self, key: str) -> str | None:
-        """The name of the key ``key`` is, or None: compared in constant time with each
-        stored hash."""
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        """The name of the key ``key`` is, or None: compared in constant time with every
+        stored hash (one HMAC each, microseconds).
+
+        Raises:
+            ApiKeyError: the file cannot be read.
+        """
         with self._lock:
             entries = self._entries_now()
-            if digest in self._passed:
-                return self._passed[digest]
         found = None
         for entry in entries:
-            salt = base64.b64decode(entry["salt"])
-            params = entry.get("scrypt", {})
-            computed = _hash(key, salt, params.get("n", _N), params.get("r", _R),
-                             params.get("p", _P))  # fmt: skip
+            computed = _hash(key, base64.b64decode(entry["salt"]))
             if hmac.compare_digest(computed, base64.b64decode(entry["hash"])):
                 found = str(entry["name"])
-        if found is not None:
-            with self._lock:
-                if self._entries is entries:  # not revoked meanwhile
-                    self._passed[digest] = found
         return found
 
     # --- changing -----------------------------------------------------------------------
@@ -155,8 +157,8 @@ class KeyStore:
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "fingerprint": hashlib.sha256(key.encode()).hexdigest()[-4:],
                 "salt": base64.b64encode(salt).decode(),
+                "scheme": SCHEME,
                 "hash": base64.b64encode(_hash(key, salt)).decode(),
-                "scrypt": {"n": _N, "r": _R, "p": _P},
             })  # fmt: skip
             self._write(entries)
         return key
@@ -183,4 +185,3 @@ class KeyStore:
             os.fchmod(fh.fileno(), 0o600)  # before a byte of it is written
             fh.write(data)
         self._entries, self._stamp = entries, self._stat()
-        self._passed.clear()

@@ -19,8 +19,9 @@ from pydantic import BaseModel, Field
 from kb_assistant.api.app import Server, error_response, server_of
 from kb_assistant.api.streaming import ClientGone, ModelCall, OnToken
 from kb_assistant.assistant import MAX_K
-from kb_assistant.errors import UploadRejected
+from kb_assistant.errors import KBError, UploadRejected
 from kb_assistant.vectorstore import SearchHit, validate_name
+from kb_assistant.vectorstore.conversations import ID_LENGTH, ID_PATTERN
 
 router = APIRouter()
 
@@ -156,10 +157,28 @@ def new_conversation(kb: str, request: Request) -> dict[str, Any]:
 
 async def _through_queue(server: Server, request: Request, work: Any) -> Any:
     call: ModelCall[Any] = ModelCall(server.queue, request)
-    call.enter()
-    await call.turn()
-    call.start(work)
+    await call.begin(work)
     return await call.result()
+
+
+def _check_conversation(server: Server, kb: str, conversation: str) -> None:
+    """The conversation exists, by its exact id, and belongs to ``kb``.
+
+    Raises:
+        KBError: not an id, or another knowledge base's conversation.
+        SessionNotFound: no conversation has that id.
+    """
+    if not ID_PATTERN.match(conversation):
+        raise KBError(
+            f"'{conversation}' is not a conversation id: ids are {ID_LENGTH} hexadecimal "
+            f"characters, as POST /kbs/{kb}/conversations returns them"
+        )
+    info = server.assistant.conversations.get_exact(conversation)
+    if info.kb != kb:
+        raise KBError(
+            f"conversation '{conversation}' belongs to knowledge base '{info.kb}', not '{kb}'; "
+            f"ask it at /kbs/{info.kb}/ask or start one here with POST /kbs/{kb}/conversations"
+        )
 
 
 @router.post("/kbs/{kb}/ask", tags=["answers"], response_model=None)
@@ -167,6 +186,8 @@ async def ask(kb: str, body: Question, request: Request) -> Response | dict[str,
     """An answer with citations, trace and sentence checks (``kb ask --json``)."""
     server = server_of(request)
     await run_in_threadpool(server.assistant.knowledge_base, kb)  # 404 before queueing
+    if body.conversation is not None:
+        await run_in_threadpool(_check_conversation, server, kb, body.conversation)
 
     def work(on_token: OnToken) -> dict[str, Any]:
         answer = server.assistant.ask(body.question, kb=kb, conversation=body.conversation,
@@ -187,7 +208,10 @@ async def agent(kb: str, body: Question, request: Request) -> Response | dict[st
     await run_in_threadpool(server.assistant.knowledge_base, kb)
 
     def work(on_token: OnToken) -> dict[str, Any]:
-        return server.assistant.agent(body.question, kb=kb).to_json()
+        # on_token("") shows nothing but raises Cancelled once the client has gone: the agent
+        # stops before its next step (run_agent lets the exception through) and frees the model
+        return server.assistant.agent(body.question, kb=kb,
+                                      on_step=lambda _step: on_token("")).to_json()  # fmt: skip
 
     try:
         result: dict[str, Any] = await _through_queue(server, request, work)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterable
@@ -26,12 +27,14 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, ConfigDict, Field
 
 from kb_assistant.api.app import Server, error_response, kb_error_response, server_of
+from kb_assistant.api.security import error_json
 from kb_assistant.api.streaming import ClientGone, ModelCall, ModelStream, OnToken
 from kb_assistant.chains import Answer, Turn
 from kb_assistant.errors import KBError, ModelError
 from kb_assistant.models.embeddings import Embedder
 from kb_assistant.models.protocol import Generation
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 KB_PREFIX = "kb/"
 MAX_INPUTS = 2048
@@ -117,12 +120,10 @@ async def chat_completions(body: ChatRequest, request: Request) -> Response | di
     work = _rag_work(server, target.kb, body.messages) if target.kb else _chat_work(
         server, body.messages)  # fmt: skip
     call: ModelCall[Any] = ModelCall(server.queue, request)
-    call.enter()
     try:
-        await call.turn()
+        await call.begin(work)
     except ClientGone:
         return Response(status_code=499)
-    call.start(work)
     reply = _Reply(body.model)
     if body.stream:
         return ModelStream(_events(call, reply), call)
@@ -250,18 +251,23 @@ def _text_and_extra(result: Answer | tuple[str, Generation]) -> tuple[str, dict[
 
 async def _events(call: ModelCall[Any], reply: _Reply) -> AsyncIterator[str]:
     """The stream: a role chunk, one chunk per piece of text, the last chunk (finish reason,
-    usage, citations), ``[DONE]``. An error after the start arrives as an error event."""
+    usage, citations), ``[DONE]``. An error after the start arrives as an error event, then
+    ``[DONE]``: a client always sees the stream end, never a cut connection."""
     yield reply.chunk({"role": "assistant", "content": ""})
-    async for piece in call.tokens():
-        yield reply.chunk({"content": piece})
     try:
-        result = call.outcome()
+        async for piece in call.tokens():
+            yield reply.chunk({"content": piece})
+        last = reply.last(call.outcome())
     except ClientGone:
         return
     except KBError as exc:
         yield _event(json.loads(bytes(kb_error_response(exc).body)))
+    except Exception as exc:  # a bug: the log gets the details, the client a clean end
+        logger.error("streamed answer for %s failed", reply.model, exc_info=exc)
+        yield _event(error_json(f"internal error: {type(exc).__name__}", "server_error",
+                                "internal_error"))  # fmt: skip
     else:
-        yield reply.last(result)
+        yield last
     yield "data: [DONE]\n\n"
 
 

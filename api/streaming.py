@@ -51,8 +51,10 @@ class ModelCall(Generic[T]):
     """A model job for one request (see the module docstring).
 
     ``enter`` takes the queue place (``ModelBusy`` at once when the queue is full), ``turn``
-    waits for it, ``start`` runs ``work(on_token)`` in a thread; then ``tokens()`` streams and
-    ``outcome()`` gives the result, or ``result()`` does both for a non-streaming reply.
+    waits for it, ``start`` runs ``work(on_token)`` in a thread (``begin`` does all three);
+    then ``tokens()`` streams and ``outcome()`` gives the result, or ``result()`` does both for
+    a non-streaming reply. ``on_token("")`` shows nothing: work without text to stream calls it
+    between its steps to stop there (``Cancelled``) once the client has gone.
     """
 
     def __init__(self, queue: ModelQueue, request: Request) -> None:
@@ -99,6 +101,17 @@ class ModelCall(Generic[T]):
             ticket.leave()
             raise
 
+    async def begin(self, work: Callable[[OnToken], T]) -> None:
+        """``enter``, ``turn`` and ``start``: ``work`` runs once its turn has come.
+
+        Raises:
+            ModelBusy: the queue is full.
+            ClientGone: the client left while waiting.
+        """
+        self.enter()
+        await self.turn()
+        self.start(work)
+
     def start(self, work: Callable[[OnToken], T]) -> None:
         """Run ``work(on_token)`` in a thread; the queue place is released when it ends."""
         ticket = self._require_ticket()
@@ -106,7 +119,8 @@ class ModelCall(Generic[T]):
         def on_token(piece: str) -> None:
             if self.gone.is_set():
                 raise Cancelled
-            self._loop.call_soon_threadsafe(self._out.put_nowait, piece)
+            if piece:
+                self._loop.call_soon_threadsafe(self._out.put_nowait, piece)
 
         def run() -> None:
             end = _End()

@@ -9,7 +9,10 @@ import click
 from kb_assistant.cli.base import Context, emit, json_option, kb_option, main, reported
 
 if TYPE_CHECKING:
+    from kb_assistant.api.jobs import JobBoard
     from kb_assistant.api.keys import KeyStore
+
+SHUTDOWN_WAIT_S = 60.0  # how long a stopping server lets ingest jobs finish
 
 
 def _keys(ctx: Context) -> KeyStore:
@@ -53,14 +56,30 @@ def serve(
         assistant = ctx.assistant()
         if kb_name:
             assistant.library.open(kb_name).close()  # a wrong --kb fails now, not per request
-        app = create_app(assistant, settings, keys=keys, default_kb=kb_name)
+        app = create_app(assistant, settings, keys=keys, default_kb=kb_name, host=host)
         access = "API keys required" if keys.any() else "no API key needed (loopback only)"
         click.echo(f"kb serve: http://{host}:{port}  (docs: /docs; {access})", err=True)
         try:
             uvicorn.run(app, host=host, port=port, log_level="warning" if not ctx.verbose
                         else "info", timeout_graceful_shutdown=5)  # fmt: skip
         finally:
-            assistant.close()
+            try:
+                _finish_jobs(app.state.server.jobs)
+            finally:  # a second Ctrl-C stops the wait, not the closing
+                assistant.close()
+
+
+def _finish_jobs(jobs: JobBoard, timeout: float = SHUTDOWN_WAIT_S) -> None:
+    """Let running ingest jobs end before the knowledge bases close under them."""
+    running = jobs.running()
+    if not running:
+        return
+    click.echo(f"kb serve: waiting up to {timeout:.0f} s for {len(running)} ingest job(s) "
+               "to finish (Ctrl-C again: stop now)...", err=True)  # fmt: skip
+    if not jobs.wait(timeout):
+        left = ", ".join(f"{j.job_id} ({j.kb})" for j in jobs.running())
+        click.echo(f"kb serve: stopping with ingest job(s) unfinished: {left}; see what "
+                   "they indexed with 'kb docs' and upload the rest again", err=True)  # fmt: skip
 
 
 @serve.group("keys")
@@ -118,5 +137,6 @@ def keys_revoke(ctx: Context, name: str, as_json: bool) -> None:
         store.revoke(name)
     emit({"revoked": name}, as_json, lambda: click.echo(f"revoked API key '{name}'"))
     if not as_json and not store.any():
-        click.echo("No keys remain: 'kb serve' accepts requests without a key again (on "
-                   "loopback only).", err=True)  # fmt: skip
+        click.echo("No keys remain: a 'kb serve' on loopback accepts requests without a key "
+                   "again; one listening beyond loopback refuses every request until a key is "
+                   "added ('kb serve keys add NAME').", err=True)  # fmt: skip

@@ -22,12 +22,23 @@ import openai
 import pytest
 import uvicorn
 from click.testing import CliRunner
+from langchain_core.messages import AIMessage
 
-from kb_assistant.api.app import create_app
+from kb_assistant.api.app import create_app, kb_error_response
+from kb_assistant.api.jobs import JobBoard
 from kb_assistant.api.keys import KEYS_FILE, KeyStore
 from kb_assistant.assistant import Assistant, build_assistant
 from kb_assistant.cli import main
-from kb_assistant.errors import ModelBusy
+from kb_assistant.cli.serve import _finish_jobs
+from kb_assistant.errors import (
+    ApiKeyError,
+    ConfigError,
+    CorruptKnowledgeBase,
+    InvalidName,
+    KBError,
+    KnowledgeBaseError,
+    ModelBusy,
+)
 from kb_assistant.models.chat import ScriptedChatModel
 from kb_assistant.models.embeddings import HashEmbedder
 from kb_assistant.models.queue import ModelQueue
@@ -62,12 +73,16 @@ class Live:
 
 
 @contextlib.contextmanager
-def serving(home: Path, *responses: str, pause: float = 0.0, queue: int = 8,
-            **overrides: Any) -> Iterator[Live]:  # fmt: skip
-    """A uvicorn server in a thread over a knowledge base 'notes' made of ``DOCS``."""
+def serving(
+    home: Path, *responses: str, pause: float = 0.0, queue: int = 8,
+    model: ScriptedChatModel | None = None, **overrides: Any,
+) -> Iterator[Live]:  # fmt: skip
+    """A uvicorn server in a thread over a knowledge base 'notes' made of ``DOCS``; it is
+    created as if bound to the ``serve_host`` setting (it listens on 127.0.0.1 whatever that
+    says)."""
     # hash embeddings score paraphrases low: answer whatever is retrieved
     settings = load_settings(home, **{"abstain_min_dense": 0.0, **overrides})
-    model = ScriptedChatModel(responses=list(responses), pause=pause)
+    model = model or ScriptedChatModel(responses=list(responses), pause=pause)
     assistant = build_assistant(settings, embeddings=HashEmbedder(), chat_model=model)
     if not assistant.library.exists("notes"):
         folder = home.parent / "corpus"
@@ -427,8 +442,9 @@ def test_real_smollm2_streams_through_kb_serve_and_stops_when_the_client_leaves(
                     break  # and leave: closing the stream disconnects
         assert "".join(pieces).strip()
         # Left alone, this answer runs to all 1500 tokens (about 40 s on 2 idle cores);
-        # cancelled with the stream, the model is free at once.
-        assert _until(lambda: not httpx.get(f"{url}/health").json()["queue"]["running"], 10) < 5
+        # cancelled with the stream, the model is free at once (0.07 s measured on idle cores;
+        # the bound leaves room for a loaded machine and still needs the cancel).
+        assert _until(lambda: not httpx.get(f"{url}/health").json()["queue"]["running"], 20) < 15
         started = time.monotonic()
         chat_model = client.models.list().data[-1].id
         hi = client.chat.completions.create(
@@ -481,3 +497,202 @@ def test_keys_file_is_reread_and_verification_is_constant_time(tmp_path: Path) -
     assert other.verify(key) == "ci" and store.verify(key) == "ci"
     other.revoke("ci")
     assert store.verify(key) is None and not store.any()
+
+
+def test_beyond_loopback_revoking_the_last_key_locks_the_server(kb_home: Path) -> None:
+    store = KeyStore(kb_home / KEYS_FILE)
+    key = store.add("ci")
+    with serving(kb_home, serve_host="0.0.0.0") as live:
+        assert {m.id for m in live.client(key).models.list()} >= {"kb/notes"}
+        # bound beyond loopback, any Host is this server's
+        assert httpx.get(f"{live.url}/kbs", headers={"Host": "kb.example:8765",
+                         "Authorization": f"Bearer {key}"}).status_code == 200  # fmt: skip
+        revoked = CliRunner().invoke(main, ["serve", "keys", "revoke", "ci"])
+        assert revoked.exit_code == 0 and "refuses every request" in revoked.output
+        locked = httpx.get(f"{live.url}/kbs")
+        assert locked.status_code == 401
+        assert locked.json()["error"]["message"] == (
+            "no API keys exist; add one with 'kb serve keys add NAME'"
+        )
+        with pytest.raises(openai.AuthenticationError):
+            live.client(key).models.list()
+        assert httpx.get(f"{live.url}/health").status_code == 200
+    with serving(kb_home) as live:  # on loopback, no key: open to this machine
+        assert httpx.get(f"{live.url}/kbs").status_code == 200
+
+
+def test_web_pages_and_foreign_hosts_are_refused(live: Live, tmp_path: Path) -> None:
+    http = httpx.Client(base_url=live.url)
+    upload = {"files": ("evil.txt", b"Injected text from a web page.")}
+    evil = http.post("/kbs/notes/documents", files=upload,
+                     headers={"Origin": "http://evil.example"})  # fmt: skip
+    assert evil.status_code == 403
+    error = evil.json()["error"]
+    assert error["code"] == "origin_not_allowed" and "serve_cors_origins" in error["message"]
+    assert [d["name"] for d in http.get("/kbs/notes/documents").json()] == ["apt.txt", "tea.txt"]
+    rebound = http.get("/kbs", headers={"Host": "evil.example"})
+    assert rebound.status_code == 400 and rebound.json()["error"]["code"] == "host_not_allowed"
+    port = live.url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]", "localhost"):
+        assert http.get("/kbs", headers={"Host": host}).status_code == 200, host
+    # the server's own pages (/docs "Try it out") send their own origin
+    same = http.post("/kbs/notes/search", json={"query": "tea"}, headers={"Origin": live.url})
+    assert same.status_code == 200 and same.json()
+    assert http.get("/health", headers={"Origin": "http://evil.example"}).status_code == 403
+
+
+def test_listed_origins_pass_the_origin_check(kb_home: Path) -> None:
+    with serving(kb_home, serve_cors_origins="http://localhost:3000") as live:
+        ok = httpx.get(f"{live.url}/kbs", headers={"Origin": "http://localhost:3000"})
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == "http://localhost:3000"
+        other = httpx.get(f"{live.url}/kbs", headers={"Origin": "http://localhost:4000"})
+        assert other.status_code == 403
+
+
+def test_keys_are_hmacs_with_a_scheme_and_wrong_keys_cost_nothing(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path / KEYS_FILE)
+    key = store.add("ci")
+    entry = json.loads((tmp_path / KEYS_FILE).read_text())["keys"][0]
+    assert entry["scheme"] == "hmac-sha256" and "scrypt" not in entry
+    started = time.perf_counter()
+    assert all(store.verify(f"kb-wrong{i}") is None for i in range(2000))
+    assert time.perf_counter() - started < 1.0  # scrypt took tens of ms per check
+    assert store.verify(key) == "ci"
+    data = json.loads((tmp_path / KEYS_FILE).read_text())
+    data["keys"][0]["scheme"] = "scrypt"
+    (tmp_path / KEYS_FILE).write_text(json.dumps(data))
+    with pytest.raises(ApiKeyError, match="another version"):
+        KeyStore(tmp_path / KEYS_FILE).verify(key)
+
+
+def test_a_keys_file_replaced_with_the_same_size_and_mtime_is_reread(tmp_path: Path) -> None:
+    path = tmp_path / KEYS_FILE
+    store = KeyStore(path)
+    old_key = store.add("ci")
+    new_key = KeyStore(tmp_path / "other.json").add("ci")
+    assert store.verify(old_key) == "ci"
+    before = path.stat()
+    other = json.loads((tmp_path / "other.json").read_text())["keys"][0]
+    data = json.loads(path.read_text())
+    data["keys"][0].update(salt=other["salt"], hash=other["hash"])
+    replacement = tmp_path / "replacement.json"
+    replacement.write_text(json.dumps(data, indent=2))
+    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(replacement, path)
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert store.verify(new_key) == "ci" and store.verify(old_key) is None
+
+
+def test_a_damaged_keys_file_answers_503_with_its_message(live: Live, kb_home: Path) -> None:
+    (kb_home / KEYS_FILE).write_text("{not json")
+    answer = httpx.get(f"{live.url}/kbs")
+    assert answer.status_code == 503
+    assert "cannot read the API keys" in answer.json()["error"]["message"]
+    assert httpx.get(f"{live.url}/health").status_code == 200
+
+
+def test_asking_in_a_conversation_needs_its_exact_id_and_knowledge_base(live: Live) -> None:
+    http = httpx.Client(base_url=live.url)
+    live.assistant.create_kb("other")
+    mine = http.post("/kbs/notes/conversations").json()["conversation"]
+    theirs = http.post("/kbs/other/conversations").json()["conversation"]
+    for wrong in ("abc", mine[:6], mine + "0", "%"):
+        bad = http.post("/kbs/notes/ask", json={"question": "tea?", "conversation": wrong})
+        assert bad.status_code == 400 and "not a conversation id" in bad.json()["error"]["message"]
+    crossed = http.post("/kbs/notes/ask", json={"question": "tea?", "conversation": theirs})
+    assert crossed.status_code == 400
+    assert "belongs to knowledge base 'other', not 'notes'" in crossed.json()["error"]["message"]
+    unknown = http.post("/kbs/notes/ask", json={"question": "tea?", "conversation": "0" * 12})
+    assert unknown.status_code == 404
+    ok = http.post("/kbs/notes/ask", json={"question": "How long does green tea steep?",
+                                            "conversation": mine})  # fmt: skip
+    assert ok.status_code == 200 and "two minutes" in ok.json()["answer"]
+    assert live.assistant.conversations.get(mine).turns == 1
+    assert live.assistant.conversations.get(theirs).turns == 0
+    assert not live.model.calls[1:]  # only the good question reached the model
+
+
+class _FailingModel(ScriptedChatModel):
+    """Streams two pieces, then fails as a bug would."""
+
+    def _stream(self, messages: Any, stop: Any = None, run_manager: Any = None,
+                **kwargs: Any) -> Iterator[Any]:  # fmt: skip
+        for n, chunk in enumerate(super()._stream(messages, stop, run_manager, **kwargs)):
+            if n == 2:
+                raise RuntimeError("the model broke")
+            yield chunk
+
+
+def test_an_unexpected_error_mid_stream_ends_the_stream_cleanly(kb_home: Path) -> None:
+    model = _FailingModel(responses=["one two three four five"])
+    with serving(kb_home, model=model) as live:
+        body = {"model": "scripted-fake", "stream": True,
+                "messages": [{"role": "user", "content": "Talk"}]}  # fmt: skip
+        done = subprocess.run(
+            [CURL, "-sN", f"{live.url}/v1/chat/completions", "-H",
+             "Content-Type: application/json", "-d", json.dumps(body)],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        events = [e for e in done.stdout.split("\n\n") if e]
+        assert events[-1] == "data: [DONE]"
+        error = json.loads(events[-2][6:])["error"]
+        assert error == {"message": "internal error: RuntimeError", "type": "server_error",
+                         "param": None, "code": "internal_error"}  # fmt: skip
+        pieces = [json.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in events[:-2]]
+        assert "".join(pieces) == "one two "
+        assert _until(lambda: not live.health()["queue"]["running"], 3) < 2
+
+
+def test_knowledge_base_and_config_errors_are_server_errors() -> None:
+    cases = [
+        (CorruptKnowledgeBase("index.faiss is damaged"), 503, "knowledge_base_unavailable"),
+        (KnowledgeBaseError("the vector store cannot be reached"), 503,
+         "knowledge_base_unavailable"),
+        (ConfigError("milvus_uri is not a URI"), 500, "server_misconfigured"),
+        (InvalidName("'../x' cannot name a knowledge base"), 400, "invalid_name"),
+        (KBError("the question is empty"), 400, "KBError"),
+    ]  # fmt: skip
+    for exc, status, code in cases:
+        response = kb_error_response(exc)
+        error = json.loads(bytes(response.body))["error"]
+        assert (response.status_code, error["code"], error["message"]) == (status, code, str(exc))
+        assert error["type"] == ("server_error" if status >= 500 else "invalid_request_error")
+
+
+def test_shutdown_waits_for_ingest_jobs(assistant: Assistant, tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    paths = {}
+    for i in range(5):
+        path = folder / f"doc{i}.txt"
+        path.write_text(f"Document {i} is about topic number {i}.", encoding="utf-8")
+        paths[path] = path.name
+    board = JobBoard(assistant)
+    job = board.start("late", paths)
+    _finish_jobs(board, 30)
+    assert job.state == "done" and not board.running()
+    assert len(assistant.documents("late")) == 5
+
+
+class _SlowAgentModel(ScriptedChatModel):
+    """Scripted tool calls, each decided in 0.3 s."""
+
+    def _generate(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)
+        return super()._generate(*args, **kwargs)
+
+
+def test_an_agent_whose_client_leaves_stops_between_steps(kb_home: Path) -> None:
+    searches: list[str | AIMessage] = [
+        AIMessage(content="", tool_calls=[{"name": "search_documents", "id": f"call_{i}",
+                                           "args": {"query": f"tea number {i}"}}])
+        for i in range(15)
+    ]  # fmt: skip
+    model = _SlowAgentModel(native_tools=True, responses=[*searches, AIMessage(content="Done.")])
+    with serving(kb_home, model=model, agent_max_steps=30) as live:
+        with pytest.raises(httpx.TimeoutException):  # 15 steps x 0.3 s: leaves after 1 s
+            httpx.post(f"{live.url}/kbs/notes/agent", json={"question": "Tea?"}, timeout=1.0)
+        assert _until(lambda: not live.health()["queue"]["running"], 5) < 2
+        time.sleep(0.5)
+        assert len(model.calls) <= 6 and len(model.responses) >= 9  # stopped, not run out

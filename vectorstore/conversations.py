@@ -8,6 +8,7 @@ table and column names (``sessions``, ``session_id``) are those of the file as i
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import uuid
@@ -57,6 +58,10 @@ class StoredTurn:
     created_at: str
 
 
+ID_LENGTH = 12
+ID_PATTERN = re.compile(rf"^[0-9a-f]{{{ID_LENGTH}}}$")  # what ``create`` makes
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -79,7 +84,7 @@ class ConversationStore:
 
     def create(self, kb: str, title: str = "") -> str:
         """A new empty conversation; returns its id."""
-        session_id = uuid.uuid4().hex[:12]
+        session_id = uuid.uuid4().hex[:ID_LENGTH]
         with self._lock:
             self._db.execute(
                 "INSERT INTO sessions VALUES (?, ?, ?, ?, ?)",
@@ -107,6 +112,24 @@ class ConversationStore:
                 + "; 'kb chat --list' lists them"
             )
         return ConversationInfo(*rows[0])
+
+    def get_exact(self, session_id: str) -> ConversationInfo:
+        """A conversation by its whole id, no prefix (for callers that hold ids, not people
+        typing them).
+
+        Raises:
+            SessionNotFound: no conversation has that id.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT s.id, s.kb, s.title, count(m.id), s.created_at, s.updated_at "
+                "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id "
+                "WHERE s.id = ? GROUP BY s.id",
+                (session_id,),
+            ).fetchone()
+        if row is None:
+            raise SessionNotFound(f"no conversation '{session_id}'")
+        return ConversationInfo(*row)
 
     def conversations(self) -> list[ConversationInfo]:
         """All conversations, most recent first."""

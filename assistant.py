@@ -199,7 +199,7 @@ class Assistant:
             kb = self._open.pop(name, None)
             if kb is not None:
                 kb.close()
-        self.library.delete(name)
+        return self.library.delete(name)
 
     def check_kb(self, name: str | None = None, *, repair: bool = False) -> CheckReport:
         """Verify a knowledge base (``kb check``); with ``repair``, rebuild what can be rebuilt.

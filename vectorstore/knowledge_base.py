@@ -583,8 +583,12 @@ class KnowledgeBaseWriter:
             if self.changed and not self.index.shared and not self._behind:
                 self.backend.save(self.index, self.catalog.version())
         except (OSError, KBError) as exc:
-            # What was committed stays committed: the store is rebuilt or replayed from the
-            # catalog on the next open, so this must not turn a finished ingest into an error.
+            if not self.backend.shared:
+                # A snapshot file this machine cannot write (a full disk) is the user's to know;
+                # the old file is intact and the committed rows stay (tests/test_crashes.py).
+                raise
+            # A server store that went away: what was committed stays committed, and the store
+            # is caught up from the catalog on the next open, so the ingest is not an error.
             logger.warning(
                 "could not bring %s up to date (%s); it is caught up from the catalog on the "
                 "next open",

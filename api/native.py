@@ -173,7 +173,7 @@ def _check_conversation(server: Server, kb: str, conversation: str) -> None:
             f"'{conversation}' is not a conversation id: ids are {ID_LENGTH} hexadecimal "
             f"characters, as POST /kbs/{kb}/conversations returns them"
         )
-    info = server.assistant.conversations.get_exact(conversation)
+    info = server.assistant.conversations.get(conversation, prefix=False)
     if info.kb != kb:
         raise KBError(
             f"conversation '{conversation}' belongs to knowledge base '{info.kb}', not '{kb}'; "

@@ -92,44 +92,32 @@ class ConversationStore:
             )
         return session_id
 
-    def get(self, session_id: str) -> ConversationInfo:
-        """A conversation by id (a unique prefix of the id works too).
+    def get(self, session_id: str, *, prefix: bool = True) -> ConversationInfo:
+        """A conversation by id; with ``prefix`` (people typing ids), a unique prefix of the id
+        works too, and without it (callers that hold ids) only the whole id.
 
         Raises:
             SessionNotFound: naming how to list conversations.
         """
+        if prefix:  # LIKE, with its wildcards taken literally
+            where = "s.id LIKE ? ESCAPE '\\'"
+            key = re.sub(r"([\\%_])", r"\\\1", session_id) + "%"
+        else:
+            where, key = "s.id = ?", session_id
         with self._lock:
             rows = self._db.execute(
                 "SELECT s.id, s.kb, s.title, count(m.id), s.created_at, s.updated_at "
-                "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id "
-                "WHERE s.id LIKE ? GROUP BY s.id",
-                (session_id.replace("%", "") + "%",),
+                f"FROM sessions s LEFT JOIN messages m ON m.session_id = s.id "
+                f"WHERE {where} GROUP BY s.id",
+                (key,),
             ).fetchall()
-        if len(rows) != 1:
+        if len(rows) != 1 or not session_id:
             raise SessionNotFound(
                 f"no conversation '{session_id}'"
-                + (" (the prefix matches several)" if rows else "")
+                + (" (the prefix matches several)" if len(rows) > 1 else "")
                 + "; 'kb chat --list' lists them"
             )
         return ConversationInfo(*rows[0])
-
-    def get_exact(self, session_id: str) -> ConversationInfo:
-        """A conversation by its whole id, no prefix (for callers that hold ids, not people
-        typing them).
-
-        Raises:
-            SessionNotFound: no conversation has that id.
-        """
-        with self._lock:
-            row = self._db.execute(
-                "SELECT s.id, s.kb, s.title, count(m.id), s.created_at, s.updated_at "
-                "FROM sessions s LEFT JOIN messages m ON m.session_id = s.id "
-                "WHERE s.id = ? GROUP BY s.id",
-                (session_id,),
-            ).fetchone()
-        if row is None:
-            raise SessionNotFound(f"no conversation '{session_id}'")
-        return ConversationInfo(*row)
 
     def conversations(self) -> list[ConversationInfo]:
         """All conversations, most recent first."""
